@@ -1,0 +1,5 @@
+"""`python -m lbsync` is the `lbsync` command."""
+
+from .cli import main
+
+main()
