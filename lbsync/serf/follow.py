@@ -1,0 +1,190 @@
+"""Keep following one Serf agent: its member-event stream plus a fast `members` poll.
+
+The agent coalesces member events for about a second, while `members` shows a joiner
+within tens of milliseconds, so the poll is the quick path and the stream the record of
+what happened (left vs failed). Both reach the caller on the follower's own thread, in
+arrival order, so callbacks need no locking between them.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+from lbsync.model import Member, MemberEvent
+from lbsync.serf.rpc import MEMBER_EVENT_TYPES, SerfError, SerfRPC
+
+log = logging.getLogger(__name__)
+
+BACKOFF_FIRST = 0.1
+BACKOFF_MAX = 5.0
+# How long the loop may sleep between checks that the connection is still up, when the
+# poll interval is long.
+_MAX_IDLE = 0.2
+
+_T = TypeVar("_T")
+_WAKE = object()  # put on the event queue by stop() so the loop does not sleep on
+
+
+class Follower:
+    """A daemon thread that stays connected to a Serf agent and reports what it sees.
+
+    `on_event` gets every member event from the stream; `on_members` gets the full member
+    list every `poll_interval` seconds (and straight after each (re)connect, which is how
+    events missed while disconnected are made up for). Exceptions from the callbacks are
+    logged and do not stop the follower.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        on_event: Callable[[MemberEvent], None],
+        on_members: Callable[[list[Member]], None],
+        *,
+        auth_key: str | None = None,
+        poll_interval: float = 0.1,
+        timeout: float = 5.0,
+        types: str = MEMBER_EVENT_TYPES,
+    ) -> None:
+        if poll_interval <= 0:
+            raise ValueError(f"poll interval must be positive, not {poll_interval}")
+        self.host = host
+        self.port = port
+        self.poll_interval = poll_interval
+        self._on_event = on_event
+        self._on_members = on_members
+        self._auth_key = auth_key
+        self._timeout = timeout
+        self._types = types
+        self._where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        self._events: queue.Queue[object] = queue.Queue()
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()  # guards _rpc against stop() racing a reconnect
+        self._rpc: SerfRPC | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is not None:
+            raise RuntimeError("Follower.start() called twice")
+        self._thread = threading.Thread(
+            target=self._run, name=f"serf-follow-{self._where}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Stop following: close the connection at once and wait for the thread."""
+        self._stopping.set()
+        self._events.put(_WAKE)
+        with self._lock:
+            rpc = self._rpc
+        if rpc is not None:
+            rpc.close()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+
+    @property
+    def connected(self) -> bool:
+        rpc = self._rpc
+        return rpc is not None and not rpc.closed
+
+    # --- the thread ---
+
+    def _run(self) -> None:
+        delay = BACKOFF_FIRST
+        outage_since: float | None = None
+        ever_connected = False
+        while not self._stopping.is_set():
+            try:
+                rpc = self._connect()
+            except SerfError as exc:
+                if self._stopping.is_set():
+                    break
+                if outage_since is None:
+                    outage_since = time.monotonic()
+                    log.warning("%s; retrying (backoff up to %g s)", exc, BACKOFF_MAX)
+                self._stopping.wait(delay)
+                delay = min(delay * 2, BACKOFF_MAX)
+                continue
+            if outage_since is not None:
+                log.info(
+                    "serf agent at %s is back after %.1f s",
+                    self._where, time.monotonic() - outage_since,
+                )
+            elif not ever_connected:
+                log.info("following serf agent at %s", self._where)
+            ever_connected = True
+            delay = BACKOFF_FIRST
+            outage_since = None
+            try:
+                reason = self._follow(rpc)
+            finally:
+                rpc.close()
+                self._drain()
+            if not self._stopping.is_set():
+                outage_since = time.monotonic()
+                log.warning(
+                    "lost serf agent at %s (%s); reconnecting", self._where, reason
+                )
+
+    def _connect(self) -> SerfRPC:
+        rpc = SerfRPC(self.host, self.port, self._auth_key, self._timeout)
+        with self._lock:
+            if self._stopping.is_set():
+                raise SerfError("stopping")
+            self._rpc = rpc
+        rpc.connect()
+        try:
+            # The stream callback runs on the RPC reader thread; hand events over rather
+            # than run user code there.
+            rpc.stream(self._types, self._events.put)
+        except SerfError:
+            rpc.close()
+            raise
+        return rpc
+
+    def _follow(self, rpc: SerfRPC) -> str:
+        """Deliver events and polls until the connection drops; returns why it did."""
+        next_poll = time.monotonic()
+        while not self._stopping.is_set():
+            if rpc.closed:
+                return rpc.close_reason or "connection closed"
+            wait = next_poll - time.monotonic()
+            if wait <= 0:
+                try:
+                    members = rpc.members()
+                except SerfError as exc:
+                    return str(exc)
+                self._deliver(self._on_members, members)
+                # Skip missed ticks instead of bursting to catch up after a slow callback.
+                next_poll = max(next_poll + self.poll_interval, time.monotonic())
+                continue
+            try:
+                item = self._events.get(timeout=min(wait, _MAX_IDLE))
+            except queue.Empty:
+                continue
+            if isinstance(item, MemberEvent):
+                self._deliver(self._on_event, item)
+        return "stopped"
+
+    def _drain(self) -> None:
+        """Deliver events that arrived before the connection dropped: they happened, and
+        they must not land after the next connection's first member list."""
+        while True:
+            try:
+                item = self._events.get_nowait()
+            except queue.Empty:
+                return
+            if isinstance(item, MemberEvent) and not self._stopping.is_set():
+                self._deliver(self._on_event, item)
+
+    @staticmethod
+    def _deliver(callback: Callable[[_T], None], value: _T) -> None:
+        try:
+            callback(value)
+        except Exception:
+            log.exception("serf follower callback %r failed", callback)

@@ -1,0 +1,168 @@
+"""Real `serf agent` processes on loopback, for the integration tests.
+
+Each agent gets its own 127.0.0.x address and free ports, and every process a test
+starts is killed when the test ends, pass or fail.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from lbsync.serf.rpc import SerfRPC
+
+# 127.0.0.1 is left to other fixtures; the pid spreads concurrent test runs apart.
+_ADDRS = itertools.cycle(range(20 + os.getpid() % 100, 20 + os.getpid() % 100 + 100))
+
+
+def _free_port(ip: str, udp_too: bool) -> int:
+    """A port free on `ip` (for TCP, and UDP too when asked: gossip uses both)."""
+    for _ in range(50):
+        with socket.socket() as tcp:
+            tcp.bind((ip, 0))
+            port: int = tcp.getsockname()[1]
+            if not udp_too:
+                return port
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                try:
+                    udp.bind((ip, port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError(f"no free port on {ip}")
+
+
+@dataclass
+class SerfAgent:
+    name: str
+    ip: str
+    bind_port: int
+    rpc_port: int
+    log_path: Path
+    args: Sequence[str] = ()
+    auth_key: str | None = None
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+
+    @property
+    def bind_addr(self) -> str:
+        return f"{self.ip}:{self.bind_port}"
+
+    @property
+    def rpc_addr(self) -> str:
+        return f"{self.ip}:{self.rpc_port}"
+
+    def start(self, join: str | None = None, wait: float = 10.0) -> None:
+        argv = [
+            "serf", "agent", "-node", self.name,
+            "-bind", self.bind_addr, "-rpc-addr", self.rpc_addr,
+            # "local" probes every second: failure shows up in ~5 s, not ~7 s.
+            "-profile", "local", "-log-level", "debug",
+            *self.args,
+        ]
+        if join:
+            argv += ["-join", join]
+        if self.auth_key is not None:
+            # There is no -rpc-auth flag for the agent; the key lives in its config.
+            conf = self.log_path.with_suffix(".json")
+            conf.write_text(json.dumps({"rpc_auth": self.auth_key}))
+            argv += ["-config-file", str(conf)]
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
+        self._wait_rpc(wait)
+
+    def _wait_rpc(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"serf agent {self.name} exited:\n{self.log_tail()}")
+            try:
+                socket.create_connection((self.ip, self.rpc_port), timeout=0.5).close()
+                return
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"serf agent {self.name} RPC not up:\n{self.log_tail()}"
+                    ) from None
+                time.sleep(0.02)
+
+    def rpc(self, auth_key: str | None = None, timeout: float = 5.0) -> SerfRPC:
+        """A connected client (the caller closes it)."""
+        rpc = SerfRPC(self.ip, self.rpc_port, auth_key or self.auth_key, timeout)
+        rpc.connect()
+        return rpc
+
+    def kill(self) -> None:
+        """SIGKILL: the agent vanishes without a leave, as a crashed machine does."""
+        self._signal(signal.SIGKILL)
+
+    def terminate(self) -> None:
+        self._signal(signal.SIGTERM)
+
+    def _signal(self, sig: signal.Signals) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+
+    def wait_exit(self, timeout: float) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+StartAgent = Callable[..., SerfAgent]
+
+
+@pytest.fixture
+def serf_agents(tmp_path: Path) -> Iterator[StartAgent]:
+    """Factory: `start(name, join=None, args=(), auth_key=None) -> SerfAgent` (running).
+
+    `join` may be another SerfAgent. All agents are killed at teardown.
+    """
+    if shutil.which("serf") is None:
+        pytest.skip("serf is not on PATH")
+    agents: list[SerfAgent] = []
+
+    def start(
+        name: str,
+        join: SerfAgent | str | None = None,
+        args: Sequence[str] = (),
+        auth_key: str | None = None,
+    ) -> SerfAgent:
+        ip = f"127.0.0.{next(_ADDRS)}"
+        agent = SerfAgent(
+            name=name, ip=ip,
+            bind_port=_free_port(ip, udp_too=True), rpc_port=_free_port(ip, udp_too=False),
+            log_path=tmp_path / f"serf-{name}.log", args=args, auth_key=auth_key,
+        )
+        agents.append(agent)
+        agent.start(join.bind_addr if isinstance(join, SerfAgent) else join)
+        return agent
+
+    yield start
+    for agent in agents:
+        try:
+            agent.kill()
+        except Exception:  # keep killing the others
+            if agent.proc is not None:
+                agent.proc.kill()

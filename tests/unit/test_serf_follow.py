@@ -1,0 +1,170 @@
+"""Follower against a scripted agent: polling, events, outages, logging, stop."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from serf_fake import FakeAgent
+
+from lbsync.model import Member, MemberEvent
+from lbsync.serf.follow import Follower
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.events: list[MemberEvent] = []
+        self.polls: list[list[Member]] = []
+        self.threads: set[str] = set()
+
+    def on_event(self, event: MemberEvent) -> None:
+        self.threads.add(threading.current_thread().name)
+        self.events.append(event)
+
+    def on_members(self, members: list[Member]) -> None:
+        self.threads.add(threading.current_thread().name)
+        self.polls.append(members)
+
+
+def wait_for(check: Callable[[], object], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def recorder() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+def agent() -> Iterator[FakeAgent]:
+    fake = FakeAgent()
+    yield fake
+    fake.close()
+
+
+def test_polls_and_events_arrive_on_the_follower_thread(
+    agent: FakeAgent, recorder: Recorder
+) -> None:
+    follower = Follower("127.0.0.1", agent.port, recorder.on_event, recorder.on_members,
+                        poll_interval=0.05)
+    follower.start()
+    try:
+        wait_for(lambda: follower.connected and agent.streams and len(recorder.polls) >= 3)
+        (seq,) = agent.streams
+        agent.push(seq, {"Event": "member-join", "Members": agent.members[:1]})
+        wait_for(lambda: recorder.events)
+    finally:
+        follower.stop()
+    assert [m.name for m in recorder.polls[0]] == ["a1", "a2"]
+    assert recorder.events[0].members[0].name == "a1"
+    assert recorder.threads == {f"serf-follow-127.0.0.1:{agent.port}"}
+    assert not follower.connected
+
+
+def test_outage_logs_once_and_recovery_once(
+    recorder: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="lbsync.serf.follow")
+    port = free_port()
+    follower = Follower("127.0.0.1", port, recorder.on_event, recorder.on_members)
+    follower.start()
+    agent: FakeAgent | None = None
+    try:
+        time.sleep(1.0)  # several failed attempts: 0.1, 0.2, 0.4 s apart
+        assert not follower.connected
+        agent = FakeAgent(port=port)
+        wait_for(lambda: follower.connected and recorder.polls)
+        agent.drop()  # as when the agent restarts: the follower must notice and come back
+        fake = agent
+        wait_for(lambda: fake.accepted == 2 and follower.connected)
+        count = len(recorder.polls)
+        wait_for(lambda: len(recorder.polls) > count + 2)
+    finally:
+        follower.stop()
+        if agent is not None:
+            agent.close()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert len([w for w in warnings if "connection refused" in w]) == 1
+    assert any("is back after" in i for i in infos)
+    assert sum("lost serf agent" in w for w in warnings) == 1
+
+
+def test_stop_is_prompt_while_reconnecting(recorder: Recorder) -> None:
+    follower = Follower("127.0.0.1", free_port(), recorder.on_event, recorder.on_members)
+    follower.start()
+    time.sleep(0.5)
+    start = time.monotonic()
+    follower.stop()
+    assert time.monotonic() - start < 0.5
+
+
+def test_stop_is_prompt_with_a_hung_agent(agent: FakeAgent, recorder: Recorder) -> None:
+    agent.silent.add("members")
+    follower = Follower("127.0.0.1", agent.port, recorder.on_event, recorder.on_members,
+                        timeout=30.0)
+    follower.start()
+    wait_for(lambda: any(c == "members" for c, _ in agent.requests))
+    start = time.monotonic()
+    follower.stop()
+    assert time.monotonic() - start < 1
+
+
+def test_callback_errors_are_logged_not_fatal(
+    agent: FakeAgent, caplog: pytest.LogCaptureFixture
+) -> None:
+    polls: list[int] = []
+
+    def bad_members(members: list[Member]) -> None:
+        polls.append(len(members))
+        raise ValueError("consumer bug")
+
+    follower = Follower("127.0.0.1", agent.port, lambda e: None, bad_members, poll_interval=0.02)
+    follower.start()
+    try:
+        wait_for(lambda: len(polls) >= 3)
+    finally:
+        follower.stop()
+    assert "consumer bug" in caplog.text
+
+
+def test_events_received_before_a_drop_come_before_the_next_poll(
+    agent: FakeAgent,
+) -> None:
+    order: list[str] = []
+    follower = Follower(
+        "127.0.0.1", agent.port,
+        lambda e: order.append(e.kind.value),
+        lambda ms: order.append("poll"),
+        poll_interval=10.0,  # only the poll straight after each connect
+    )
+    follower.start()
+    try:
+        wait_for(lambda: order == ["poll"] and agent.streams)
+        (seq,) = agent.streams
+        agent.streams.clear()
+        agent.push(seq, {"Event": "member-leave", "Members": []})
+        agent.drop()
+        wait_for(lambda: len(order) >= 3)
+    finally:
+        follower.stop()
+    assert order[:3] == ["poll", "member-leave", "poll"]
+
+
+def test_poll_interval_must_be_positive(recorder: Recorder) -> None:
+    with pytest.raises(ValueError, match="poll interval"):
+        Follower("127.0.0.1", 1, recorder.on_event, recorder.on_members, poll_interval=0)

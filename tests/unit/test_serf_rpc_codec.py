@@ -1,0 +1,297 @@
+"""Serf RPC: the pure decoding helpers, then the framing against a scripted agent."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import msgpack
+import pytest
+from serf_fake import FakeAgent
+
+from lbsync.model import EventKind, MemberEvent, MemberStatus
+from lbsync.serf.rpc import (
+    MEMBER_EVENT_TYPES,
+    SerfError,
+    SerfRPC,
+    decode_addr,
+    decode_member,
+    decode_member_event,
+    decode_status,
+    parse_rpc_addr,
+)
+
+# --- parse_rpc_addr ---
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("127.0.0.1:7373", ("127.0.0.1", 7373)),
+        (" 10.1.2.3:1 ", ("10.1.2.3", 1)),
+        ("serf.local:65535", ("serf.local", 65535)),
+        ("[::1]:7373", ("::1", 7373)),
+        ("[fd00::2]:80", ("fd00::2", 80)),
+    ],
+)
+def test_parse_rpc_addr(text: str, expected: tuple[str, int]) -> None:
+    assert parse_rpc_addr(text) == expected
+
+
+@pytest.mark.parametrize(
+    ("text", "why"),
+    [
+        ("", "empty"),
+        ("127.0.0.1", "no port"),
+        (":7373", "no host"),
+        ("127.0.0.1:", "not a number"),
+        ("127.0.0.1:http", "not a number"),
+        ("127.0.0.1:-1", "not a number"),
+        ("127.0.0.1:0", "outside 1-65535"),
+        ("127.0.0.1:65536", "outside 1-65535"),
+        ("::1:7373", "brackets"),
+        ("[::1]", "[IPv6]:PORT"),
+        ("[::1:7373", "[IPv6]:PORT"),
+        ("[]:7373", "no host"),
+    ],
+)
+def test_parse_rpc_addr_errors(text: str, why: str) -> None:
+    with pytest.raises(ValueError, match=why.replace("[", r"\[")):
+        parse_rpc_addr(text)
+
+
+# --- decoding ---
+
+
+@pytest.mark.parametrize(
+    ("raw", "text"),
+    [
+        (bytes([127, 0, 0, 41]), "127.0.0.41"),
+        (bytes(10) + b"\xff\xff" + bytes([10, 0, 0, 2]), "10.0.0.2"),  # Go's 16-byte IPv4
+        (bytes(15) + b"\x01", "::1"),
+        (bytes.fromhex("fd000000000000000000000000000005"), "fd00::5"),
+        (b"", ""),
+        (None, ""),
+        ("\x7f\x00\x00\x01", "127.0.0.1"),  # agent that sends bytes as msgpack raw
+        (b"\xc0\xa8\x00\x01".decode("utf-8", "surrogateescape"), "192.168.0.1"),
+    ],
+)
+def test_decode_addr(raw: bytes | str | None, text: str) -> None:
+    assert decode_addr(raw) == text
+
+
+@pytest.mark.parametrize("raw", [b"\x01", b"\x01\x02\x03\x04\x05", bytes(17)])
+def test_decode_addr_bad_length(raw: bytes) -> None:
+    with pytest.raises(ValueError, match="expected 4 or 16"):
+        decode_addr(raw)
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        ("alive", MemberStatus.ALIVE),
+        ("leaving", MemberStatus.LEAVING),
+        ("left", MemberStatus.LEFT),
+        ("failed", MemberStatus.FAILED),
+        ("none", MemberStatus.NONE),
+        ("reaped", MemberStatus.NONE),
+        ("", MemberStatus.NONE),
+        (None, MemberStatus.NONE),
+        (3, MemberStatus.NONE),
+    ],
+)
+def test_decode_status(raw: object, status: MemberStatus) -> None:
+    assert decode_status(raw) is status
+
+
+def test_decode_member_keeps_invalid_names() -> None:
+    member = decode_member(
+        {"Name": "bad name;", "Addr": bytes([1, 2, 3, 4]), "Tags": {"k": "v"},
+         "Status": "left"},
+        "member-leave", 5.0,
+    )
+    assert member.name == "bad name;"
+    assert member.addr == "1.2.3.4"
+    assert dict(member.tags) == {"k": "v"}
+    assert member.status is MemberStatus.LEFT
+    assert (member.last_event, member.time) == ("member-leave", 5.0)
+
+
+def test_decode_member_with_nil_tags() -> None:
+    assert dict(decode_member({"Name": "a", "Addr": b"\x01\x01\x01\x01", "Tags": None}).tags) == {}
+
+
+def test_decode_member_event() -> None:
+    record = {"Event": "member-failed", "Members": [{"Name": "a", "Addr": bytes(4),
+                                                     "Status": "failed"}]}
+    event = decode_member_event(record, 9.0)
+    assert event is not None and event.kind is EventKind.FAILED
+    assert [(m.name, m.addr, m.last_event, m.time) for m in event.members] == [
+        ("a", "0.0.0.0", "member-failed", 9.0)
+    ]
+
+
+def test_decode_non_member_records() -> None:
+    assert decode_member_event({"Event": "user", "Name": "deploy"}, 0.0) is None
+    assert decode_member_event({}, 0.0) is None
+
+
+def test_member_event_types_cover_every_kind() -> None:
+    assert MEMBER_EVENT_TYPES.split(",") == [k.value for k in EventKind]
+
+
+# --- framing, against a scripted agent ---
+
+
+@pytest.fixture
+def agent() -> Iterator[FakeAgent]:
+    fake = FakeAgent()
+    yield fake
+    fake.close()
+
+
+def wait_for(check: Callable[[], object], timeout: float = 3.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_members_over_the_wire(agent: FakeAgent) -> None:
+    with SerfRPC("127.0.0.1", agent.port) as rpc:
+        members = rpc.members()
+    assert [(m.name, m.addr, m.status) for m in members] == [
+        ("a1", "127.0.0.41", MemberStatus.ALIVE),
+        ("a2", "10.0.0.2", MemberStatus.NONE),
+    ]
+    assert [c for c, _ in agent.requests[:2]] == ["handshake", "stop"]
+    assert agent.requests[0][1] == {"Version": 1}
+
+
+def test_auth(agent: FakeAgent) -> None:
+    agent.auth_key = "k"
+    with SerfRPC("127.0.0.1", agent.port, auth_key="k") as rpc:
+        assert len(rpc.members()) == 2
+    with pytest.raises(SerfError, match="refused the RPC auth key"):
+        SerfRPC("127.0.0.1", agent.port, auth_key="nope").connect()
+    # The bare "Authentication required" header has no body: if the client read one,
+    # this would hang until the timeout instead.
+    with pytest.raises(SerfError, match="requires an RPC auth key"):
+        SerfRPC("127.0.0.1", agent.port, timeout=1.0).connect()
+
+
+def test_stream_records_interleave_with_replies(agent: FakeAgent) -> None:
+    events: list[MemberEvent] = []
+    with SerfRPC("127.0.0.1", agent.port) as rpc:
+        seq = rpc.stream(MEMBER_EVENT_TYPES, events.append)
+        assert agent.streams == {seq: MEMBER_EVENT_TYPES}
+        agent.push(seq, {"Event": "member-join", "Members": agent.members[:1]})
+        agent.push(seq, {"Event": "user", "Name": "deploy", "Payload": b""})
+        assert len(rpc.members()) == 2
+        agent.push(seq, {"Event": "member-leave", "Members": agent.members})
+        wait_for(lambda: len(events) == 2)
+        rpc.stop(seq)
+        agent.push(seq, {"Event": "member-join", "Members": agent.members})  # late record
+        assert len(rpc.members()) == 2  # the late record's body was skipped, not misread
+    assert [e.kind for e in events] == [EventKind.JOIN, EventKind.LEAVE]
+    assert [m.name for m in events[1].members] == ["a1", "a2"]
+
+
+def test_callback_errors_do_not_kill_the_reader(agent: FakeAgent) -> None:
+    def explode(event: MemberEvent) -> None:
+        raise RuntimeError("boom")
+
+    with SerfRPC("127.0.0.1", agent.port) as rpc:
+        seq = rpc.stream(MEMBER_EVENT_TYPES, explode)
+        agent.push(seq, {"Event": "member-join", "Members": []})
+        assert len(rpc.members()) == 2
+
+
+def test_calling_back_into_the_connection_from_a_callback_is_refused(agent: FakeAgent) -> None:
+    errors: list[BaseException] = []
+    with SerfRPC("127.0.0.1", agent.port) as rpc:
+
+        def reenter(event: MemberEvent) -> None:
+            try:
+                rpc.members()
+            except RuntimeError as exc:
+                errors.append(exc)
+
+        seq = rpc.stream(MEMBER_EVENT_TYPES, reenter)
+        agent.push(seq, {"Event": "member-join", "Members": []})
+        wait_for(lambda: errors)
+    assert "deadlock" in str(errors[0])
+
+
+def test_reply_timeout(agent: FakeAgent) -> None:
+    agent.silent.add("members")
+    with SerfRPC("127.0.0.1", agent.port, timeout=0.3) as rpc:
+        start = time.monotonic()
+        with pytest.raises(SerfError, match="did not answer 'members' within 0.3 s"):
+            rpc.members()
+        assert time.monotonic() - start < 2
+
+
+def test_agent_drop_fails_waiting_calls_and_marks_closed(agent: FakeAgent) -> None:
+    agent.silent.add("members")
+    rpc = SerfRPC("127.0.0.1", agent.port, timeout=10.0)
+    rpc.connect()
+    assert not rpc.closed
+    errors: list[SerfError] = []
+
+    def call() -> None:
+        try:
+            rpc.members()
+        except SerfError as exc:
+            errors.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    wait_for(lambda: any(c == "members" for c, _ in agent.requests))
+    agent.drop()
+    caller.join(3)
+    assert errors and "connection lost (agent closed the connection)" in str(errors[0])
+    assert rpc.wait_closed(3) and rpc.closed
+    with pytest.raises(SerfError, match="connection lost"):
+        rpc.members()
+    rpc.close()
+
+
+def test_unknown_seq_is_a_protocol_error(agent: FakeAgent) -> None:
+    with SerfRPC("127.0.0.1", agent.port) as rpc:
+        agent.push_raw(msgpack.packb({"Seq": 999, "Error": ""}))
+        assert rpc.wait_closed(3)
+        assert "unknown request 999" in (rpc.close_reason or "")
+
+
+def test_close_is_prompt_and_idempotent(agent: FakeAgent) -> None:
+    rpc = SerfRPC("127.0.0.1", agent.port)
+    assert rpc.closed  # not connected yet
+    rpc.connect()
+    start = time.monotonic()
+    rpc.close()
+    rpc.close()
+    assert rpc.closed and rpc.wait_closed(0)
+    assert time.monotonic() - start < 1
+    with pytest.raises(RuntimeError):
+        rpc.connect()
+
+
+def test_connection_refused() -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(SerfError, match=f"127.0.0.1:{port}: connection refused"):
+        SerfRPC("127.0.0.1", port).connect()
+
+
+def test_silent_listener_times_out_the_handshake() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        rpc = SerfRPC("127.0.0.1", listener.getsockname()[1], timeout=0.3)
+        with pytest.raises(SerfError, match="did not answer 'handshake'"):
+            rpc.connect()
+        assert rpc.closed
