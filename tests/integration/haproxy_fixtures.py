@@ -1,0 +1,270 @@
+"""A real HAProxy in master-worker mode on loopback, with tiny HTTP servers behind it.
+
+Every port is picked free at run time and every file lives in a fresh temp directory, so
+the tests never touch a user's HAProxy (8080, 9999, 1936) or each other. The whole
+process group HAProxy runs in is killed in the finalizer, also when a test fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import http.client
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from lbsync.haproxy.binary import start_master
+from lbsync.haproxy.master import MasterCLI
+from lbsync.haproxy.runtime import RuntimeAPI, RuntimeAPIError
+
+BACKEND = "nodes"
+requires_haproxy = pytest.mark.skipif(
+    shutil.which("haproxy") is None, reason="haproxy is not on PATH"
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class _QuietHTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # HAProxy killing a held session breaks the pipe: expected, not news
+
+
+class HTTPNode:
+    """An HTTP server on 127.0.0.1 that answers its name; GET /hold waits for `release()`."""
+
+    def __init__(self, name: str):
+        self.name = name
+        self.held = threading.Semaphore(0)  # one release per /hold request that arrived
+        self._release = threading.Event()
+        node = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                if self.path == "/hold":
+                    node.held.release()
+                    node._release.wait(30)
+                body = node.name.encode()
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass  # keep pytest output clean
+
+        self.server = _QuietHTTPServer(("127.0.0.1", 0), Handler)
+        self.port: int = self.server.server_address[1]
+        self._thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+
+    def wait_held(self, count: int = 1, timeout: float = 5.0) -> None:
+        for _ in range(count):
+            if not self.held.acquire(timeout=timeout):
+                raise AssertionError(f"no /hold request reached {self.name} within {timeout}s")
+
+    def release(self) -> None:
+        self._release.set()
+
+    def stop(self) -> None:
+        self.release()
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@dataclass
+class Response:
+    status: int
+    body: str
+    set_cookie: list[str]
+
+
+def http_get(port: int, path: str = "/", cookie: str | None = None) -> Response:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path, headers={"Cookie": cookie} if cookie else {})
+        resp = conn.getresponse()
+        return Response(resp.status, resp.read().decode(), resp.headers.get_all("Set-Cookie") or [])
+    finally:
+        conn.close()
+
+
+class HeldRequest:
+    """A client whose request sits on a server until the server is released."""
+
+    def __init__(self, port: int):
+        self.result: Response | BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(port,), daemon=True)
+        self._thread.start()
+
+    def _run(self, port: int) -> None:
+        try:
+            self.result = http_get(port, "/hold")
+        except BaseException as exc:  # noqa: BLE001 (reported to the test through .result)
+            self.result = exc
+
+    def join(self, timeout: float = 10.0) -> Response | BaseException | None:
+        self._thread.join(timeout)
+        return self.result
+
+
+CONFIG = """\
+global
+    stats socket {sock_dir}/admin.sock mode 600 level admin expose-fd listeners
+    stats socket ipv4@127.0.0.1:{cli_port} level admin
+    stats timeout 30s
+    # Held test requests must not keep old workers alive after a reload.
+    hard-stop-after 5s
+
+defaults
+    mode http
+    timeout connect 2s
+    timeout client 30s
+    timeout server 30s
+
+frontend fe_nodes
+    bind 127.0.0.1:{nodes_port}
+    default_backend {backend}
+
+backend {backend}
+    balance roundrobin
+    cookie SERVERID insert indirect nocache dynamic
+    dynamic-cookie-key lbsync-test-key
+
+frontend fe_static
+    bind 127.0.0.1:{static_port}
+    default_backend static
+
+backend static
+    server s1 127.0.0.1:{static_server_port}
+"""
+
+
+@dataclass
+class HAProxyRig:
+    """One running HAProxy and how to reach it."""
+
+    config: Path
+    log: Path
+    admin_socket: str
+    cli_tcp: str
+    master_socket: str
+    nodes_port: int  # frontend of the dynamic backend
+    static_port: int  # frontend of a backend with a static server (survives reloads)
+    process: subprocess.Popen[bytes]
+    nodes: list[HTTPNode] = field(default_factory=list)
+
+    def runtime(self, kind: str = "unix") -> RuntimeAPI:
+        return RuntimeAPI(self.admin_socket if kind == "unix" else self.cli_tcp)
+
+    def master(self) -> MasterCLI:
+        return MasterCLI(self.master_socket)
+
+    def log_tail(self) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-20:])
+        except OSError:
+            return ""
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    # The master leads its own process group (start_new_session); the workers are in it.
+    with contextlib.suppress(ProcessLookupError):
+        process.terminate()
+    try:
+        process.wait(5)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signal.SIGKILL)
+
+
+def _wait_started(rig: HAProxyRig, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    runtime = rig.runtime()
+    while True:
+        if rig.process.poll() is not None:
+            raise RuntimeError(f"haproxy exited with {rig.process.returncode}:\n{rig.log_tail()}")
+        try:
+            runtime.version()
+            rig.master().status()
+            return
+        except RuntimeAPIError:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"haproxy did not start:\n{rig.log_tail()}") from None
+        time.sleep(0.05)
+
+
+@pytest.fixture
+def http_nodes() -> Iterator[list[HTTPNode]]:
+    nodes = [HTTPNode(f"node{i}") for i in range(3)]
+    try:
+        yield nodes
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+@pytest.fixture
+def haproxy_rig(tmp_path: Path, http_nodes: list[HTTPNode]) -> Iterator[HAProxyRig]:
+    """HAProxy -W with a dynamic backend `nodes` and a static one; killed afterwards."""
+    if shutil.which("haproxy") is None:
+        pytest.skip("haproxy is not on PATH")
+    # Unix socket paths are limited to ~107 bytes; pytest's tmp_path can be longer.
+    sock_dir = Path(tempfile.mkdtemp(prefix="lbsync-hx-"))
+    static = HTTPNode("static")
+    ports = {
+        "cli_port": free_port(),
+        "nodes_port": free_port(),
+        "static_port": free_port(),
+    }
+    config = tmp_path / "haproxy.cfg"
+    config.write_text(
+        CONFIG.format(
+            sock_dir=sock_dir, backend=BACKEND, static_server_port=static.port, **ports
+        )
+    )
+    log = tmp_path / "haproxy.log"
+    process: subprocess.Popen[bytes] | None = None
+    try:
+        with log.open("wb") as out:
+            process = start_master(config, sock_dir / "master.sock", output=out)
+        rig = HAProxyRig(
+            config=config,
+            log=log,
+            admin_socket=str(sock_dir / "admin.sock"),
+            cli_tcp=f"127.0.0.1:{ports['cli_port']}",
+            master_socket=str(sock_dir / "master.sock"),
+            nodes_port=ports["nodes_port"],
+            static_port=ports["static_port"],
+            process=process,
+            nodes=http_nodes,
+        )
+        _wait_started(rig)
+        yield rig
+    finally:
+        if process is not None:
+            _stop(process)
+        static.stop()
+        shutil.rmtree(sock_dir, ignore_errors=True)

@@ -1,0 +1,293 @@
+"""lbsync.haproxy against a real HAProxy (master-worker) on loopback."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from haproxy_fixtures import (
+    BACKEND,
+    HAProxyRig,
+    HeldRequest,
+    free_port,
+    http_get,
+    requires_haproxy,
+)
+
+from lbsync.haproxy import runtime as runtime_module
+from lbsync.haproxy.binary import ConfigInvalid, check_config, haproxy_version
+from lbsync.haproxy.master import MasterCLI, ReloadFailed
+from lbsync.haproxy.runtime import (
+    CommandFailed,
+    RuntimeAPI,
+    RuntimeAPIError,
+    response_error,
+)
+from lbsync.model import ADMIN_FDRAIN, ServerState
+
+pytestmark = [pytest.mark.integration, requires_haproxy]
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(0.02)
+
+
+def server(rt: RuntimeAPI, name: str) -> ServerState | None:
+    return next((s for s in rt.servers_state(BACKEND) if s.name == name), None)
+
+
+def add_and_enable(rt: RuntimeAPI, name: str, port: int, extra: str = "") -> None:
+    rt.run([
+        f"add server {BACKEND}/{name} 127.0.0.1:{port} check inter 1s weight 5 {extra}".strip(),
+        f"enable health {BACKEND}/{name}",
+        f"enable server {BACKEND}/{name}",
+    ])
+
+
+@pytest.mark.parametrize("kind", ["unix", "tcp"])
+def test_server_lifecycle(haproxy_rig: HAProxyRig, kind: str) -> None:
+    rt = haproxy_rig.runtime(kind)
+    port = haproxy_rig.nodes[0].port
+
+    rt.run([f"add server {BACKEND}/n1 127.0.0.1:{port} check inter 1s weight 5"])
+    added = server(rt, "n1")
+    assert added is not None
+    assert (added.addr, added.port, added.uweight) == ("127.0.0.1", port, 5)
+    assert added.in_maint, "a dynamic server starts in maintenance"
+
+    rt.run([f"enable health {BACKEND}/n1", f"enable server {BACKEND}/n1"])
+    wait_for("n1 up", lambda: (s := server(rt, "n1")) is not None and s.up)
+    assert http_get(haproxy_rig.nodes_port).body == "node0"
+
+    rt.run([f"set server {BACKEND}/n1 state drain"])
+    drained = server(rt, "n1")
+    assert drained is not None and drained.draining and drained.admin_state & ADMIN_FDRAIN
+    assert drained.state_word == "DRAIN"
+
+    rt.run([f"set server {BACKEND}/n1 state maint"])
+    maint = server(rt, "n1")
+    assert maint is not None and maint.in_maint and maint.state_word == "MAINT"
+
+    answers = rt.run([f"shutdown sessions server {BACKEND}/n1", f"del server {BACKEND}/n1"])
+    assert answers == ["", "Server deleted."]
+    assert server(rt, "n1") is None
+
+
+def test_batch_of_many_commands_uses_one_connection(
+    haproxy_rig: HAProxyRig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    connects: list[str] = []
+    real_connect = runtime_module._connect
+
+    def counting_connect(address: runtime_module.Address, timeout: float) -> object:
+        connects.append(address.text)
+        return real_connect(address, timeout)
+
+    monkeypatch.setattr(runtime_module, "_connect", counting_connect)
+    rt = haproxy_rig.runtime()
+    port = haproxy_rig.nodes[0].port
+    commands = []
+    for i in range(40):
+        commands += [
+            f"add server {BACKEND}/b{i} 127.0.0.1:{port} check inter 2s weight {i + 1}",
+            f"enable health {BACKEND}/b{i}",
+            f"enable server {BACKEND}/b{i}",
+        ]
+    commands.append(f"show servers state {BACKEND}")
+
+    answers = rt.execute(commands)
+
+    assert connects == [haproxy_rig.admin_socket]
+    assert len(answers) == len(commands)
+    assert [response_error(c, a) for c, a in zip(commands, answers, strict=True)] == [None] * 121
+    rows = runtime_module.parse_servers_state(answers[-1])
+    assert sorted(s.uweight for s in rows) == list(range(1, 41))
+
+
+def test_refusals_carry_haproxy_text(haproxy_rig: HAProxyRig) -> None:
+    rt = haproxy_rig.runtime()
+    add_and_enable(rt, "n1", haproxy_rig.nodes[0].port)
+
+    with pytest.raises(CommandFailed) as failed:
+        rt.run([f"del server {BACKEND}/n1"])
+    assert "Only servers in maintenance mode can be deleted." in str(failed.value)
+    assert haproxy_rig.admin_socket in str(failed.value)
+
+    commands = [
+        f"add server {BACKEND}/n1 127.0.0.1:1",
+        f"del server {BACKEND}/nope",
+        f"set server {BACKEND}/n1 weight 999",
+        "show servers state nosuchbackend",
+        "bogus command",
+    ]
+    answers = rt.execute(commands)  # refusals are answers, not exceptions
+    errors = [response_error(c, a) for c, a in zip(commands, answers, strict=True)]
+    assert errors == [
+        "Already exists a server with the same name in backend.",
+        "No such server.",
+        "Absolute weight can only be between 0 and 256 inclusive.",
+        "Can't find backend.",
+        "unknown command",
+    ]
+
+    with pytest.raises(CommandFailed) as failed:
+        rt.run(commands)
+    assert len(failed.value.failures) == 5
+    assert "(and 4 more)" in str(failed.value)
+
+
+def test_cookie_on_add_server_is_refused_before_3_0(haproxy_rig: HAProxyRig) -> None:
+    rt = haproxy_rig.runtime()
+    if rt.version() >= (3, 0, 0):
+        pytest.skip("HAProxy 3.0+ accepts 'cookie' on add server")
+    (answer,) = rt.execute([f"add server {BACKEND}/c1 127.0.0.1:1 cookie c1"])
+    assert response_error("add server", answer) == (
+        "'cookie' option is not accepted for dynamic server"
+    )
+
+
+def test_servers_state_counts_sessions_of_held_requests(haproxy_rig: HAProxyRig) -> None:
+    rt = haproxy_rig.runtime("tcp")
+    node = haproxy_rig.nodes[0]
+    add_and_enable(rt, "n1", node.port)
+    wait_for("n1 up", lambda: (s := server(rt, "n1")) is not None and s.up)
+
+    held = [HeldRequest(haproxy_rig.nodes_port) for _ in range(2)]
+    node.wait_held(2)
+    add_and_enable(rt, "n2", haproxy_rig.nodes[1].port)
+
+    sessions = {s.name: s.sessions for s in rt.servers_state(BACKEND)}
+    assert sessions == {"n1": 2, "n2": 0}
+
+    node.release()
+    for request in held:
+        result = request.join()
+        assert not isinstance(result, BaseException) and result is not None
+        assert (result.status, result.body) == (200, "node0")
+    wait_for("sessions back to 0", lambda: (s := server(rt, "n1")) is not None and not s.sessions)
+
+
+def test_del_refused_while_a_session_is_open(haproxy_rig: HAProxyRig) -> None:
+    rt = haproxy_rig.runtime()
+    node = haproxy_rig.nodes[0]
+    add_and_enable(rt, "n1", node.port)
+    wait_for("n1 up", lambda: (s := server(rt, "n1")) is not None and s.up)
+    held = HeldRequest(haproxy_rig.nodes_port)
+    node.wait_held()
+
+    # Maintenance stops new traffic but leaves the open session alone.
+    answers = rt.execute([f"set server {BACKEND}/n1 state maint", f"del server {BACKEND}/n1"])
+    assert response_error(f"del server {BACKEND}/n1", answers[1]) == (
+        "Server still has connections attached to it, cannot remove it."
+    )
+
+    rt.run([f"shutdown sessions server {BACKEND}/n1"])
+    # The killed stream goes away asynchronously, a few milliseconds later.
+    wait_for(
+        "del server to succeed",
+        lambda: rt.execute([f"del server {BACKEND}/n1"]) == ["Server deleted."],
+    )
+    node.release()
+    result = held.join()
+    assert isinstance(result, BaseException) or (result is not None and result.status != 200)
+
+
+def test_reload_through_master_keeps_serving(haproxy_rig: HAProxyRig) -> None:
+    master = haproxy_rig.master()
+    before = master.status()
+    assert before.workers and before.failed_reloads == 0
+    assert http_get(haproxy_rig.static_port).body == "static"
+
+    master.reload()
+
+    after = master.status()
+    assert master.reload_count() == before.reloads + 1
+    assert after.workers and set(after.workers).isdisjoint(before.workers)
+    assert http_get(haproxy_rig.static_port).body == "static"
+    haproxy_rig.runtime().wait_ready(5)
+    assert master.worker_pids() == list(after.workers)
+
+
+def test_failed_reload_raises_and_old_worker_keeps_serving(haproxy_rig: HAProxyRig) -> None:
+    master = haproxy_rig.master()
+    good = haproxy_rig.config.read_text()
+    workers = master.worker_pids()
+    haproxy_rig.config.write_text(good + "\nbackend broken\n    no_such_keyword here\n")
+
+    with pytest.raises(ReloadFailed, match=re.escape(haproxy_rig.master_socket)):
+        master.reload()
+
+    assert master.status().failed_reloads == 1
+    assert master.worker_pids() == workers
+    assert http_get(haproxy_rig.static_port).body == "static"
+
+    haproxy_rig.config.write_text(good)
+    master.reload()
+    assert master.status().failed_reloads == 0
+
+
+def test_check_config_returns_haproxys_alerts(haproxy_rig: HAProxyRig, tmp_path: Path) -> None:
+    check_config(haproxy_rig.config)  # the running config is valid
+
+    broken = tmp_path / "broken.cfg"
+    broken.write_text(
+        "defaults\n    mode http\nbackend b\n    server s 127.0.0.1:80 chek\n    bogus_kw 1\n"
+    )
+    with pytest.raises(ConfigInvalid) as invalid:
+        check_config(broken)
+    alerts = invalid.value.alerts
+    assert any("unknown keyword 'chek'" in a and "broken.cfg:4" in a for a in alerts), alerts
+    assert any("bogus_kw" in a for a in alerts), alerts
+    assert not any("Fatal errors" in a or "[ALERT]" in a for a in alerts), alerts
+    assert str(broken) in str(invalid.value)
+
+
+def test_version_matches_the_binary(haproxy_rig: HAProxyRig) -> None:
+    assert haproxy_rig.runtime().version() == haproxy_version()
+
+
+def test_dynamic_cookie_needs_enable_after_add(haproxy_rig: HAProxyRig) -> None:
+    rt = haproxy_rig.runtime()
+    add_and_enable(rt, "c1", haproxy_rig.nodes[0].port)
+    wait_for("c1 up", lambda: (s := server(rt, "c1")) is not None and s.up)
+    if rt.version() < (3, 0, 0):
+        # 2.6 computes dynamic cookies only when asked: the new server has none, and
+        # HAProxy even tells the client to drop its cookie.
+        first = http_get(haproxy_rig.nodes_port)
+        assert any(c.startswith("SERVERID=;") for c in first.set_cookie), first.set_cookie
+
+    add_and_enable(rt, "c2", haproxy_rig.nodes[1].port)
+    rt.run([f"enable dynamic-cookie backend {BACKEND}"])
+    cookies: dict[str, str] = {}
+    for _ in range(4):
+        response = http_get(haproxy_rig.nodes_port)
+        for header in response.set_cookie:
+            match = re.match(r"SERVERID=([0-9a-f]{16});", header)
+            if match:
+                cookies[response.body] = match[1]
+    assert set(cookies) == {"node0", "node1"} and len(set(cookies.values())) == 2
+
+    sticky = {http_get(haproxy_rig.nodes_port, cookie=f"SERVERID={cookies['node1']}").body
+              for _ in range(4)}
+    assert sticky == {"node1"}
+
+
+def test_missing_socket_and_refused_port_raise_runtime_api_error(tmp_path: Path) -> None:
+    missing = str(tmp_path / "nope.sock")
+    with pytest.raises(RuntimeAPIError, match=re.escape(missing)):
+        RuntimeAPI(missing).execute(["show info"])
+    with pytest.raises(RuntimeAPIError, match="not ready after 0.2s"):
+        RuntimeAPI(missing).wait_ready(0.2)
+    with pytest.raises(RuntimeAPIError, match=re.escape(missing)):
+        MasterCLI(missing).reload_count()
+
+    address = f"127.0.0.1:{free_port()}"
+    with pytest.raises(RuntimeAPIError, match=f"{re.escape(address)}: connection refused"):
+        RuntimeAPI(address).servers_state(BACKEND)
