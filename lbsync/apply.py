@@ -1,0 +1,116 @@
+"""Plan -> Runtime API commands, sent in one socket session.
+
+`steps()` is pure: each step is one action on one server (one log line) with the
+commands that carry it out. `apply_steps()` sends every command of every step through one
+connection and reports each step's outcome from HAProxy's own answers.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from .desired import server_args
+from .model import Plan, ServerState
+from .settings import Settings
+
+log = logging.getLogger("lbsync.apply")
+
+
+class Runtime(Protocol):
+    """What lbsync needs from HAProxy's Runtime API (lbsync.haproxy.runtime.RuntimeAPI)."""
+
+    def execute(self, commands: list[str]) -> list[str]: ...
+
+    def servers_state(self, backend: str) -> list[ServerState]: ...
+
+
+@dataclass(frozen=True)
+class Step:
+    action: str  # add, enable, undrain, drain, remove, kill, weight, addr
+    server: str
+    detail: str
+    commands: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    step: Step
+    error: str | None
+
+
+def _removal(be: str, name: str) -> tuple[str, ...]:
+    # `del server` needs maintenance and no connection left.
+    return (f"set server {be}/{name} state maint", f"shutdown sessions server {be}/{name}",
+            f"del server {be}/{name}")
+
+
+def steps(plan: Plan, settings: Settings, *, dynamic_cookies: bool) -> list[Step]:
+    be = settings.backend
+    out: list[Step] = []
+    # Removals of crashed members first: they are the ones failing requests right now.
+    for name in plan.kill:
+        out.append(Step("kill", name, "member failed", _removal(be, name)))
+    for s in plan.add:
+        cmds = [f"add server {be}/{s.name} {s.addr}:{s.port} {server_args(s, settings)}"]
+        if dynamic_cookies:
+            # A dynamic server gets its hashed cookie only when the backend recomputes them.
+            cmds.append(f"enable dynamic-cookie backend {be}")
+        # Leaving maintenance straight to ready would make the server UP before any check
+        # (HAProxy trusts a new server). Through drain, forced DOWN, then ready, it takes
+        # load-balanced traffic only once a check passes (`downinter` makes that ~0.1 s).
+        cmds += [f"enable health {be}/{s.name}", f"set server {be}/{s.name} state drain",
+                 f"set server {be}/{s.name} health down", f"set server {be}/{s.name} state ready"]
+        out.append(Step("add", s.name, f"addr={s.addr}:{s.port} weight={s.weight}", tuple(cmds)))
+    for name in plan.enable:
+        out.append(Step("enable", name, "was in maintenance",
+                        (f"enable health {be}/{name}", f"set server {be}/{name} state ready")))
+    for name in plan.undrain:
+        out.append(Step("undrain", name, "member is back",
+                        (f"set server {be}/{name} state ready",)))
+    for w in plan.weights:
+        out.append(Step("weight", w.name, f"weight={w.weight}",
+                        (f"set weight {be}/{w.name} {w.weight}",)))
+    for a in plan.addrs:
+        out.append(Step("addr", a.name, f"addr={a.addr}:{a.port}",
+                        (f"set server {be}/{a.name} addr {a.addr} port {a.port}",)))
+    for name in plan.drain:
+        out.append(Step("drain", name, "member leaving", (f"set server {be}/{name} state drain",)))
+    for name in plan.remove:
+        out.append(Step("del", name, "drained", _removal(be, name)))
+    return out
+
+
+def apply_steps(runtime: Runtime, todo: Sequence[Step],
+                response_error: ResponseCheck) -> list[Outcome]:
+    """Send all commands in one session; one log line per step, with its outcome."""
+    if not todo:
+        return []
+    commands = [c for st in todo for c in st.commands]
+    started = time.monotonic()
+    answers = runtime.execute(commands)
+    # One round trip carries the whole batch, so each step reports the batch's time.
+    took_ms = (time.monotonic() - started) * 1000
+    outcomes: list[Outcome] = []
+    i = 0
+    for st in todo:
+        error = None
+        for cmd in st.commands:
+            problem = response_error(cmd, answers[i])
+            i += 1
+            if problem and error is None:
+                error = f"{cmd!r}: {problem}"
+        outcomes.append(Outcome(st, error))
+        if error:
+            log.error("%s server=%s %s failed: %s", st.action, st.server, st.detail, error)
+        else:
+            log.info("%s server=%s %s took=%.1fms batch=%d", st.action, st.server, st.detail,
+                     took_ms, len(todo))
+    return outcomes
+
+
+class ResponseCheck(Protocol):
+    def __call__(self, command: str, answer: str) -> str | None: ...

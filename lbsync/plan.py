@@ -1,0 +1,105 @@
+"""diff(actual, desired) -> Plan (pure).
+
+`actual` is HAProxy's own answer to `show servers state` (with session counts), so the
+plan heals whatever happened behind lbsync's back: a lost event, a restart of either side,
+a server an operator deleted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from .model import (
+    ADMIN_FMAINT,
+    AddrUpdate,
+    DesiredState,
+    Plan,
+    Server,
+    ServerState,
+    WeightUpdate,
+)
+
+
+def make_plan(
+    actual: Sequence[ServerState],
+    desired: DesiredState,
+    *,
+    now: float,
+    drain_started: Mapping[str, float],
+    drain_timeout: float,
+    applied_weights: Mapping[str, int],
+) -> Plan:
+    """What to do now. Draining servers come back as `waiting` until they are empty.
+
+    `drain_started` is when lbsync first saw each server draining; `applied_weights` the
+    weight lbsync last gave each server (an agent-check may move HAProxy's own figure,
+    and lbsync must not fight it).
+    """
+    have = {s.name: s for s in actual}
+    add: list[Server] = []
+    enable: list[str] = []
+    undrain: list[str] = []
+    weights: list[WeightUpdate] = []
+    addrs: list[AddrUpdate] = []
+    for name, want in sorted(desired.servers.items()):
+        cur = have.get(name)
+        if cur is None:
+            add.append(want)
+            continue
+        if (cur.addr, cur.port) != (want.addr, want.port):
+            addrs.append(AddrUpdate(name, want.addr, want.port))
+        if applied_weights.get(name, cur.iweight) != want.weight:
+            weights.append(WeightUpdate(name, want.weight))
+        if cur.admin_state & ADMIN_FMAINT:
+            enable.append(name)
+        if cur.draining:
+            undrain.append(name)
+
+    drain: list[str] = []
+    remove: list[str] = []
+    kill: list[str] = []
+    waiting: list[str] = []
+    for name, cur in sorted(have.items()):
+        if name in desired.servers:
+            continue
+        if name in desired.failed:
+            kill.append(name)
+        elif cur.admin_state & ADMIN_FMAINT:
+            remove.append(name)  # already out of rotation (an interrupted removal)
+        elif not cur.draining:
+            drain.append(name)
+        elif cur.sessions == 0 or now - drain_started.get(name, now) >= drain_timeout:
+            remove.append(name)
+        else:
+            waiting.append(name)
+
+    going = set(drain) | set(remove) | set(kill) | set(waiting)
+    if going and not add and going >= have.keys():
+        # Never empty the backend on one update: keep the last servers and let the health
+        # checks mark them DOWN; a gossip glitch then costs nothing when it heals.
+        return Plan(kept=tuple(sorted(going)))
+    return Plan(
+        add=tuple(add), enable=tuple(enable), undrain=tuple(undrain), drain=tuple(drain),
+        remove=tuple(remove), kill=tuple(kill), weights=tuple(weights), addrs=tuple(addrs),
+        waiting=tuple(waiting),
+    )
+
+
+def servers_after(
+    plan: Plan, actual: Sequence[ServerState], desired: DesiredState,
+    applied_weights: Mapping[str, int],
+) -> list[Server]:
+    """The servers HAProxy holds once `plan` is applied: what haproxy.cfg must list.
+
+    Draining and kept servers stay in the file, so a reload in the middle of a drain keeps
+    them (the saved server state brings their drain flag back).
+    """
+    have = {s.name: s for s in actual}
+    out = dict(desired.servers)
+    for name in (*plan.kept, *plan.waiting, *plan.drain):
+        cur = have[name]
+        out[name] = Server(
+            name, cur.addr, cur.port, applied_weights.get(name, cur.iweight),
+            name if desired.explicit_cookies else None,
+        )
+    return [out[n] for n in sorted(out)]

@@ -1,0 +1,165 @@
+"""The node registry: a folder with one JSON file per Serf member.
+
+It is the meeting point of the two ways members arrive (the daemon's RPC stream and
+`lbsync handle` run by `serf agent -event-handler`), it survives restarts, and a person
+can read it with `cat /nodes/*.json`. Files are written atomically and only when a fact
+about the member changed, so the 0.1 s members poll costs no disk writes at rest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from .files import atomic_write
+from .model import EventKind, Member, MemberEvent, MemberStatus, Refusal
+from .validate import name_problem
+
+log = logging.getLogger("lbsync.registry")
+
+_EVENT_STATUS = {
+    EventKind.JOIN: MemberStatus.ALIVE,
+    EventKind.UPDATE: MemberStatus.ALIVE,
+    EventKind.LEAVE: MemberStatus.LEFT,
+    EventKind.FAILED: MemberStatus.FAILED,
+}
+# What a status change seen by the members poll is called in `last_event`.
+_STATUS_EVENT = {
+    MemberStatus.ALIVE: "member-join",
+    MemberStatus.LEAVING: "member-leaving",
+    MemberStatus.LEFT: "member-leave",
+    MemberStatus.FAILED: "member-failed",
+    MemberStatus.NONE: "member-unknown",
+}
+
+
+def to_json(m: Member) -> dict[str, Any]:
+    port = m.tags.get("port", "")
+    return {
+        "name": m.name,
+        "address": m.addr,
+        # The service port HAProxy will use, when the member tags one (else the default).
+        "port": int(port) if port.isascii() and port.isdigit() else None,
+        "tags": dict(sorted(m.tags.items())),
+        "status": str(m.status),
+        "last_event": m.last_event,
+        "time": round(m.time, 3),
+    }
+
+
+def from_json(data: Any) -> Member:
+    if not isinstance(data, dict):
+        raise ValueError("not a JSON object")
+    tags = data.get("tags") or {}
+    if not isinstance(tags, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in tags.items()
+    ):
+        raise ValueError("tags must map strings to strings")
+    return Member(
+        name=str(data["name"]),
+        addr=str(data["address"]),
+        tags=tags,
+        status=MemberStatus(data.get("status", "none")),
+        last_event=str(data.get("last_event", "")),
+        time=float(data.get("time", 0.0)),
+    )
+
+
+def _same_facts(a: Member, b: Member) -> bool:
+    return (a.addr, dict(a.tags), a.status) == (b.addr, dict(b.tags), b.status)
+
+
+class Registry:
+    """The registry folder. Not thread-safe: the reconcile loop is its only writer."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def path(self, name: str) -> Path:
+        return self.root / f"{name}.json"
+
+    def load(self) -> dict[str, Member]:
+        """Every readable member; a damaged file is logged and skipped, never deleted."""
+        members: dict[str, Member] = {}
+        if not self.root.is_dir():
+            return members
+        for path in sorted(self.root.glob("*.json")):
+            try:
+                m = from_json(json.loads(path.read_text(encoding="utf-8")))
+            except (OSError, ValueError, KeyError, TypeError) as e:
+                log.warning("registry: skipping unreadable %s: %s", path, e)
+                continue
+            if m.name != path.stem or name_problem(m.name):
+                log.warning("registry: skipping %s: name does not match the file", path)
+                continue
+            members[m.name] = m
+        return members
+
+    def put(self, member: Member) -> bool:
+        """Store one member; False when nothing but the time would change."""
+        old = self.get(member.name)
+        if old is not None and _same_facts(old, member):
+            return False
+        atomic_write(self.path(member.name), json.dumps(to_json(member), indent=2) + "\n")
+        return True
+
+    def get(self, name: str) -> Member | None:
+        try:
+            return from_json(json.loads(self.path(name).read_text(encoding="utf-8")))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+    def delete(self, name: str) -> bool:
+        try:
+            os.unlink(self.path(name))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def apply_event(self, event: MemberEvent) -> tuple[list[str], list[Refusal]]:
+        """Record one Serf event; returns the names that changed and the refused members."""
+        changed: list[str] = []
+        refused: list[Refusal] = []
+        for m in event.members:
+            if problem := name_problem(m.name):
+                refused.append(Refusal(m.name, problem))
+                continue
+            if event.kind == EventKind.REAP:
+                if self.delete(m.name):
+                    changed.append(m.name)
+                continue
+            stored = Member(m.name, m.addr, dict(m.tags), _EVENT_STATUS[event.kind],
+                            str(event.kind), m.time)
+            if self.put(stored):
+                changed.append(m.name)
+        return changed, refused
+
+    def sync(self, members: Iterable[Member], now: float) -> tuple[list[str], list[Refusal]]:
+        """Make the registry equal to a full `members` answer.
+
+        A member Serf no longer lists was reaped by Serf, so its file goes too.
+        """
+        changed: list[str] = []
+        refused: list[Refusal] = []
+        seen: set[str] = set()
+        current = self.load()
+        for m in members:
+            if problem := name_problem(m.name):
+                refused.append(Refusal(m.name, problem))
+                continue
+            seen.add(m.name)
+            old = current.get(m.name)
+            if old is not None and _same_facts(old, m):
+                continue
+            event = _STATUS_EVENT[m.status] if old is None or old.status != m.status else (
+                "member-update")
+            if self.put(Member(m.name, m.addr, dict(m.tags), m.status, event, now)):
+                changed.append(m.name)
+        for name in current.keys() - seen:
+            if self.delete(name):
+                changed.append(name)
+        return changed, refused

@@ -1,0 +1,98 @@
+"""Drift between the three views of the fleet: Serf, HAProxy and haproxy.cfg (pure).
+
+It reuses the plan: if lbsync would still do something for a server, that server has
+drifted; a server that is only draining (or kept so the backend is not emptied) has not.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from .desired import desired_state
+from .model import Member, ServerState
+from .plan import make_plan
+from .render import BEGIN, END
+from .settings import Settings
+
+_SERVER_LINE = re.compile(r"^\s*server\s+(\S+)\s")
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    serf: str  # Serf status, or "-" when Serf does not know the name
+    haproxy: str  # UP, DOWN, MAINT, DRAIN or "-"
+    in_config: bool
+    note: str  # what lbsync is doing, or the drift
+    drift: bool
+
+
+def config_servers(text: str) -> set[str]:
+    """Server names between the lbsync markers of a rendered haproxy.cfg."""
+    names: set[str] = set()
+    inside = False
+    for line in text.splitlines():
+        if line.strip() == BEGIN:
+            inside = True
+        elif line.strip() == END:
+            inside = False
+        elif inside and (m := _SERVER_LINE.match(line)):
+            names.add(m.group(1))
+    return names
+
+
+def status_rows(
+    members: Mapping[str, Member], actual: Sequence[ServerState], in_config: set[str],
+    settings: Settings, version: tuple[int, ...],
+) -> list[Row]:
+    desired = desired_state(members, settings, version)
+    plan = make_plan(
+        actual, desired, now=0.0, drain_started={}, drain_timeout=float("inf"),
+        # Weights move with agent-checks; status compares membership, not weights.
+        applied_weights={n: s.weight for n, s in desired.servers.items()},
+    )
+    notes: dict[str, tuple[str, bool]] = {}
+    for s in plan.add:
+        notes[s.name] = ("member is alive but not in HAProxy", True)
+    for label, group, drift in (
+        ("in maintenance although alive", plan.enable, True),
+        ("draining although alive", plan.undrain, True),
+        ("leaving but not drained", plan.drain, True),
+        ("drained but not removed", plan.remove, True),
+        ("failed but still in HAProxy", plan.kill, True),
+        ("draining", plan.waiting, False),
+        ("kept: the last servers of the backend", plan.kept, False),
+    ):
+        for name in group:
+            notes[name] = (label, drift)
+    for a in plan.addrs:
+        notes[a.name] = (f"HAProxy has another address than {a.addr}:{a.port}", True)
+    for r in desired.refused:
+        # A refused member that still serves is drained by the plan: keep that drift.
+        old, drift = notes.get(r.member, ("", False))
+        notes[r.member] = (f"refused: {r.reason}" + (f"; {old}" if old else ""), drift)
+
+    have = {s.name: s for s in actual}
+    names = set(have) | in_config | set(desired.servers) | desired.leaving | desired.failed
+    rows: list[Row] = []
+    for name in sorted(names | {r.member for r in desired.refused}):
+        note, drift = notes.get(name, ("ok", False))
+        if (name in have) != (name in in_config):
+            where = "haproxy.cfg lacks it" if name in have else "only haproxy.cfg has it"
+            note, drift = (where if note == "ok" else f"{note}; {where}"), True
+        m = members.get(name)
+        cur = have.get(name)
+        rows.append(Row(name, str(m.status) if m else "-", cur.state_word if cur else "-",
+                        name in in_config, note, drift))
+    return rows
+
+
+def format_table(rows: Sequence[Row]) -> str:
+    header = ("MEMBER", "SERF", "HAPROXY", "CONFIG", "NOTE")
+    body = [(r.name, r.serf, r.haproxy, "yes" if r.in_config else "no",
+             ("DRIFT: " if r.drift else "") + r.note) for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=False)]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=False)).rstrip()
+                     for line in (header, *body))

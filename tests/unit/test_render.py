@@ -1,0 +1,405 @@
+"""lbsync.render: haproxy.cfg from Jinja2, server markers, structure(), and a real `haproxy -c`."""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, example, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+
+from lbsync.desired import desired_state
+from lbsync.model import Member, MemberStatus, Server
+from lbsync.render import (
+    BEGIN,
+    END,
+    RenderError,
+    load_template,
+    render_haproxy,
+    render_text,
+    structure,
+    structure_hash,
+)
+from lbsync.settings import Settings
+
+LABEL, SOURCE = load_template(None)
+S = Settings()
+SERVERS = [Server("e1", "10.0.0.1", 8080, 100, None), Server("e2", "10.0.0.2", 9000, 5, None)]
+SERVER_LINE = re.compile(
+    # Strict on everything a member could influence; `downinter` may come and go.
+    r"^    server [A-Za-z0-9][A-Za-z0-9_.-]* [0-9a-fA-F.:]+:\d+ check inter \d+"
+    r"( downinter \d+)? fall \d+ rise \d+ weight \d+( cookie [A-Za-z0-9_.-]+)?$",
+    re.ASCII,
+)
+
+
+def render(servers: list[Server] = SERVERS, *, explicit: bool = False,
+           settings: Settings = S, source: str = SOURCE) -> str:
+    return render_haproxy(LABEL, source, settings, servers, explicit)
+
+
+def lines(text: str) -> list[str]:
+    return [ln.strip() for ln in text.split("\n")]
+
+
+def server_block(text: str) -> list[str]:
+    """The raw lines between the markers (split on "\\n" only, like HAProxy reads)."""
+    raw = text.split("\n")
+    stripped = [ln.strip() for ln in raw]
+    return raw[stripped.index(BEGIN) + 1:stripped.index(END)]
+
+
+# --- the default template ----------------------------------------------------------------
+
+
+def test_default_template_has_markers_once_and_in_order() -> None:
+    text = render()
+    ls = lines(text)
+    assert ls.count(BEGIN) == 1
+    assert ls.count(END) == 1
+    assert ls.index(BEGIN) < ls.index(END)
+
+
+def test_default_template_server_lines() -> None:
+    assert server_block(render()) == [
+        "    server e1 10.0.0.1:8080 check inter 1000 downinter 100 fall 2 rise 1 weight 100",
+        "    server e2 10.0.0.2:9000 check inter 1000 downinter 100 fall 2 rise 1 weight 5",
+    ]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "balance leastconn",
+        "option httpchk GET /info",
+        "option redispatch 1",
+        "timeout tunnel 1h",
+        "server-state-file /etc/haproxy/haproxy.state",
+        "load-server-state-from-file global",
+        "stats socket /run/lbsync/haproxy.sock mode 600 level admin expose-fd listeners",
+        "stats socket ipv4@127.0.0.1:9999 level admin",
+        "bind 127.0.0.1:1936",
+        "listen stats",
+        "backend nodes",
+        "default_backend nodes",
+        "bind *:8080",
+        "master-worker",
+    ],
+)
+def test_default_template_contains(line: str) -> None:
+    assert line in lines(render())
+
+
+def test_retry_on_line() -> None:
+    retry = [ln for ln in lines(render()) if ln.startswith("retry-on ")]
+    assert len(retry) == 1
+    assert "conn-failure" in retry[0].split()
+
+
+def test_stats_listen_section_binds_stats() -> None:
+    ls = lines(render())
+    start = ls.index("listen stats")
+    assert ls[start + 1] == "bind 127.0.0.1:1936"
+
+
+def test_dynamic_cookies_on_2_6() -> None:
+    text = render(explicit=False)
+    ls = lines(text)
+    assert "cookie SERVERID insert indirect nocache dynamic" in ls
+    assert "dynamic-cookie-key lbsync" in ls
+    assert all(" cookie " not in ln for ln in server_block(text))
+
+
+def test_explicit_cookies_on_3_0() -> None:
+    servers = [dataclasses.replace(s, cookie=s.name) for s in SERVERS]
+    text = render(servers, explicit=True)
+    ls = lines(text)
+    assert "cookie SERVERID insert indirect nocache" in ls
+    assert not any(ln.startswith("dynamic-cookie-key") for ln in ls)
+    assert not any(ln.endswith(" dynamic") for ln in ls if ln.startswith("cookie "))
+    assert [ln.rsplit(" ", 2)[1:] for ln in server_block(text)] == [["cookie", "e1"],
+                                                                    ["cookie", "e2"]]
+
+
+def test_settings_reach_the_config() -> None:
+    settings = Settings(
+        backend="web", cookie_name="LB", cookie_key="k3y", check_path="/health",
+        frontend_bind="127.0.0.1:18080", stats_bind="127.0.0.1:11936",
+        runtime_socket="unix@/tmp/x/rt.sock", runtime_tcp="127.0.0.1:19999",
+        haproxy_config=Path("/tmp/x/lb.cfg"), maxconn=123, retries=7, check_inter=0.5,
+    ).check()
+    ls = lines(render(settings=settings))
+    for expected in ["backend web", "default_backend web", "cookie LB insert indirect nocache "
+                     "dynamic", "dynamic-cookie-key k3y", "option httpchk GET /health",
+                     "bind 127.0.0.1:18080", "bind 127.0.0.1:11936",
+                     "stats socket /tmp/x/rt.sock mode 600 level admin expose-fd listeners",
+                     "stats socket ipv4@127.0.0.1:19999 level admin",
+                     "server-state-file /tmp/x/lb.state", "maxconn 123", "retries 7"]:
+        assert expected in ls
+    assert server_block(render(SERVERS, settings=settings))[0].split()[5] == "500"
+
+
+def test_tcp_runtime_socket_is_not_rendered_as_unix() -> None:
+    settings = Settings(runtime_socket="127.0.0.1:9999", runtime_tcp="")
+    text = render(settings=settings)
+    assert "stats socket 127.0.0.1:9999" not in text
+    assert "expose-fd" not in text
+    assert "ipv4@" not in text
+
+
+def test_zero_servers_renders_empty_block() -> None:
+    assert server_block(render([])) == []
+
+
+# --- broken templates --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        "global\n    maxconn 1\n",
+        f"{BEGIN}\n",
+        f"{END}\n",
+        f"{END}\n{BEGIN}\n",
+        f"{BEGIN}\n{BEGIN}\n{END}\n",
+        f"{BEGIN}\n{END}\n{BEGIN}\n{END}\n",
+    ],
+)
+def test_template_without_one_pair_of_markers_is_refused(source: str) -> None:
+    with pytest.raises(RenderError, match="must sit between one"):
+        render_haproxy("my.j2", source, S, SERVERS, False)
+
+
+def test_markers_may_be_indented() -> None:
+    text = render_haproxy("my.j2", f"backend x\n  {BEGIN}\n  {END}\n", S, [], False)
+    assert BEGIN in text
+
+
+def test_syntax_error_names_the_template_and_line() -> None:
+    source = f"global\n    maxconn 1\n{{% if %}}\n{BEGIN}\n{END}\n"
+    with pytest.raises(RenderError, match=r"^template my\.j2, line 3: "):
+        render_haproxy("my.j2", source, S, SERVERS, False)
+
+
+def test_unclosed_block_is_a_render_error() -> None:
+    with pytest.raises(RenderError, match=r"^template my\.j2, line \d+"):
+        render_haproxy("my.j2", f"{{% for x in servers %}}\n{BEGIN}\n{END}\n", S, [], False)
+
+
+def test_undefined_variable_is_a_render_error() -> None:
+    source = f"global\n    maxconn {{{{ s.no_such_setting }}}}\n{BEGIN}\n{END}\n"
+    with pytest.raises(RenderError, match=r"^template my\.j2: .*no_such_setting"):
+        render_haproxy("my.j2", source, S, SERVERS, False)
+
+
+def test_undefined_top_level_name_is_a_render_error() -> None:
+    with pytest.raises(RenderError, match="nope"):
+        render_text("t", "{{ nope }}", {})
+
+
+def test_render_text_keeps_trailing_newline() -> None:
+    assert render_text("t", "a {{ x }}\n", {"x": 1}) == "a 1\n"
+
+
+def test_render_text_does_not_html_escape() -> None:
+    assert render_text("t", "{{ x }}", {"x": "<&>\"'"}) == "<&>\"'"
+
+
+def test_load_template_from_a_file(tmp_path: Path) -> None:
+    path = tmp_path / "t.j2"
+    path.write_text("hello\n", encoding="utf-8")
+    assert load_template(path) == (str(path), "hello\n")
+
+
+def test_load_template_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "missing.j2"
+    with pytest.raises(RenderError, match=rf"^template {re.escape(str(path))}: cannot read it"):
+        load_template(path)
+
+
+def test_load_template_not_utf8(tmp_path: Path) -> None:
+    path = tmp_path / "bin.j2"
+    path.write_bytes(b"\xff\xfe\x00")
+    with pytest.raises(RenderError, match="cannot read it"):
+        load_template(path)
+
+
+def test_shipped_template_label() -> None:
+    assert LABEL == "lbsync:haproxy.cfg.j2"
+    assert BEGIN in SOURCE
+
+
+# --- structure ---------------------------------------------------------------------------
+
+
+def test_structure_ignores_server_lines() -> None:
+    assert structure(render([])) == structure(render(SERVERS))
+    assert structure_hash(render([])) == structure_hash(render(SERVERS))
+
+
+def test_structure_ignores_comments_outside_the_markers() -> None:
+    text = render()
+    edited = text.replace("global\n", "# a new comment\nglobal\n    # indented comment\n", 1)
+    assert edited != text
+    assert structure(edited) == structure(text)
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [("balance leastconn", "balance roundrobin"), ("timeout tunnel 1h", "timeout tunnel 2h"),
+     ("retries 3", "retries 4"), ("backend nodes", "backend other")],
+)
+def test_structure_sees_other_edits(old: str, new: str) -> None:
+    text = render()
+    assert old in text
+    edited = text.replace(old, new)
+    assert structure(edited) != structure(text)
+    assert structure_hash(edited) != structure_hash(text)
+
+
+def test_structure_sees_an_added_line() -> None:
+    text = render()
+    edited = text.replace("    balance leastconn\n", "    balance leastconn\n    option tcplog\n")
+    assert structure(edited) != structure(text)
+
+
+def test_structure_changes_with_settings_but_not_with_servers() -> None:
+    assert structure(render(settings=Settings(check_path="/other"))) != structure(render())
+    assert structure(render(settings=Settings(check_inter=2.0))) != structure(render())
+
+
+def test_structure_hash_is_short_hex() -> None:
+    assert re.fullmatch(r"[0-9a-f]{16}", structure_hash(render()))
+
+
+# --- property: no member input can change the structure or escape a server line ----------
+
+_VALID_NAME = st.from_regex(r"\A[A-Za-z0-9][A-Za-z0-9_.-]{0,20}\Z")
+_NASTY = ["\n", "\r", "\r\n", " ", "\t", ";", "#", '"', "'", "\u00e9", "\u2028", "\x00", "/",
+          "\nserver evil 1.2.3.4:80", "%", "{{", "{%", "}}"]
+_NAMES = st.one_of(
+    _VALID_NAME,
+    _VALID_NAME.map(lambda n: n + "\n"),
+    st.builds(lambda a, b: a + b, _VALID_NAME, st.sampled_from(_NASTY)),
+    st.builds(lambda a, b: a + b, st.sampled_from(_NASTY), _VALID_NAME),
+    st.text(max_size=70),
+)
+_IPS = st.ip_addresses().map(str)
+_ADDRS = st.one_of(
+    _IPS,
+    st.builds(lambda a, b: a + b, _IPS, st.sampled_from(_NASTY)),
+    st.builds(lambda a, b: f"{a}%{b}", st.ip_addresses(v=6).map(str), st.text(max_size=20)),
+    st.text(max_size=40),
+)
+_TAG_VALUES = st.one_of(
+    st.sampled_from(["edge", "8080", "1", "0", "256", "257", "65535", "65536", "false",
+                     "\u00b2", "\u0661\u0662", "80\n", "edge\n", "0\n", " 80"]),
+    st.integers(-5, 70000).map(str),
+    st.text(max_size=20),
+)
+_TAG_KEYS = st.one_of(st.sampled_from(["role", "port", "weight", "ready"]), st.text(max_size=12))
+# Mostly members that would serve, with one field bent, so the server lines get exercised.
+_NEAR_VALID_TAGS = st.fixed_dictionaries(
+    {"role": st.sampled_from(["edge", "edge", "edge", "web", "edge\n", "Edge"])},
+    optional={"port": _TAG_VALUES, "weight": _TAG_VALUES, "ready": _TAG_VALUES},
+)
+_TAGS = st.one_of(
+    _NEAR_VALID_TAGS,
+    st.builds(lambda extra, known: {**extra, **known},
+              st.dictionaries(_TAG_KEYS, _TAG_VALUES, max_size=3), _NEAR_VALID_TAGS),
+    st.dictionaries(_TAG_KEYS, _TAG_VALUES, max_size=5),
+)
+_STATUSES = st.one_of(st.just(MemberStatus.ALIVE), st.sampled_from(list(MemberStatus)))
+_MEMBERS = st.lists(
+    st.builds(Member, name=_NAMES, addr=_ADDRS, tags=_TAGS, status=_STATUSES), max_size=8)
+
+
+@hsettings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(members=_MEMBERS, version=st.sampled_from([(2, 6, 12), (3, 0, 0)]))
+@example(members=[Member("node1\n", "10.0.0.1", {"role": "edge"})], version=(2, 6, 12))
+@example(members=[Member("node1", "fe80::1%x\nserver evil 1.2.3.4:80", {"role": "edge"})],
+         version=(3, 0, 0))
+def test_member_input_never_changes_structure_or_escapes_a_server_line(
+    members: list[Member], version: tuple[int, int, int]
+) -> None:
+    by_name = {m.name: m for m in members}
+    desired = desired_state(by_name, S, version)
+    text = render_haproxy(LABEL, SOURCE, S, list(desired.servers.values()),
+                          desired.explicit_cookies)
+    empty = render_haproxy(LABEL, SOURCE, S, [], desired.explicit_cookies)
+    assert structure(text) == structure(empty)
+    block = server_block(text)
+    for line in block:
+        assert SERVER_LINE.fullmatch(line), line
+    assert len(block) == len(desired.servers)
+    # Nothing but the server block differs from the zero-server render.
+    raw = text.split("\n")
+    stripped = [ln.strip() for ln in raw]
+    assert raw[: stripped.index(BEGIN) + 1] + raw[stripped.index(END):] == empty.split("\n")
+
+
+# --- a real `haproxy -c` -----------------------------------------------------------------
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
+@pytest.mark.parametrize("explicit", [False, True], ids=["dynamic-cookies", "explicit-cookies"])
+def test_rendered_config_passes_haproxy_check(tmp_path: Path, explicit: bool) -> None:
+    from lbsync.haproxy.binary import check_config
+
+    settings = Settings(
+        haproxy_config=tmp_path / "haproxy.cfg",
+        runtime_socket=str(tmp_path / "admin.sock"),
+        master_socket=str(tmp_path / "master.sock"),
+        runtime_tcp="127.0.0.1:19999",
+        frontend_bind="127.0.0.1:18080",
+        stats_bind="127.0.0.1:11936",
+        backend="edge_nodes",
+        check_inter=0.5,
+    ).check()
+    members = {
+        "e1": Member("e1", "127.0.0.1", {"role": "edge", "port": "18001"}),
+        "e2.example": Member("e2.example", "127.0.0.2", {"role": "edge", "weight": "0"}),
+        "e-3": Member("e-3", "::1", {"role": "edge", "port": "18003", "weight": "256"}),
+    }
+    desired = desired_state(members, settings, (3, 0, 0) if explicit else (2, 6, 12))
+    assert len(desired.servers) == 3
+    text = render_haproxy(LABEL, SOURCE, settings, list(desired.servers.values()),
+                          desired.explicit_cookies)
+    assert (" cookie e1" in text) is explicit
+    settings.haproxy_config.write_text(text, encoding="utf-8")
+    check_config(settings.haproxy_config)  # raises ConfigInvalid with HAProxy's alerts
+
+
+@pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"frontend_bind": "[::1]:18080"},
+        {"stats_bind": ":11936"},
+        {"runtime_tcp": ""},
+        {"runtime_tcp": "[::1]:19999"},
+        {"runtime_socket": "unix@{tmp}/admin.sock"},
+    ],
+    ids=["v6-frontend", "stats-any", "no-tcp-socket", "v6-runtime-tcp", "unix@-socket"],
+)
+def test_settings_that_pass_check_render_a_config_haproxy_accepts(
+    tmp_path: Path, changes: dict[str, Any]
+) -> None:
+    from lbsync.haproxy.binary import check_config
+
+    base = Settings(
+        haproxy_config=tmp_path / "haproxy.cfg", runtime_socket=str(tmp_path / "admin.sock"),
+        master_socket=str(tmp_path / "master.sock"), runtime_tcp="127.0.0.1:19999",
+        frontend_bind="127.0.0.1:18080", stats_bind="127.0.0.1:11936",
+    )
+    settings = dataclasses.replace(
+        base, **{k: v.format(tmp=tmp_path) for k, v in changes.items()}).check()
+    text = render_haproxy(LABEL, SOURCE, settings, [Server("e1", "127.0.0.1", 18001)], False)
+    settings.haproxy_config.write_text(text, encoding="utf-8")
+    # Settings.check() accepted the value, so HAProxy must accept what it renders to.
+    check_config(settings.haproxy_config)
