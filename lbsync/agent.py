@@ -1,0 +1,185 @@
+"""The daemon: follow Serf (stream + fast members poll) and the registry folder, reconcile.
+
+Threads only feed one queue; the loop drains the queue, updates the registry, then
+reconciles once, so a burst of events costs one pass. It also reconciles on a timer,
+which heals lost events, and every 0.25 s while a drain or a reload is pending.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from dataclasses import dataclass
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+from .haproxy.binary import check_config, haproxy_version
+from .haproxy.master import MasterCLI
+from .haproxy.runtime import RuntimeAPI, response_error
+from .model import LbsyncError, Member, MemberEvent, Refusal
+from .reconcile import Reconciler
+from .registry import Registry
+from .serf.follow import Follower
+from .serf.rpc import SerfAuthError, SerfError, SerfRPC
+from .settings import Settings
+
+log = logging.getLogger("lbsync.agent")
+BUSY_INTERVAL = 0.25
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    members: list[Member]
+
+
+class _Touched:
+    """The registry folder changed (for example `lbsync handle` wrote a member)."""
+
+
+TOUCHED = _Touched()
+
+
+class _RegistryWatch(FileSystemEventHandler):
+    def __init__(self, q: queue.Queue[object]) -> None:
+        self.q = q
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        path = str(event.src_path)
+        if path.endswith(".json"):  # temp files of atomic writes end in .tmp
+            self.q.put(TOUCHED)
+
+
+_Key = tuple[tuple[str, str, str, tuple[tuple[str, str], ...]], ...]
+
+
+def _snapshot_key(members: list[Member]) -> _Key:
+    return tuple(sorted((m.name, m.addr, str(m.status), tuple(sorted(m.tags.items())))
+                        for m in members))
+
+
+def detect_version(settings: Settings, runtime: RuntimeAPI) -> tuple[int, int, int]:
+    """The running HAProxy's version when it answers, else the binary's (same package)."""
+    try:
+        return runtime.version()
+    except LbsyncError:
+        return haproxy_version(settings.haproxy_bin)
+
+
+def check_serf(host: str, port: int, auth_key: str | None) -> None:
+    """Fail at start on a wrong auth key; an agent that is not up yet is waited for."""
+    try:
+        with SerfRPC(host, port, auth_key, timeout=2.0):
+            pass
+    except SerfAuthError:
+        raise
+    except SerfError as e:
+        log.warning("%s; will keep trying", e)
+
+
+def run_agent(settings: Settings, stop: threading.Event) -> None:
+    registry = Registry(settings.registry_dir)
+    settings.registry_dir.mkdir(parents=True, exist_ok=True)
+    runtime = RuntimeAPI(settings.runtime_socket)
+    haproxy_version(settings.haproxy_bin)  # it checks every config: fail early when missing
+    version = detect_version(settings, runtime)
+    master = MasterCLI(settings.master_socket) if settings.master_socket else None
+    reconciler = Reconciler(
+        settings, registry, runtime, master, version,
+        check_config=lambda p: check_config(p, settings.haproxy_bin),
+        response_error=response_error,
+    )
+    log.info("start version=haproxy-%s registry=%s runtime=%s serf=%s",
+             ".".join(map(str, version)), settings.registry_dir, settings.runtime_socket,
+             f"{settings.serf_rpc[0]}:{settings.serf_rpc[1]}" if settings.serf_rpc
+             else "off (registry only)")
+
+    q: queue.Queue[object] = queue.Queue()
+    observer = Observer()
+    observer.schedule(_RegistryWatch(q), str(settings.registry_dir), recursive=False)
+    observer.start()
+    follower: Follower | None = None
+    if settings.serf_rpc:
+        host, port = settings.serf_rpc
+        check_serf(host, port, settings.serf_auth_key)
+        follower = Follower(host, port, on_event=q.put,
+                            on_members=lambda ms: q.put(Snapshot(ms)),
+                            auth_key=settings.serf_auth_key, poll_interval=settings.poll_interval)
+        follower.start()
+    try:
+        _loop(settings, registry, reconciler, q, stop)
+    finally:
+        if follower is not None:
+            follower.stop()
+        observer.stop()
+        observer.join(timeout=5)
+        log.info("stop reloads=%d", reconciler.mem.reloads)
+
+
+def _loop(settings: Settings, registry: Registry, reconciler: Reconciler,
+          q: queue.Queue[object], stop: threading.Event) -> None:
+    last_key: object = None
+    next_resync = 0.0  # reconcile at once on start
+    busy = False
+    while not stop.is_set():
+        now = time.monotonic()
+        timeout = min(BUSY_INTERVAL if busy else 1.0, max(0.0, next_resync - now))
+        items: list[object] = []
+        try:
+            items.append(q.get(timeout=timeout))
+            while True:
+                items.append(q.get_nowait())
+        except queue.Empty:
+            pass
+        if stop.is_set():
+            return
+        changed = False
+        snapshot: Snapshot | None = None
+        for item in items:
+            if isinstance(item, MemberEvent):
+                names, refused = registry.apply_event(item)
+                for m in item.members:
+                    # The poll usually saw it first; repeat it only when it is news.
+                    log.log(logging.INFO if m.name in names else logging.DEBUG,
+                            "%s member=%s addr=%s source=stream", item.kind, m.name, m.addr)
+                _log_refused(refused)
+                changed |= bool(names)
+                last_key = None  # the stream lags the poll: let the next poll correct it
+            elif isinstance(item, Snapshot):
+                snapshot = item
+            elif item is TOUCHED:
+                changed = True
+        now = time.monotonic()
+        resync = now >= next_resync
+        if snapshot is not None:
+            key = _snapshot_key(snapshot.members)
+            if key != last_key or resync:
+                names, refused = registry.sync(snapshot.members, time.time())
+                _log_refused(refused)
+                for name in names:
+                    stored = registry.get(name)
+                    log.info("%s member=%s addr=%s source=members",
+                             stored.last_event if stored else "member-reap", name,
+                             stored.addr if stored else "-")
+                changed |= bool(names)
+                last_key = key
+        if changed or busy or resync:
+            try:
+                busy = reconciler.tick(now).busy
+            except LbsyncError as e:
+                log.error("reconcile failed: %s", e)
+                busy = True
+            except Exception:
+                # A bug must not stop the load balancer from following the fleet: log it
+                # with its traceback and try again on the next pass.
+                log.exception("reconcile crashed; retrying")
+                busy = True
+        if resync:
+            next_resync = now + settings.resync_interval
+
+
+def _log_refused(refused: list[Refusal]) -> None:
+    for r in refused:
+        log.warning("refused member=%r: %s", r.member, r.reason)

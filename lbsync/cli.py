@@ -1,0 +1,264 @@
+"""The `lbsync` command: thin click wrappers that build Settings and call the real work.
+
+Every flag is also read from an LBSYNC_* variable (`--registry-dir` <- LBSYNC_REGISTRY_DIR);
+these names are a contract the images, the local cluster and the labs script against.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from .files import atomic_write, candidate_file
+from .model import LbsyncError
+from .settings import Settings, SettingsError, parse_cidrs, parse_duration, parse_hostport
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# (flag, Settings field, click type, help). Defaults come from Settings itself.
+_D = Settings()
+_OPTIONS: list[tuple[str, str, Any, str]] = [
+    ("--registry-dir", "registry_dir", click.Path(path_type=Path), "member registry folder"),
+    ("--haproxy-config", "haproxy_config", click.Path(path_type=Path), "haproxy.cfg to keep"),
+    ("--template", "template", click.Path(path_type=Path), "haproxy.cfg Jinja2 template"),
+    ("--role", "role", str, "Serf tag role=ROLE marks a member as a server"),
+    ("--backend", "backend", str, "HAProxy backend lbsync manages"),
+    ("--default-port", "default_port", int, "service port when a member has no port tag"),
+    ("--default-weight", "default_weight", int, "weight when a member has no weight tag"),
+    ("--allow-cidr", "allow_cidr", str, "comma-separated networks members may use (default all)"),
+    ("--runtime-socket", "runtime_socket", str, "Runtime API: unix socket PATH or HOST:PORT"),
+    ("--runtime-tcp", "runtime_tcp", str, "TCP admin socket rendered in haproxy.cfg ('' = none)"),
+    ("--master-socket", "master_socket", str, "HAProxy master CLI socket (haproxy -W -S)"),
+    ("--frontend-bind", "frontend_bind", str, "HTTP frontend bind address"),
+    ("--stats-bind", "stats_bind", str, "stats page bind address"),
+    ("--cookie-name", "cookie_name", str, "sticky-session cookie name"),
+    ("--cookie-key", "cookie_key", str, "dynamic-cookie-key shared by all load balancers (<3.0)"),
+    ("--check-path", "check_path", str, "health check URL path"),
+    ("--check-inter", "check_inter", str, "health check interval (e.g. 1s, 500ms)"),
+    ("--check-fall", "check_fall", int, "failed checks before DOWN"),
+    ("--check-rise", "check_rise", int, "passed checks before UP"),
+    ("--drain-timeout", "drain_timeout", str, "longest wait for a leaving server's sessions"),
+    ("--resync-interval", "resync_interval", str, "full resync and reconcile period"),
+    ("--poll-interval", "poll_interval", str, "Serf members poll period"),
+    ("--reload-min-interval", "reload_min_interval", str, "least time between two reloads"),
+    ("--haproxy-bin", "haproxy_bin", str, "haproxy binary"),
+    ("--serf-rpc", "serf_rpc", str, "Serf agent RPC address HOST:PORT ('' = registry only)"),
+    ("--serf-auth-key", "serf_auth_key", str, "Serf RPC auth key"),
+]
+_DURATIONS = {"check_inter", "drain_timeout", "resync_interval", "poll_interval",
+              "reload_min_interval"}
+
+
+def _envvar(flag: str) -> str:
+    return "LBSYNC_" + flag.lstrip("-").replace("-", "_").upper()
+
+
+def _default(field: str) -> Any:
+    value = getattr(_D, field)
+    if field == "serf_rpc":
+        return ""
+    if field == "allow_cidr":
+        return ""
+    if field in _DURATIONS:
+        return f"{value:g}s"
+    return value
+
+
+def settings_options(f: F) -> F:
+    for flag, field, kind, help_ in reversed(_OPTIONS):
+        f = click.option(flag, field, type=kind, default=_default(field), envvar=_envvar(flag),
+                         show_default=True, show_envvar=True, help=help_)(f)
+    return f
+
+
+def build_settings(kw: dict[str, Any]) -> Settings:
+    values: dict[str, Any] = {}
+    for flag, field, _kind, _help in _OPTIONS:
+        value = kw.pop(field)
+        if field in _DURATIONS:
+            value = parse_duration(value, flag)
+        elif field == "allow_cidr":
+            value = parse_cidrs(value)
+        elif field == "serf_rpc":
+            value = parse_hostport(value, flag) if value else None
+        elif field == "serf_auth_key":
+            value = value or None
+        values[field] = value
+    return Settings(**values).check()
+
+
+def _fail(message: str) -> None:
+    click.echo(f"lbsync: error: {message}", err=True)
+    sys.exit(1)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s.%(msecs)03d %(levelname)s %(name)s: %(message)s",
+        datefmt="%Y-%m-%dT%H:%M:%S", stream=sys.stderr,
+    )
+    logging.Formatter.converter = time.gmtime
+
+
+class _Group(click.Group):
+    """Turn LbsyncError anywhere below into one line and exit 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except LbsyncError as e:
+            _fail(str(e))
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--log-level", default="info", envvar="LBSYNC_LOG_LEVEL", show_default=True,
+              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+@click.version_option(package_name="lbsync")
+def main(log_level: str) -> None:
+    """Keep HAProxy in step with a Serf gossip cluster, without reloads."""
+    _setup_logging(log_level)
+
+
+@main.command()
+@settings_options
+@click.option("--out", type=click.Path(path_type=Path), default=None,
+              help="where to write (default: --haproxy-config)")
+def render(out: Path | None, **kw: Any) -> None:
+    """Render haproxy.cfg from the registry and validate it (no running HAProxy needed)."""
+    from .desired import desired_state
+    from .haproxy.binary import check_config, haproxy_version
+    from .registry import Registry
+    from .render import load_template, render_haproxy
+
+    settings = build_settings(kw)
+    target = out or settings.haproxy_config
+    version = haproxy_version(settings.haproxy_bin)
+    desired = desired_state(Registry(settings.registry_dir).load(), settings, version)
+    for r in desired.refused:
+        logging.getLogger("lbsync.render").warning("refused member=%r: %s", r.member, r.reason)
+    label, source = load_template(settings.template)
+    text = render_haproxy(label, source, settings, list(desired.servers.values()),
+                          desired.explicit_cookies)
+    _prepare_dirs(settings)
+    with candidate_file(target, text) as candidate:
+        check_config(candidate, settings.haproxy_bin)
+    changed = atomic_write(target, text)
+    click.echo(f"{target}: {len(desired.servers)} servers, "
+               f"{'written' if changed else 'unchanged'} (haproxy {'.'.join(map(str, version))})")
+
+
+def _prepare_dirs(settings: Settings) -> None:
+    """Folders HAProxy needs before it starts: socket folders and the state file's."""
+    for path in (settings.runtime_socket, settings.master_socket, str(settings.state_file)):
+        if path.startswith("/"):
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    if not settings.state_file.exists():
+        # An empty state file makes HAProxy warn; "1" is the format version with no server.
+        atomic_write(settings.state_file, "1\n")
+
+
+@main.command()
+@settings_options
+def agent(**kw: Any) -> None:
+    """The daemon: follow Serf and the registry, keep HAProxy and haproxy.cfg in step."""
+    from .agent import run_agent
+
+    settings = build_settings(kw)
+    _prepare_dirs(settings)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        logging.getLogger("lbsync.agent").info("signal %s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    run_agent(settings, stop)
+
+
+@main.command()
+@click.option("--registry-dir", type=click.Path(path_type=Path), default=_D.registry_dir,
+              envvar="LBSYNC_REGISTRY_DIR", show_default=True, show_envvar=True)
+def handle(registry_dir: Path) -> None:
+    """Serf event handler: reads SERF_EVENT and member lines on stdin, updates the registry."""
+    from .registry import Registry
+    from .serf.handler import parse_handler_input
+
+    event_name = os.environ.get("SERF_EVENT", "")
+    if not event_name:
+        _fail("SERF_EVENT is not set: run me as `serf agent -event-handler 'lbsync handle ...'`")
+    try:
+        event, refused = parse_handler_input(event_name, sys.stdin.read(), time.time())
+    except ValueError as e:
+        _fail(str(e))
+        return
+    changed: list[str] = []
+    if event is not None:
+        registry_dir.mkdir(parents=True, exist_ok=True)
+        changed, more = Registry(registry_dir).apply_event(event)
+        refused += more
+    for r in refused:
+        click.echo(f"lbsync: refused member {r.member!r}: {r.reason}", err=True)
+    click.echo(f"{event_name}: {len(changed)} registry entries changed", err=True)
+    if refused:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--serf-rpc", default="127.0.0.1:7373", envvar="LBSYNC_SERF_RPC",
+              show_default=True, show_envvar=True)
+@click.option("--serf-auth-key", default="", envvar="LBSYNC_SERF_AUTH_KEY", show_envvar=True)
+def members(serf_rpc: str, serf_auth_key: str) -> None:
+    """List the Serf members with their status and tags."""
+    from .serf.rpc import SerfRPC
+
+    host, port = parse_hostport(serf_rpc, "--serf-rpc")
+    with SerfRPC(host, port, serf_auth_key or None) as rpc:
+        rows = rpc.members()
+    width = max([len(m.name) for m in rows] + [6])
+    click.echo(f"{'MEMBER'.ljust(width)}  {'ADDRESS'.ljust(15)}  {'STATUS'.ljust(7)}  TAGS")
+    for m in sorted(rows, key=lambda m: m.name):
+        tags = ",".join(f"{k}={v}" for k, v in sorted(m.tags.items()))
+        click.echo(f"{m.name.ljust(width)}  {m.addr.ljust(15)}  {str(m.status).ljust(7)}  {tags}")
+
+
+@main.command()
+@settings_options
+@click.option("--check", is_flag=True, help="exit 1 on any drift between Serf, HAProxy, config")
+def status(check: bool, **kw: Any) -> None:
+    """Each member's Serf status, HAProxy server state and presence in haproxy.cfg."""
+    from .haproxy.runtime import RuntimeAPI
+    from .registry import Registry
+    from .serf.rpc import SerfRPC
+    from .status import config_servers, format_table, status_rows
+
+    settings = build_settings(kw)
+    if settings.serf_rpc:
+        with SerfRPC(*settings.serf_rpc, settings.serf_auth_key) as rpc:
+            members_ = {m.name: m for m in rpc.members()}
+    else:
+        members_ = Registry(settings.registry_dir).load()
+    runtime = RuntimeAPI(settings.runtime_socket)
+    actual = runtime.servers_state(settings.backend)
+    version = runtime.version()
+    try:
+        text = settings.haproxy_config.read_text(encoding="utf-8")
+    except OSError as e:
+        raise SettingsError(
+            f"--haproxy-config: cannot read {settings.haproxy_config} ({e})") from None
+    rows = status_rows(members_, actual, config_servers(text), settings, version)
+    click.echo(format_table(rows))
+    drifted = [r.name for r in rows if r.drift]
+    if check and drifted:
+        click.echo(f"lbsync: drift on {len(drifted)} member(s): {', '.join(drifted)}", err=True)
+        sys.exit(1)

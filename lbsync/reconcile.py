@@ -1,0 +1,185 @@
+"""One reconcile pass: registry -> desired -> plan -> runtime ops -> haproxy.cfg -> reload?
+
+`Reconciler.tick(now)` is the whole cycle; the daemon (lbsync.agent) calls it after each
+burst of events and on a timer. Every OS effect goes through an injected object.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from .apply import ResponseCheck, Runtime, apply_steps, steps
+from .desired import desired_state
+from .files import atomic_write, candidate_file
+from .model import DesiredState, LbsyncError, Plan, Refusal, Server, ServerState
+from .plan import make_plan, servers_after
+from .registry import Registry
+from .render import load_template, render_haproxy, structure_hash
+from .settings import Settings
+
+log = logging.getLogger("lbsync.reconcile")
+
+
+class Master(Protocol):
+    def reload(self) -> None: ...
+
+
+@dataclass
+class Memory:
+    """What lbsync remembers between passes (lost on restart, and rebuilt from HAProxy)."""
+
+    drain_started: dict[str, float] = field(default_factory=dict)
+    applied_weights: dict[str, int] = field(default_factory=dict)
+    running_structure: str | None = None  # structure hash of the config HAProxy runs
+    last_reload: float = float("-inf")
+    reloads: int = 0
+    logged_refusals: set[Refusal] = field(default_factory=set)
+    runtime_down: bool = False
+
+
+@dataclass(frozen=True)
+class TickResult:
+    plan: Plan
+    busy: bool  # drains in progress or a reload waiting: come back soon
+
+
+class Reconciler:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: Registry,
+        runtime: Runtime,
+        master: Master | None,
+        version: tuple[int, int, int],
+        check_config: Callable[[Path], None],
+        response_error: ResponseCheck,
+    ) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.runtime = runtime
+        self.master = master
+        self.version = version
+        self.check_config = check_config
+        self.response_error = response_error
+        self.mem = Memory()
+        self.template_label, self.template_source = load_template(settings.template)
+        cfg = settings.haproxy_config
+        if cfg.exists():
+            self.mem.running_structure = structure_hash(cfg.read_text(encoding="utf-8"))
+
+    def desired(self) -> DesiredState:
+        d = desired_state(self.registry.load(), self.settings, self.version)
+        for r in d.refused:
+            if r not in self.mem.logged_refusals:
+                log.warning("refused member=%s: %s", r.member, r.reason)
+                self.mem.logged_refusals.add(r)
+        return d
+
+    def tick(self, now: float | None = None) -> TickResult:
+        now = time.monotonic() if now is None else now
+        desired = self.desired()
+        try:
+            actual = self.runtime.servers_state(self.settings.backend)
+        except LbsyncError as e:
+            if not self.mem.runtime_down:
+                log.error("runtime API unreachable, keeping haproxy.cfg current: %s", e)
+                self.mem.runtime_down = True
+            # HAProxy is down or restarting: the file is what it will start from.
+            self.write_config(list(desired.servers.values()), desired.explicit_cookies, now)
+            return TickResult(Plan(), busy=False)
+        if self.mem.runtime_down:
+            log.info("runtime API reachable again")
+            self.mem.runtime_down = False
+
+        self._remember(actual, now)
+        plan = make_plan(
+            actual, desired, now=now, drain_started=self.mem.drain_started,
+            drain_timeout=self.settings.drain_timeout,
+            applied_weights=self.mem.applied_weights,
+        )
+        if plan.kept:
+            log.warning("keeping servers=%s: removing them would empty backend %s",
+                        ",".join(plan.kept), self.settings.backend)
+        outcomes = apply_steps(self.runtime, steps(plan, self.settings,
+                                                   dynamic_cookies=not desired.explicit_cookies),
+                               self.response_error)
+        new_weights = {a.name: a.weight for a in plan.add}
+        new_weights |= {u.name: u.weight for u in plan.weights}
+        for o in outcomes:
+            name = o.step.server
+            if o.error is None and o.step.action in ("add", "weight"):
+                self.mem.applied_weights[name] = new_weights[name]
+            if o.error is None and o.step.action in ("del", "kill"):
+                self.mem.applied_weights.pop(name, None)
+                self.mem.drain_started.pop(name, None)
+        servers = servers_after(plan, actual, desired, self.mem.applied_weights)
+        reload_waiting = self.write_config(servers, desired.explicit_cookies, now)
+        return TickResult(plan, busy=bool(plan.waiting) or reload_waiting)
+
+    def _remember(self, actual: list[ServerState], now: float) -> None:
+        draining = {s.name for s in actual if s.draining}
+        for name in draining - self.mem.drain_started.keys():
+            self.mem.drain_started[name] = now
+        for name in self.mem.drain_started.keys() - draining:
+            del self.mem.drain_started[name]
+        for s in actual:
+            self.mem.applied_weights.setdefault(s.name, s.iweight)
+
+    def render(self, servers: list[Server], explicit_cookies: bool) -> str:
+        return render_haproxy(self.template_label, self.template_source, self.settings,
+                              servers, explicit_cookies)
+
+    def write_config(self, servers: list[Server], explicit_cookies: bool, now: float) -> bool:
+        """Render, validate, swap atomically; reload when the structure changed.
+
+        Returns True while a reload is wanted but held back by the rate limit.
+        """
+        cfg = self.settings.haproxy_config
+        text = self.render(servers, explicit_cookies)
+        current = cfg.read_text(encoding="utf-8") if cfg.exists() else None
+        if text != current:
+            started = time.monotonic()
+            with candidate_file(cfg, text) as candidate:
+                try:
+                    self.check_config(candidate)
+                except LbsyncError as e:
+                    log.error("render rejected by haproxy -c, keeping %s: %s", cfg, e)
+                    return False
+            atomic_write(cfg, text)
+            log.info("write config=%s servers=%d took=%.1fms", cfg, len(servers),
+                     (time.monotonic() - started) * 1000)
+        wanted = structure_hash(text)
+        if self.mem.running_structure is None:
+            self.mem.running_structure = wanted  # nothing known to run yet: HAProxy starts from it
+        if wanted == self.mem.running_structure or self.master is None:
+            return False
+        if now - self.mem.last_reload < self.settings.reload_min_interval:
+            return True
+        try:
+            self.reload(now)
+        except LbsyncError as e:
+            log.error("reload failed, will retry: %s", e)
+            self.mem.last_reload = now
+            return True
+        self.mem.running_structure = wanted
+        return False
+
+    def reload(self, now: float) -> None:
+        assert self.master is not None
+        started = time.monotonic()
+        self.save_server_state()
+        self.master.reload()
+        self.mem.last_reload = now
+        self.mem.reloads += 1
+        log.info("reload reason=structure-changed took=%.1fms",
+                 (time.monotonic() - started) * 1000)
+
+    def save_server_state(self) -> None:
+        """Weights, drains and maintenance survive a reload through the state file."""
+        answer = self.runtime.execute(["show servers state"])[0]
+        atomic_write(self.settings.state_file, answer.rstrip("\n") + "\n")
