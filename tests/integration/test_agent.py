@@ -1,0 +1,219 @@
+"""lbsync agent against real haproxy and serf processes on loopback (lbsync.cluster.devstack).
+
+Every scenario ends with `lbsync status --check` and with HAProxy's own reload counter
+at zero: membership changes must never reload.
+"""
+
+from __future__ import annotations
+
+import itertools
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+
+from lbsync.cluster.devstack import DevStack, wait_for
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(not (shutil.which("haproxy") and shutil.which("serf")),
+                       reason="needs the haproxy and serf binaries"),
+]
+
+_nets = itertools.count(60)
+
+
+def make_stack(tmp_path: Path, **kw: object) -> Iterator[DevStack]:
+    stack = DevStack(tmp_path / "stack", net=next(_nets), **kw)  # type: ignore[arg-type]
+    try:
+        stack.start()
+        yield stack
+    finally:
+        stack.stop()
+        # What went wrong is in these logs; pytest shows them only on failure.
+        for key in ("agent", "haproxy", "serf-lb"):
+            sys.stderr.write(f"--- {key}.log ---\n{stack.log(key)[-4000:]}\n")
+
+
+@pytest.fixture
+def stack(tmp_path: Path) -> Iterator[DevStack]:
+    yield from make_stack(tmp_path)
+
+
+def status_check(stack: DevStack) -> subprocess.CompletedProcess[str]:
+    return stack.lbsync("status", "--check", *stack.settings_flags())
+
+
+def assert_converged(stack: DevStack) -> None:
+    """`lbsync status --check` passes (allowing the agent a moment) and nothing reloaded."""
+    wait_for(lambda: status_check(stack).returncode == 0, 15, "lbsync status --check",
+             interval=0.3)
+    assert stack.master().reload_count() == 0, "a membership change reloaded HAProxy"
+
+
+def config_text(stack: DevStack) -> str:
+    return stack.paths["config"].read_text()
+
+
+def nodes_answering(stack: DevStack, n: int) -> set[str]:
+    return {requests.get(f"{stack.frontend}/info", timeout=5).headers["X-Node"]
+            for _ in range(n)}
+
+
+def test_join_serves_and_cookie_sticks(stack: DevStack) -> None:
+    stack.add_member(1)
+    stack.add_member(2)
+    wait_for(lambda: stack.up_servers() == {"node1", "node2"}, 15, "node1 and node2 UP")
+    assert nodes_answering(stack, 20) == {"node1", "node2"}  # leastconn uses both
+
+    client = requests.Session()
+    first = client.get(f"{stack.frontend}/info", timeout=5)
+    assert "SERVERID" in client.cookies
+    sticky = first.headers["X-Node"]
+    assert {client.get(f"{stack.frontend}/info", timeout=5).headers["X-Node"]
+            for _ in range(20)} == {sticky}
+    assert " node1 " in config_text(stack) and " node2 " in config_text(stack)
+    assert_converged(stack)
+
+
+def test_graceful_leave_drains_then_removes(stack: DevStack) -> None:
+    stack.add_member(1)
+    stack.add_member(2)
+    wait_for(lambda: stack.up_servers() == {"node1", "node2"}, 15, "both UP")
+    # Hold a session on node2 through HAProxy (cookie pins it), then make node2 leave.
+    cookie = requests.get(f"{stack.frontend}/info", timeout=5).cookies
+    while requests.get(f"{stack.frontend}/info", timeout=5, cookies=cookie).headers[
+            "X-Node"] != "node2":
+        cookie = requests.get(f"{stack.frontend}/info", timeout=5).cookies
+    held: dict[str, int] = {}
+
+    def slow() -> None:
+        r = requests.get(f"{stack.frontend}/slow?s=3", timeout=20, cookies=cookie)
+        held["status"] = r.status_code
+        held["node"] = r.headers["X-Node"] == "node2"
+
+    t = threading.Thread(target=slow)
+    t.start()
+    wait_for(lambda: stack.servers()["node2"].sessions == 1, 5, "the held session on node2")
+    stack.leave_member("node2")
+    wait_for(lambda: stack.servers()["node2"].state_word == "DRAIN", 5, "node2 draining")
+    assert "node2" in stack.servers(), "removed before its session ended"
+    t.join()
+    assert held == {"status": 200, "node": True}, "the drained session was cut"
+    wait_for(lambda: "node2" not in stack.servers(), 10, "node2 removed after the drain")
+    # The file follows the runtime change a few milliseconds later.
+    wait_for(lambda: " node2 " not in config_text(stack), 5, "node2 out of haproxy.cfg")
+    assert nodes_answering(stack, 5) == {"node1"}
+    assert_converged(stack)
+
+
+def test_crash_is_removed_after_failure_detection(stack: DevStack) -> None:
+    stack.add_member(1)
+    stack.add_member(2)
+    wait_for(lambda: stack.up_servers() == {"node1", "node2"}, 15, "both UP")
+    stack.kill_member("node1")
+    wait_for(lambda: "node1" not in stack.servers(), 30, "node1 removed after kill -9")
+    wait_for(lambda: " node1 " not in config_text(stack), 5, "node1 out of haproxy.cfg")
+    assert "member-failed member=node1" in stack.log("agent")
+    assert nodes_answering(stack, 5) == {"node2"}
+    assert_converged(stack)
+
+
+def test_last_server_is_kept(stack: DevStack) -> None:
+    stack.add_member(1)
+    wait_for(lambda: stack.up_servers() == {"node1"}, 15, "node1 UP")
+    stack.kill_member("node1")
+    wait_for(lambda: "keeping servers=node1" in stack.log("agent"), 30, "the keep warning")
+    assert "node1" in stack.servers()
+    wait_for(lambda: stack.servers()["node1"].state_word == "DOWN", 10, "node1 marked DOWN")
+    assert " node1 " in config_text(stack)
+
+
+def test_agent_restart_loses_and_duplicates_nothing(stack: DevStack) -> None:
+    for i in (1, 2, 3):
+        stack.add_member(i)
+    wait_for(lambda: len(stack.up_servers()) == 3, 15, "3 UP")
+    before = stack.servers()
+    stack.restart_agent()
+    stack.add_member(4)
+    wait_for(lambda: len(stack.up_servers()) == 4, 15, "4 UP after the agent restart")
+    after = stack.servers()
+    assert {n: (s.addr, s.port) for n, s in before.items()} == {
+        n: (s.addr, s.port) for n, s in after.items() if n != "node4"}
+    assert "failed" not in stack.log("agent").split("signal SIGTERM")[-1]
+    assert_converged(stack)
+
+
+def test_member_that_left_while_agent_was_down_is_removed(stack: DevStack) -> None:
+    stack.add_member(1)
+    stack.add_member(2)
+    wait_for(lambda: len(stack.up_servers()) == 2, 15, "2 UP")
+    stack.kill("agent")
+    stack.leave_member("node2")
+    stack.start_agent()
+    wait_for(lambda: "node2" not in stack.servers(), 15, "node2 removed by the resync")
+    assert_converged(stack)
+
+
+def test_haproxy_restart_brings_the_same_servers_back(stack: DevStack) -> None:
+    for i in (1, 2):
+        stack.add_member(i)
+    wait_for(lambda: len(stack.up_servers()) == 2, 15, "2 UP")
+    stack.restart_haproxy()
+    # From the file alone: the agent has not had to add anything.
+    wait_for(lambda: stack.up_servers() == {"node1", "node2"}, 10, "both back from haproxy.cfg")
+    assert nodes_answering(stack, 10) == {"node1", "node2"}
+    assert_converged(stack)
+
+
+def test_structure_change_reloads_once_and_keeps_servers(stack: DevStack) -> None:
+    for i in (1, 2):
+        stack.add_member(i)
+    wait_for(lambda: len(stack.up_servers()) == 2, 15, "2 UP")
+    stack.agent_args = ["--check-rise", "2"]
+    stack.restart_agent()
+    wait_for(lambda: stack.master().reload_count() == 1, 15, "one reload")
+    assert "rise 2" in config_text(stack)
+    wait_for(lambda: stack.up_servers() == {"node1", "node2"}, 10, "servers after the reload")
+    stack.add_member(3)
+    wait_for(lambda: len(stack.up_servers()) == 3, 15, "3 UP")
+    assert stack.master().reload_count() == 1, "the join after the reload reloaded again"
+
+
+def test_unsafe_member_input_never_reaches_haproxy(stack: DevStack) -> None:
+    stack.add_member(1)
+    stack.add_member(2, tags={"port": "99999"})
+    stack.add_member(3, tags={"weight": "heavy"})
+    stack.add_member(4, name="bad;name")
+    wait_for(lambda: stack.up_servers() == {"node1"}, 15, "node1 UP")
+    wait_for(lambda: "refused member=node2" in stack.log("agent")
+             and "refused member=node3" in stack.log("agent")
+             and "refused member='bad;name'" in stack.log("agent"), 10, "the refusals")
+    text = config_text(stack)
+    assert "node2" not in text and "node3" not in text and "bad" not in text
+    assert set(stack.servers()) == {"node1"}
+    status = status_check(stack)
+    assert "refused" in status.stdout
+
+
+@pytest.fixture
+def handler_stack(tmp_path: Path) -> Iterator[DevStack]:
+    yield from make_stack(tmp_path, handler_mode=True)
+
+
+def test_event_handler_wiring(handler_stack: DevStack) -> None:
+    """Classic wiring: serf -event-handler 'lbsync handle' writes the registry, the agent
+    (no RPC) follows the folder."""
+    stack = handler_stack
+    stack.add_member(1)
+    stack.add_member(2)
+    wait_for(lambda: stack.up_servers() == {"node1", "node2"}, 20, "both UP via the handler")
+    assert (stack.paths["registry"] / "node1.json").exists()
+    stack.leave_member("node2")
+    wait_for(lambda: "node2" not in stack.servers(), 20, "node2 removed via the handler")
+    assert_converged(stack)
