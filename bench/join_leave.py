@@ -1,0 +1,127 @@
+"""Join and leave latency of lbsync on loopback, with real haproxy and serf processes.
+
+    .venv/bin/python bench/join_leave.py --runs 20 --out bench/results/join_leave.json
+
+Join: from starting a member's Serf agent (its HTTP backend already listens) to the first
+request through HAProxy answered by that member. Leave: from `serf leave` to HAProxy no
+longer choosing the server for new requests (DRAIN, MAINT or deleted in `show servers
+state`), and to the server being gone from HAProxy. Two steady members stay in the
+backend throughout. Reports p50/p95 per measure, and HAProxy's reload count (must be 0).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from lbsync.cluster.devstack import HTTP_PORT, SERF_PORT, SERF_RPC_PORT, DevStack, wait_for
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+def first_request_by(stack: DevStack, node: str, timeout: float) -> float:
+    """Seconds until a fresh request (no cookie) through HAProxy is served by `node`."""
+    started = time.monotonic()
+    while time.monotonic() - started < timeout:
+        try:
+            if requests.get(f"{stack.frontend}/info", timeout=2).headers.get("X-Node") == node:
+                return time.monotonic()
+        except requests.RequestException:
+            pass
+        time.sleep(0.005)
+    raise TimeoutError(f"{node} never served a request")
+
+
+def one_run(stack: DevStack, index: int) -> dict[str, float]:
+    name = f"churn{index}"
+    ip = stack.member_ip(index)
+    stack._spawn(f"http-{name}", [sys.executable, "-m", "lbsync.cluster.backend",
+                                  "--listen", f"{ip}:{HTTP_PORT}={name}"])
+    wait_for(lambda: requests.get(f"http://{ip}:{HTTP_PORT}/info", timeout=1).ok, 10,
+             f"{name}'s backend")
+    t0 = time.monotonic()
+    stack._spawn(f"serf-{name}", [
+        "serf", "agent", "-node", name, "-profile", "local", "-log-level", "warn",
+        "-bind", f"{ip}:{SERF_PORT}", "-rpc-addr", f"{ip}:{SERF_RPC_PORT}",
+        "-join", f"{stack.lb_ip}:{SERF_PORT}", "-tag", "role=edge", "-tag", f"port={HTTP_PORT}"])
+    join = first_request_by(stack, name, 20) - t0
+
+    t1 = time.monotonic()
+    leave_cmd = subprocess.Popen(["serf", "leave", "-rpc-addr", f"{ip}:{SERF_RPC_PORT}"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    out_of_rotation = t1 + wait_for(
+        lambda: (s := stack.servers().get(name)) is None or s.state_word in ("DRAIN", "MAINT"),
+        20, f"{name} out of rotation", interval=0.005)
+    removed = t1 + wait_for(lambda: name not in stack.servers(), 20, f"{name} removed",
+                            interval=0.005)
+    leave_cmd.wait(30)
+    stack.kill(f"http-{name}")
+    stack.kill(f"serf-{name}")
+    return {"join_s": join, "leave_out_of_rotation_s": out_of_rotation - t1,
+            "leave_removed_s": removed - t1}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("--runs", type=int, default=20)
+    p.add_argument("--net", type=int, default=90, help="use 127.NET.0.x addresses")
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args()
+    if not 1 <= args.runs <= 200:
+        p.error("--runs must be 1-200")
+
+    runs: list[dict[str, float]] = []
+    with tempfile.TemporaryDirectory(prefix="lbsync-bench-") as tmp:
+        stack = DevStack(Path(tmp), net=args.net)
+        try:
+            stack.start()
+            stack.add_member(1)
+            stack.add_member(2)
+            wait_for(lambda: stack.up_servers() == {"node1", "node2"}, 20, "steady members")
+            for i in range(args.runs):
+                runs.append(one_run(stack, 10 + i))
+                r = runs[-1]
+                print(f"run {i + 1:3d}: join {r['join_s']:.3f}s  "
+                      f"out of rotation {r['leave_out_of_rotation_s']:.3f}s  "
+                      f"removed {r['leave_removed_s']:.3f}s", flush=True)
+            reloads = stack.master().reload_count()
+        finally:
+            stack.stop()
+
+    summary = {}
+    for key in ("join_s", "leave_out_of_rotation_s", "leave_removed_s"):
+        values = [r[key] for r in runs]
+        summary[key] = {"p50": statistics.median(values), "p95": pct(values, 95),
+                        "min": min(values), "max": max(values)}
+    result = {
+        "command": "python bench/join_leave.py " + " ".join(sys.argv[1:]),
+        "machine": {"platform": platform.platform(), "cpus": __import__("os").cpu_count(),
+                    "haproxy": subprocess.run(["haproxy", "-v"], capture_output=True,
+                                              text=True).stdout.splitlines()[0],
+                    "python": platform.python_version()},
+        "runs": len(runs), "reloads": reloads, "summary": summary, "samples": runs,
+    }
+    print(f"\n{'measure':28s} {'p50':>8s} {'p95':>8s}  (runs={len(runs)}, reloads={reloads})")
+    for key, s in summary.items():
+        print(f"{key:28s} {s['p50']:8.3f} {s['p95']:8.3f}")
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

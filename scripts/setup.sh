@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Set up a fresh Debian (12 or 13) machine, as root, for lbsync: the system packages it
+# drives (haproxy, serf) and a virtualenv in .venv with lbsync and its dev tools.
+# Safe to run again: it installs only what is missing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+APT_PACKAGES=(haproxy serf python3 python3-venv python3-pip curl netcat-openbsd procps)
+
+missing=()
+for pkg in "${APT_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" \
+        || missing+=("$pkg")
+done
+if ((${#missing[@]})); then
+    if [[ $(id -u) -ne 0 ]]; then
+        echo "setup: need root to install: ${missing[*]}" >&2
+        exit 1
+    fi
+    echo "setup: apt-get install ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    # policy-rc.d-less machines would start the packaged haproxy on :80; lbsync runs its own.
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    if systemctl is-active --quiet haproxy 2>/dev/null; then systemctl stop haproxy || true; fi
+fi
+
+PYTHON=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+    echo "setup: creating .venv with $($PYTHON --version)"
+    "$PYTHON" -m venv .venv
+fi
+# Editable, so tests run the tree; tests/integration/test_packaging.py proves the wheel alone works.
+.venv/bin/pip install -q --disable-pip-version-check -e ".[dev]"
+echo "setup: ready ($(haproxy -v | head -1 | cut -d' ' -f1-3); serf $(serf version | head -1 | cut -d' ' -f2))"

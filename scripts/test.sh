@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set up, then run every check: ruff, mypy, unit tests and the integration tests that
+# start real haproxy and serf processes on loopback.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/ruff check lbsync tests bench
+.venv/bin/mypy
+exec .venv/bin/pytest -p no:cacheprovider "$@"
