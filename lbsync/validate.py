@@ -63,21 +63,21 @@ def addr_problem(addr: str, allowed: Iterable[Network]) -> str | None:
     return None
 
 
-def parse_port(value: str, what: str = "port") -> int:
-    """A TCP port from text; ValueError with a clear message when it is not one."""
+def _bounded_int(value: str, what: str, low: int, high: int) -> int:
+    # isdigit() alone admits "²" and other digits int() refuses.
     if not (value.isascii() and value.isdigit()):
         raise ValueError(f"{what} {value!r} is not a number")
-    port = int(value)
-    if not 1 <= port <= 65535:
-        raise ValueError(f"{what} {port} is outside 1-65535")
-    return port
+    number = int(value)
+    if not low <= number <= high:
+        raise ValueError(f"{what} {number} is outside {low}-{high}")
+    return number
+
+
+def parse_port(value: str, what: str = "port") -> int:
+    """A TCP port from text; ValueError with a clear message when it is not one."""
+    return _bounded_int(value, what, 1, 65535)
 
 
 def parse_weight(value: str) -> int:
     """An HAProxy server weight (0-256) from text."""
-    if not (value.isascii() and value.isdigit()):
-        raise ValueError(f"weight {value!r} is not a number")
-    weight = int(value)
-    if not 0 <= weight <= 256:
-        raise ValueError(f"weight {weight} is outside 0-256")
-    return weight
+    return _bounded_int(value, "weight", 0, 256)
