@@ -172,8 +172,10 @@ def _prepare_dirs(settings: Settings) -> None:
 def agent(**kw: Any) -> None:
     """The daemon: follow Serf and the registry, keep HAProxy and haproxy.cfg in step."""
     from .agent import run_agent
+    from .haproxy.binary import find_binary
 
     settings = build_settings(kw)
+    find_binary(settings.haproxy_bin)  # before anything is written
     _prepare_dirs(settings)
     stop = threading.Event()
 
