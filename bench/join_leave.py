@@ -63,11 +63,12 @@ def one_run(stack: DevStack, index: int) -> dict[str, float]:
     t1 = time.monotonic()
     leave_cmd = subprocess.Popen(["serf", "leave", "-rpc-addr", f"{ip}:{SERF_RPC_PORT}"],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    out_of_rotation = t1 + wait_for(
+    wait_for(
         lambda: (s := stack.servers().get(name)) is None or s.state_word in ("DRAIN", "MAINT"),
         20, f"{name} out of rotation", interval=0.005)
-    removed = t1 + wait_for(lambda: name not in stack.servers(), 20, f"{name} removed",
-                            interval=0.005)
+    out_of_rotation = time.monotonic()
+    wait_for(lambda: name not in stack.servers(), 20, f"{name} removed", interval=0.005)
+    removed = time.monotonic()
     leave_cmd.wait(30)
     stack.kill(f"http-{name}")
     stack.kill(f"serf-{name}")
