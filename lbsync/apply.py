@@ -30,7 +30,7 @@ class Runtime(Protocol):
 
 @dataclass(frozen=True)
 class Step:
-    action: str  # add, enable, undrain, drain, remove, kill, weight, addr
+    action: str  # add, undrain, drain, del, kill, weight, addr
     server: str
     detail: str
     commands: tuple[str, ...]
@@ -62,12 +62,11 @@ def steps(plan: Plan, settings: Settings, *, dynamic_cookies: bool) -> list[Step
         # Leaving maintenance straight to ready would make the server UP before any check
         # (HAProxy trusts a new server). Through drain, forced DOWN, then ready, it takes
         # load-balanced traffic only once a check passes (`downinter` makes that ~0.1 s).
+        if s.agent_port is not None:
+            cmds.append(f"enable agent {be}/{s.name}")
         cmds += [f"enable health {be}/{s.name}", f"set server {be}/{s.name} state drain",
                  f"set server {be}/{s.name} health down", f"set server {be}/{s.name} state ready"]
         out.append(Step("add", s.name, f"addr={s.addr}:{s.port} weight={s.weight}", tuple(cmds)))
-    for name in plan.enable:
-        out.append(Step("enable", name, "was in maintenance",
-                        (f"enable health {be}/{name}", f"set server {be}/{name} state ready")))
     for name in plan.undrain:
         out.append(Step("undrain", name, "member is back",
                         (f"set server {be}/{name} state ready",)))

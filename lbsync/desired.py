@@ -36,11 +36,13 @@ def member_server(m: Member, settings: Settings, explicit: bool) -> Server | Ref
         port = parse_port(m.tags["port"], "tag port") if "port" in m.tags else settings.default_port
         weight = (parse_weight(m.tags["weight"]) if "weight" in m.tags
                   else settings.default_weight)
+        agent_port = (parse_port(m.tags["agent-port"], "tag agent-port")
+                      if "agent-port" in m.tags else None)
     except ValueError as e:
         return Refusal(m.name, str(e))
     # The canonical spelling of the address, never the member's own text.
     addr = str(ipaddress.ip_address(m.addr))
-    return Server(m.name, addr, port, weight, m.name if explicit else None)
+    return Server(m.name, addr, port, weight, m.name if explicit else None, agent_port)
 
 
 def desired_state(
@@ -51,6 +53,7 @@ def desired_state(
     leaving: set[str] = set()
     failed: set[str] = set()
     refused: list[Refusal] = []
+    known: dict[str, Server] = {}
     for name in sorted(members):
         m = members[name]
         if m.tags.get("role") != settings.role:
@@ -58,14 +61,17 @@ def desired_state(
         result = member_server(m, settings, explicit)
         if isinstance(result, Refusal):
             refused.append(result)
-        elif m.status == MemberStatus.FAILED:
+            continue
+        known[name] = result
+        if m.status == MemberStatus.FAILED:
             failed.add(name)
         elif m.status != MemberStatus.ALIVE or m.tags.get("ready", "1").lower() in _NOT_READY:
             # leaving/left, or a node that says it is not (or no longer) ready: drain it.
             leaving.add(name)
         else:
             servers[name] = result
-    return DesiredState(servers, frozenset(leaving), frozenset(failed), tuple(refused), explicit)
+    return DesiredState(servers, frozenset(leaving), frozenset(failed), tuple(refused), explicit,
+                        known)
 
 
 def server_args(server: Server, settings: Settings) -> str:
@@ -76,6 +82,9 @@ def server_args(server: Server, settings: Settings) -> str:
     inter_ms = max(1, round(settings.check_inter * 1000))
     args = (f"check inter {inter_ms} downinter {min(inter_ms, DOWNINTER_MS)}"
             f" fall {settings.check_fall} rise {settings.check_rise} weight {server.weight}")
+    if server.agent_port is not None:
+        # The node reports its own weight (CPU idle) and `drain` while it shuts down.
+        args += f" agent-check agent-port {server.agent_port} agent-inter {inter_ms}"
     if server.cookie:
         args += f" cookie {server.cookie}"
     return args

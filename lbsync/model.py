@@ -64,6 +64,7 @@ class Server:
     port: int
     weight: int = 100
     cookie: str | None = None  # explicit cookie value; None when dynamic cookies are used
+    agent_port: int | None = None  # the node's agent-check port (tag agent-port)
 
 
 # Bits of `srv_admin_state` in `show servers state` (HAProxy's SRV_ADMF_*).
@@ -136,6 +137,9 @@ class DesiredState:
     failed: frozenset[str] = frozenset()  # crashed: remove at once
     refused: tuple[Refusal, ...] = ()
     explicit_cookies: bool = False  # HAProxy 3.0+: cookie = node name on every server
+    # How every valid member (leaving and failed ones too) is spelled as a server, so a
+    # draining server keeps its options in haproxy.cfg.
+    known: Mapping[str, Server] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -156,8 +160,7 @@ class Plan:
     """Runtime-API work that turns HAProxy's actual backend into the desired one."""
 
     add: tuple[Server, ...] = ()
-    enable: tuple[str, ...] = ()  # present but in maintenance although desired (re-enable)
-    undrain: tuple[str, ...] = ()  # draining but the member is back
+    undrain: tuple[str, ...] = ()  # lbsync drained it, but the member is back
     drain: tuple[str, ...] = ()  # start a graceful drain
     remove: tuple[str, ...] = ()  # drained (or drain timed out): maint, shutdown, del
     kill: tuple[str, ...] = ()  # failed member: maint, shutdown, del at once
@@ -169,6 +172,6 @@ class Plan:
     @property
     def empty(self) -> bool:
         return not (
-            self.add or self.enable or self.undrain or self.drain or self.remove
+            self.add or self.undrain or self.drain or self.remove
             or self.kill or self.weights or self.addrs
         )

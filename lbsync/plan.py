@@ -28,16 +28,18 @@ def make_plan(
     drain_started: Mapping[str, float],
     drain_timeout: float,
     applied_weights: Mapping[str, int],
+    drained_by_us: frozenset[str] = frozenset(),
 ) -> Plan:
     """What to do now. Draining servers come back as `waiting` until they are empty.
 
     `drain_started` is when lbsync first saw each server draining; `applied_weights` the
     weight lbsync last gave each server (an agent-check may move HAProxy's own figure,
-    and lbsync must not fight it).
+    and lbsync must not fight it). A drain or maintenance lbsync did not set (an operator's
+    `disable server`, a node's agent-check answering `drain`) is left alone: only drains
+    in `drained_by_us` are undone when their member comes back.
     """
     have = {s.name: s for s in actual}
     add: list[Server] = []
-    enable: list[str] = []
     undrain: list[str] = []
     weights: list[WeightUpdate] = []
     addrs: list[AddrUpdate] = []
@@ -50,9 +52,7 @@ def make_plan(
             addrs.append(AddrUpdate(name, want.addr, want.port))
         if applied_weights.get(name, cur.iweight) != want.weight:
             weights.append(WeightUpdate(name, want.weight))
-        if cur.admin_state & ADMIN_FMAINT:
-            enable.append(name)
-        if cur.draining:
+        if cur.draining and name in drained_by_us:
             undrain.append(name)
 
     drain: list[str] = []
@@ -79,7 +79,7 @@ def make_plan(
         # checks mark them DOWN; a gossip glitch then costs nothing when it heals.
         return Plan(kept=tuple(sorted(going)))
     return Plan(
-        add=tuple(add), enable=tuple(enable), undrain=tuple(undrain), drain=tuple(drain),
+        add=tuple(add), undrain=tuple(undrain), drain=tuple(drain),
         remove=tuple(remove), kill=tuple(kill), weights=tuple(weights), addrs=tuple(addrs),
         waiting=tuple(waiting),
     )
@@ -98,8 +98,10 @@ def servers_after(
     out = dict(desired.servers)
     for name in (*plan.kept, *plan.waiting, *plan.drain):
         cur = have[name]
+        spelled = desired.known.get(name)
         out[name] = Server(
             name, cur.addr, cur.port, applied_weights.get(name, cur.iweight),
             name if desired.explicit_cookies else None,
+            spelled.agent_port if spelled else None,
         )
     return [out[n] for n in sorted(out)]

@@ -34,6 +34,7 @@ class Memory:
     """What lbsync remembers between passes (lost on restart, and rebuilt from HAProxy)."""
 
     drain_started: dict[str, float] = field(default_factory=dict)
+    drained_by_us: set[str] = field(default_factory=set)
     applied_weights: dict[str, int] = field(default_factory=dict)
     running_structure: str | None = None  # structure hash of the config HAProxy runs
     last_reload: float = float("-inf")
@@ -101,6 +102,7 @@ class Reconciler:
             actual, desired, now=now, drain_started=self.mem.drain_started,
             drain_timeout=self.settings.drain_timeout,
             applied_weights=self.mem.applied_weights,
+            drained_by_us=frozenset(self.mem.drained_by_us),
         )
         if plan.kept:
             log.warning("keeping servers=%s: removing them would empty backend %s",
@@ -114,6 +116,10 @@ class Reconciler:
             name = o.step.server
             if o.error is None and o.step.action in ("add", "weight"):
                 self.mem.applied_weights[name] = new_weights[name]
+            if o.error is None and o.step.action == "drain":
+                self.mem.drained_by_us.add(name)
+            if o.error is None and o.step.action in ("del", "kill", "undrain"):
+                self.mem.drained_by_us.discard(name)
             if o.error is None and o.step.action in ("del", "kill"):
                 self.mem.applied_weights.pop(name, None)
                 self.mem.drain_started.pop(name, None)

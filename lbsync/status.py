@@ -57,7 +57,6 @@ def status_rows(
     for s in plan.add:
         notes[s.name] = ("member is alive but not in HAProxy", True)
     for label, group, drift in (
-        ("in maintenance although alive", plan.enable, True),
         ("draining although alive", plan.undrain, True),
         ("leaving but not drained", plan.drain, True),
         ("drained but not removed", plan.remove, True),
@@ -69,6 +68,12 @@ def status_rows(
             notes[name] = (label, drift)
     for a in plan.addrs:
         notes[a.name] = (f"HAProxy has another address than {a.addr}:{a.port}", True)
+    for cur in actual:
+        # lbsync leaves an operator's maintenance or a node's own drain alone: not drift.
+        if cur.name in desired.servers and cur.name not in notes and (
+                cur.in_maint or cur.draining):
+            what = "maintenance" if cur.in_maint else "draining"
+            notes[cur.name] = (f"{what} set outside lbsync (operator or agent-check)", False)
     for r in desired.refused:
         # A refused member that still serves is drained by the plan: keep that drift.
         old, drift = notes.get(r.member, ("", False))
@@ -83,9 +88,8 @@ def status_rows(
             where = "haproxy.cfg lacks it" if name in have else "only haproxy.cfg has it"
             note, drift = (where if note == "ok" else f"{note}; {where}"), True
         m = members.get(name)
-        cur = have.get(name)
-        rows.append(Row(name, str(m.status) if m else "-", cur.state_word if cur else "-",
-                        name in in_config, note, drift))
+        state = have[name].state_word if name in have else "-"
+        rows.append(Row(name, str(m.status) if m else "-", state, name in in_config, note, drift))
     return rows
 
 

@@ -66,7 +66,7 @@ def test_add_ends_ready_and_never_enables_before_health_is_down() -> None:
 
 
 def test_dynamic_cookie_command_only_in_dynamic_mode() -> None:
-    plan = Plan(add=(Server("a", "10.0.0.1", 80),), enable=("b",), undrain=("c",),
+    plan = Plan(add=(Server("a", "10.0.0.1", 80),), undrain=("c",),
                 drain=("d",), remove=("e",), kill=("f",), weights=(WeightUpdate("g", 1),),
                 addrs=(AddrUpdate("h", "10.0.0.2", 81),))
     dynamic = [c for s in steps(plan, S, dynamic_cookies=True) for c in s.commands]
@@ -76,9 +76,11 @@ def test_dynamic_cookie_command_only_in_dynamic_mode() -> None:
     assert [c for c in dynamic if "dynamic-cookie" not in c] == explicit
 
 
-def test_enable() -> None:
-    assert cmds(Plan(enable=("a",))) == [
-        ("enable", "a", ("enable health web/a", "set server web/a state ready"))]
+def test_add_with_agent_port_enables_the_agent() -> None:
+    (step,) = steps(Plan(add=(Server("a", "10.0.0.1", 80, agent_port=8081),)), S,
+                    dynamic_cookies=False)
+    assert "agent-check agent-port 8081" in step.commands[0]
+    assert "enable agent web/a" in step.commands
 
 
 def test_undrain() -> None:
@@ -113,17 +115,17 @@ def test_addr() -> None:
 def test_order_kill_first_then_add_then_the_rest() -> None:
     plan = Plan(
         remove=("r",), drain=("d",), addrs=(AddrUpdate("ad", "10.0.0.3", 1),),
-        weights=(WeightUpdate("w", 5),), undrain=("u",), enable=("en",),
+        weights=(WeightUpdate("w", 5),), undrain=("u",),
         add=(Server("n1", "10.0.0.1", 80), Server("n2", "10.0.0.2", 80)), kill=("k1", "k2"),
     )
     assert [(s.action, s.server) for s in steps(plan, S, dynamic_cookies=False)] == [
-        ("kill", "k1"), ("kill", "k2"), ("add", "n1"), ("add", "n2"), ("enable", "en"),
+        ("kill", "k1"), ("kill", "k2"), ("add", "n1"), ("add", "n2"),
         ("undrain", "u"), ("weight", "w"), ("addr", "ad"), ("drain", "d"), ("del", "r"),
     ]
 
 
 def test_every_command_names_the_configured_backend() -> None:
-    plan = Plan(add=(Server("a", "10.0.0.1", 80),), enable=("b",), undrain=("c",),
+    plan = Plan(add=(Server("a", "10.0.0.1", 80),), undrain=("c",),
                 drain=("d",), remove=("e",), kill=("f",), weights=(WeightUpdate("g", 1),),
                 addrs=(AddrUpdate("h", "10.0.0.2", 81),))
     for s in steps(plan, S, dynamic_cookies=True):

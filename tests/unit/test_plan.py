@@ -43,9 +43,11 @@ def want(*servers: Server, leaving: Sequence[str] = (), failed: Sequence[str] = 
 
 def plan(actual: Sequence[ServerState], desired: DesiredState, *, now: float = 100.0,
          drain_started: Mapping[str, float] | None = None, drain_timeout: float = 30.0,
-         applied_weights: Mapping[str, int] | None = None) -> Plan:
+         applied_weights: Mapping[str, int] | None = None,
+         drained_by_us: frozenset[str] = frozenset()) -> Plan:
     return make_plan(actual, desired, now=now, drain_started=drain_started or {},
-                     drain_timeout=drain_timeout, applied_weights=applied_weights or {})
+                     drain_timeout=drain_timeout, applied_weights=applied_weights or {},
+                     drained_by_us=drained_by_us)
 
 
 KEEPER = st("keeper", "10.0.0.9")
@@ -143,9 +145,10 @@ def test_failed_while_draining_is_killed() -> None:
 # --- member back / maintenance -----------------------------------------------------------
 
 
-def test_desired_server_in_forced_maintenance_is_enabled() -> None:
+def test_operator_maintenance_on_a_desired_server_is_left_alone() -> None:
+    # Runtime changes an operator made are not lbsync's to undo.
     p = plan([st("a", admin=ADMIN_FMAINT, op=OP_STOPPED)], want(srv("a")))
-    assert p == Plan(enable=("a",))
+    assert p == Plan()
 
 
 @pytest.mark.parametrize("admin", [ADMIN_IMAINT, ADMIN_CMAINT])
@@ -154,14 +157,16 @@ def test_other_maintenance_sources_are_not_enabled(admin: int) -> None:
     assert plan([st("a", admin=admin)], want(srv("a"))) == Plan()
 
 
-def test_draining_server_whose_member_is_back_is_undrained() -> None:
-    p = plan([st("a", admin=ADMIN_FDRAIN, sessions=2)], want(srv("a")))
+def test_server_lbsync_drained_whose_member_is_back_is_undrained() -> None:
+    p = plan([st("a", admin=ADMIN_FDRAIN, sessions=2)], want(srv("a")),
+             drained_by_us=frozenset({"a"}))
     assert p == Plan(undrain=("a",))
 
 
-def test_maint_and_drain_both_cleared() -> None:
-    p = plan([st("a", admin=ADMIN_FMAINT | ADMIN_FDRAIN)], want(srv("a")))
-    assert (p.enable, p.undrain) == (("a",), ("a",))
+def test_drain_set_outside_lbsync_is_left_alone() -> None:
+    # A node's agent-check answering `drain` (it is shutting down), or an operator.
+    p = plan([st("a", admin=ADMIN_FDRAIN, sessions=2)], want(srv("a")))
+    assert p == Plan()
 
 
 # --- weights -----------------------------------------------------------------------------
@@ -230,7 +235,7 @@ def test_one_staying_server_lets_the_others_go() -> None:
 
 def test_staying_server_in_maintenance_still_counts_as_staying() -> None:
     p = plan([st("a", admin=ADMIN_FMAINT), st("b")], want(srv("a"), leaving=["b"]))
-    assert p == Plan(enable=("a",), drain=("b",))
+    assert p == Plan(drain=("b",))
 
 
 # --- everything at once ------------------------------------------------------------------
@@ -247,7 +252,8 @@ def test_mixed_plan() -> None:
     ]
     desired = want(srv("back"), srv("heavy", weight=200), srv("moved", "10.0.0.6"),
                    srv("new"), leaving=["slow"], failed=["dead"])
-    p = plan(actual, desired, now=10.0, drain_started={"slow": 5.0})
+    p = plan(actual, desired, now=10.0, drain_started={"slow": 5.0},
+             drained_by_us=frozenset({"back", "slow"}))
     assert p == Plan(
         add=(srv("new"),), undrain=("back",), drain=("add-me-not",), kill=("dead",),
         weights=(WeightUpdate("heavy", 200),), addrs=(AddrUpdate("moved", "10.0.0.6", 8080),),

@@ -106,15 +106,16 @@ def test_failed_and_gone_is_fine() -> None:
     assert r["b"] == Row("b", "failed", "-", False, "ok", False)
 
 
-def test_alive_member_in_maintenance_is_drift() -> None:
+def test_operator_maintenance_on_alive_member_is_shown_not_drift() -> None:
     r = rows([member("a")], [st("a", admin=ADMIN_FMAINT)], {"a"})
-    assert r["a"] == Row("a", "alive", "MAINT", True, "in maintenance although alive", True)
+    assert r["a"] == Row("a", "alive", "MAINT", True,
+                         "maintenance set outside lbsync (operator or agent-check)", False)
 
 
-def test_alive_member_draining_is_drift() -> None:
+def test_agent_drain_on_alive_member_is_shown_not_drift() -> None:
     r = rows([member("a")], [st("a", admin=ADMIN_FDRAIN)], {"a"})
-    assert r["a"].note == "draining although alive"
-    assert r["a"].drift is True
+    assert r["a"].note == "draining set outside lbsync (operator or agent-check)"
+    assert r["a"].drift is False
 
 
 def test_address_mismatch_is_drift() -> None:
