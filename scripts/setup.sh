@@ -30,6 +30,8 @@ if [[ ! -x .venv/bin/python ]]; then
     echo "setup: creating .venv with $($PYTHON --version)"
     "$PYTHON" -m venv .venv
 fi
-# Editable, so tests run the tree; tests/integration/test_packaging.py proves the wheel alone works.
-.venv/bin/pip install -q --disable-pip-version-check -e ".[dev]"
+# Editable, so tests run the tree; tests/integration/test_packaging.py proves the wheel alone
+# works. The edge extra (Crossbar, autobahn, supervisor) is large (~400 MB) but the local
+# cluster and its tests need it.
+.venv/bin/pip install -q --disable-pip-version-check -e ".[dev,edge]"
 echo "setup: ready ($(haproxy -v | head -1 | cut -d' ' -f1-3); serf $(serf version | head -1 | cut -d' ' -f2))"

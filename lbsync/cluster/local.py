@@ -1,0 +1,269 @@
+"""`lbsync up / scale / down`: the whole system on one machine, under supervisord.
+
+The load balancer is 127.N.0.1 (frontend :8080, stats :1936, runtime API :9999, Serf
+:7946/:7373); edge node i is 127.N.0.(10+i) (Crossbar :8080, its router :9000, the
+sidecar's agent-check :8081, Serf :7946/:7373). N is 0 unless `--net` says otherwise.
+
+Everything the cluster writes lives in one folder (`--dir`): supervisord.conf, sockets,
+haproxy.cfg, the registry, each node's Crossbar folder, logs, and `lbsync.env`, which
+lets `lbsync status` and `lbsync members` find the cluster with no flags.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import xmlrpc.client
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from .. import __version__
+from ..files import atomic_write
+from ..model import LbsyncError
+from ..render import load_template, render_text
+
+HTTP_PORT = 8080
+ROUTER_PORT = 9000
+AGENT_PORT = 8081
+MAX_NODES = 200
+ENV_FILE = "lbsync.env"
+STATE_FILE = "cluster.json"
+
+
+class ClusterError(LbsyncError):
+    """The local cluster cannot be started, changed or stopped as asked."""
+
+
+def default_dir() -> Path:
+    """Where `lbsync up` puts the cluster when --dir is not given (and where status looks)."""
+    if env := os.environ.get("LBSYNC_CLUSTER_DIR"):
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/run/lbsync/cluster")
+    runtime = os.environ.get("XDG_RUNTIME_DIR") or f"/tmp/lbsync-{os.getuid()}"
+    return Path(runtime) / "lbsync-cluster"
+
+
+@dataclass(frozen=True)
+class Node:
+    index: int
+    name: str
+    ip: str
+    cbdir: Path
+    port: int = HTTP_PORT
+    router_port: int = ROUTER_PORT
+    agent_port: int = AGENT_PORT
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Every path and address of a cluster folder (pure)."""
+
+    dir: Path
+    net: int = 0
+
+    @property
+    def lb_ip(self) -> str:
+        return f"127.{self.net}.0.1"
+
+    def node(self, index: int) -> Node:
+        return Node(index, f"node{index}", f"127.{self.net}.0.{10 + index}",
+                    self.dir / f"node{index}" / "cbdir")
+
+    @property
+    def conf(self) -> Path:
+        return self.dir / "supervisord.conf"
+
+    @property
+    def sock(self) -> Path:
+        return self.dir / "supervisord.sock"
+
+    @property
+    def lb(self) -> dict[str, str]:
+        lb = self.dir / "lb"
+        return {"ip": self.lb_ip, "config": str(lb / "haproxy.cfg"),
+                "registry": str(lb / "nodes"), "admin_socket": str(lb / "admin.sock"),
+                "master_socket": str(lb / "master.sock")}
+
+    def lb_env(self, drain_timeout: float) -> dict[str, str]:
+        """The load balancer's settings, as the LBSYNC_* variables lbsync reads."""
+        lb = self.lb
+        return {
+            "LBSYNC_REGISTRY_DIR": lb["registry"],
+            "LBSYNC_HAPROXY_CONFIG": lb["config"],
+            "LBSYNC_RUNTIME_SOCKET": lb["admin_socket"],
+            "LBSYNC_RUNTIME_TCP": f"{self.lb_ip}:9999",
+            "LBSYNC_MASTER_SOCKET": lb["master_socket"],
+            "LBSYNC_FRONTEND_BIND": f"{self.lb_ip}:{HTTP_PORT}",
+            "LBSYNC_STATS_BIND": f"{self.lb_ip}:1936",
+            "LBSYNC_SERF_RPC": f"{self.lb_ip}:7373",
+            "LBSYNC_DRAIN_TIMEOUT": f"{drain_timeout:g}s",
+        }
+
+    def endpoints(self) -> str:
+        ip = self.lb_ip
+        return (f"frontend  http://{ip}:{HTTP_PORT}/info   (WAMP: ws://{ip}:{HTTP_PORT}/ws)\n"
+                f"stats     http://{ip}:1936/\n"
+                f"runtime   echo \"show servers state\" | nc {ip} 9999\n"
+                f"status    lbsync status\n"
+                f"logs      {self.dir}/logs/")
+
+
+def _binary(name: str, apt: str) -> str:
+    here = Path(sys.executable).parent / name  # the venv's own (crossbar, supervisord)
+    if here.exists():
+        return str(here)
+    found = shutil.which(name)
+    if found is None:
+        raise ClusterError(f"{name} not found (install it: {apt})")
+    return found
+
+
+def render_supervisord(layout: Layout, nodes: list[int], proxies: int,
+                       drain_timeout: float) -> str:
+    label, source = load_template(None, "supervisord.conf.j2")
+    env = layout.lb_env(drain_timeout)
+    return render_text(label, source, {
+        "lbsync_version": __version__,
+        "dir": str(layout.dir),
+        "lb": layout.lb,
+        "lb_env": ",".join(f'{k}="{v}"' for k, v in env.items()),
+        "nodes": [layout.node(i) for i in nodes],
+        "proxies": proxies,
+        "drain_timeout": int(drain_timeout),
+        "lbsync": f"{sys.executable} -m lbsync",
+        "haproxy": _binary("haproxy", "apt-get install -y haproxy"),
+        "serf": _binary("serf", "apt-get install -y serf"),
+        "crossbar": _binary("crossbar", "pip install 'lbsync[edge]'"),
+        "supervisorctl": _binary("supervisorctl", "pip install 'lbsync[edge]'"),
+    })
+
+
+class Supervisor:
+    """supervisord's XML-RPC API on the cluster's unix socket."""
+
+    def __init__(self, layout: Layout) -> None:
+        self.layout = layout
+
+    def rpc(self) -> Any:
+        from supervisor.xmlrpc import SupervisorTransport
+
+        transport = SupervisorTransport(None, None, f"unix://{self.layout.sock}")
+        return xmlrpc.client.ServerProxy("http://127.0.0.1", transport=transport)
+
+    def pid(self) -> int | None:
+        try:
+            pid = int((self.layout.dir / "supervisord.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if psutil.pid_exists(pid) else None
+
+    def running(self) -> bool:
+        if self.pid() is None:
+            return False
+        try:
+            return bool(self.rpc().supervisor.getState()["statename"] == "RUNNING")
+        except (OSError, xmlrpc.client.Fault, xmlrpc.client.ProtocolError):
+            return False
+
+    def start(self) -> None:
+        supervisord = _binary("supervisord", "pip install 'lbsync[edge]'")
+        r = subprocess.run([supervisord, "-c", str(self.layout.conf)], capture_output=True,
+                           text=True, timeout=30, check=False)
+        if r.returncode != 0:
+            raise ClusterError(f"supervisord did not start: {(r.stderr or r.stdout).strip()}")
+        deadline = time.monotonic() + 15
+        while not self.running():
+            if time.monotonic() > deadline:
+                raise ClusterError(f"supervisord did not answer on {self.layout.sock}")
+            time.sleep(0.1)
+
+    def states(self) -> dict[str, str]:
+        """'group:name' -> supervisord state name (RUNNING, STOPPED, EXITED, ...)."""
+        return {f"{p['group']}:{p['name']}": p["statename"]
+                for p in self.rpc().supervisor.getAllProcessInfo()}
+
+    def update(self) -> tuple[list[str], list[str]]:
+        """Re-read the config; add new groups, stop and remove gone ones (`supervisorctl
+        update`). Returns (added, removed)."""
+        api = self.rpc().supervisor
+        added, changed, removed = api.reloadConfig()[0]
+        for group in removed:
+            with contextlib.suppress(xmlrpc.client.Fault):
+                api.stopProcessGroup(group, True)
+            api.removeProcessGroup(group)
+        for group in changed:
+            with contextlib.suppress(xmlrpc.client.Fault):
+                api.stopProcessGroup(group, True)
+            api.removeProcessGroup(group)
+            api.addProcessGroup(group)
+        for group in added:
+            api.addProcessGroup(group)
+        return added + changed, removed
+
+    def stop(self, names: list[str]) -> None:
+        """Ask supervisord to stop these processes, all at once (no waiting)."""
+        api = self.rpc().supervisor
+        for name in names:
+            with contextlib.suppress(xmlrpc.client.Fault):  # already stopped
+                api.stopProcess(name, False)
+
+    def shutdown(self, timeout: float) -> None:
+        pid = self.pid()
+        if pid is None:
+            return
+        with contextlib.suppress(OSError, xmlrpc.client.Fault, xmlrpc.client.ProtocolError):
+            self.rpc().supervisor.shutdown()
+        with contextlib.suppress(psutil.NoSuchProcess):
+            psutil.Process(pid).wait(timeout)
+
+
+def leftovers(layout: Layout) -> list[psutil.Process]:
+    """Processes of this cluster still alive (found by the LBSYNC_CLUSTER mark)."""
+    mark = f"LBSYNC_CLUSTER={layout.dir}"
+    found = []
+    for p in psutil.process_iter(["pid"]):
+        with contextlib.suppress(psutil.Error):
+            env = Path(f"/proc/{p.pid}/environ").read_bytes().split(b"\0")
+            if mark.encode() in env:
+                found.append(p)
+    return found
+
+
+def read_state(layout: Layout) -> dict[str, Any]:
+    try:
+        data = json.loads((layout.dir / STATE_FILE).read_text())
+    except (OSError, ValueError):
+        raise ClusterError(f"no cluster in {layout.dir} (start one with `lbsync up`)") from None
+    if not isinstance(data, dict):
+        raise ClusterError(f"{layout.dir / STATE_FILE} is damaged")
+    return data
+
+
+def write_files(layout: Layout, nodes: list[int], proxies: int, drain_timeout: float) -> None:
+    for sub in ("logs", "lb/nodes"):
+        (layout.dir / sub).mkdir(parents=True, exist_ok=True)
+    for i in nodes:
+        layout.node(i).cbdir.mkdir(parents=True, exist_ok=True)
+    atomic_write(layout.conf, render_supervisord(layout, nodes, proxies, drain_timeout))
+    atomic_write(layout.dir / STATE_FILE, json.dumps(
+        {"net": layout.net, "nodes": nodes, "proxies": proxies,
+         "drain_timeout": drain_timeout}, indent=2) + "\n")
+    env = layout.lb_env(drain_timeout)
+    atomic_write(layout.dir / ENV_FILE, "".join(f"{k}={v}\n" for k, v in env.items()))
+
+
+def check_dir(path: Path) -> Path:
+    path = path.resolve()
+    if any(c.isspace() or c in "\"'%;=," for c in str(path)):
+        raise ClusterError(f"--dir {path}: spaces, quotes and %;=, do not survive "
+                           "supervisord's config; pick a plain path")
+    return path

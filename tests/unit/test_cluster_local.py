@@ -1,0 +1,72 @@
+"""The local cluster's pure parts: layout, supervisord config, progress output."""
+
+from __future__ import annotations
+
+import configparser
+import io
+import shlex
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from lbsync.cluster.lifecycle import NodeView, Progress
+from lbsync.cluster.local import ClusterError, Layout, check_dir, render_supervisord
+
+NEEDS_BINARIES = pytest.mark.skipif(
+    not all(shutil.which(b) for b in ("haproxy", "serf"))
+    or not (Path(sys.executable).parent / "crossbar").exists(),
+    reason="the config names the haproxy, serf and crossbar binaries")
+
+
+def test_layout_addresses() -> None:
+    layout = Layout(Path("/c"), net=7)
+    assert layout.lb_ip == "127.7.0.1"
+    node = layout.node(3)
+    assert (node.name, node.ip, node.cbdir) == ("node3", "127.7.0.13", Path("/c/node3/cbdir"))
+    env = layout.lb_env(5.0)
+    assert env["LBSYNC_SERF_RPC"] == "127.7.0.1:7373"
+    assert env["LBSYNC_RUNTIME_TCP"] == "127.7.0.1:9999"
+    assert env["LBSYNC_FRONTEND_BIND"] == "127.7.0.1:8080"
+    assert env["LBSYNC_DRAIN_TIMEOUT"] == "5s"
+
+
+@pytest.mark.parametrize("bad", ["/tmp/a b", "/tmp/a%b", "/tmp/a'b", "/tmp/a;b", "/tmp/a=b"])
+def test_check_dir_refuses_paths_supervisord_cannot_hold(bad: str) -> None:
+    with pytest.raises(ClusterError, match="--dir"):
+        check_dir(Path(bad))
+
+
+@NEEDS_BINARIES
+def test_supervisord_config_has_every_program(tmp_path: Path) -> None:
+    layout = Layout(tmp_path, net=9)
+    text = render_supervisord(layout, [1, 2, 5], proxies=2, drain_timeout=7)
+    cp = configparser.RawConfigParser()
+    cp.read_string(text)
+    programs = {s.removeprefix("program:") for s in cp.sections() if s.startswith("program:")}
+    assert programs == {"haproxy", "lb-serf", "lb-agent", *(
+        f"node{i}-{p}" for i in (1, 2, 5) for p in ("serf", "crossbar", "sidecar"))}
+    assert cp.get("group:node5", "programs") == "node5-serf,node5-crossbar,node5-sidecar"
+    sidecar = shlex.split(cp.get("program:node2-sidecar", "command"))
+    assert sidecar[sidecar.index("--listen") + 1] == "127.9.0.12:8080"
+    assert sidecar[sidecar.index("--drain-timeout") + 1] == "7s"
+    stop = sidecar[sidecar.index("--stop-command") + 1]
+    assert stop.endswith(f"-c {tmp_path}/supervisord.conf stop node2:node2-crossbar")
+    # Graceful stop outlasts the drain; serf's `leave` exit is not a crash.
+    assert int(cp.get("program:node2-sidecar", "stopwaitsecs")) > 7
+    assert cp.get("program:node1-serf", "autorestart") == "unexpected"
+    assert "LBSYNC_SERF_RPC=\"127.9.0.1:7373\"" in cp.get("program:lb-agent", "environment")
+    assert f'LBSYNC_CLUSTER="{tmp_path}"' == cp.get("supervisord", "environment")
+
+
+def test_progress_prints_changes_only_when_not_a_terminal() -> None:
+    out = io.StringIO()
+    p = Progress(out)
+    up = NodeView("node1", "alive", "serving", "1", "UP")
+    p.show({"node1": NodeView("node1", "alive", "-", "0", "-")}, 0.5)
+    p.show({"node1": NodeView("node1", "alive", "-", "0", "-")}, 0.7)
+    p.show({"node1": up}, 1.2)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 2
+    assert lines[1].endswith("node1: serf=alive crossbar=serving ready=1 haproxy=UP")
