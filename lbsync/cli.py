@@ -264,3 +264,38 @@ def status(check: bool, **kw: Any) -> None:
     if check and drifted:
         click.echo(f"lbsync: drift on {len(drifted)} member(s): {', '.join(drifted)}", err=True)
         sys.exit(1)
+
+
+# --- edge node ---------------------------------------------------------------------------
+
+
+@main.command("crossbar-config")
+@click.option("--cbdir", type=click.Path(path_type=Path), required=True,
+              envvar="LBSYNC_CBDIR", show_envvar=True, help="Crossbar node folder")
+@click.option("--node", required=True, envvar="LBSYNC_NODE_NAME", show_envvar=True,
+              help="node name: Crossbar's node id, and what /mydata and the WELCOME say")
+@click.option("--listen", required=True, envvar="LBSYNC_LISTEN", show_envvar=True,
+              help="IP:PORT the proxy workers share (WebSocket /ws, /info, /mydata)")
+@click.option("--router-port", type=int, required=True, envvar="LBSYNC_ROUTER_PORT",
+              show_envvar=True, help="router port for the proxy workers (loopback only)")
+@click.option("--proxies", type=int, default=None, envvar="LBSYNC_PROXIES", show_envvar=True,
+              help="proxy workers  [default: 2 x logical CPUs]")
+def crossbar_config(cbdir: Path, node: str, listen: str, router_port: int,
+                    proxies: int | None) -> None:
+    """Write CBDIR/config.json: a router worker and N proxy workers on one shared port."""
+    from .edge.crossbar import (
+        check_inputs,
+        default_proxies,
+        ensure_node_key,
+        render_crossbar_config,
+        write_config,
+    )
+
+    host, port = parse_hostport(listen, "--listen")
+    count = default_proxies() if proxies is None else proxies
+    check_inputs(node, host, port, router_port, count)  # before anything is written
+    text = render_crossbar_config(node, host, port, router_port, count,
+                                  node_pubkey=ensure_node_key(cbdir))
+    changed = write_config(cbdir, text)
+    click.echo(f"{cbdir / 'config.json'}: node {node}, {count} proxy workers on {listen}, "
+               f"{'written' if changed else 'unchanged'}")
