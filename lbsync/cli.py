@@ -299,3 +299,41 @@ def crossbar_config(cbdir: Path, node: str, listen: str, router_port: int,
     changed = write_config(cbdir, text)
     click.echo(f"{cbdir / 'config.json'}: node {node}, {count} proxy workers on {listen}, "
                f"{'written' if changed else 'unchanged'}")
+
+
+@main.command()
+@click.option("--name", required=True, envvar="LBSYNC_NODE_NAME", show_envvar=True,
+              help="this node's name (its Serf node name)")
+@click.option("--serf-rpc", default="127.0.0.1:7373", envvar="LBSYNC_SERF_RPC",
+              show_default=True, show_envvar=True, help="the local Serf agent's RPC address")
+@click.option("--listen", required=True, envvar="LBSYNC_LISTEN", show_envvar=True,
+              help="IP:PORT Crossbar serves on (the port HAProxy sends traffic to)")
+@click.option("--agent-port", type=int, required=True, envvar="LBSYNC_AGENT_PORT",
+              show_envvar=True, help="HAProxy agent-check port, on the --listen IP")
+@click.option("--weight", type=int, default=None, envvar="LBSYNC_WEIGHT", show_envvar=True,
+              help="HAProxy weight tag (0-256)")
+@click.option("--drain-timeout", default="30s", envvar="LBSYNC_DRAIN_TIMEOUT",
+              show_default=True, show_envvar=True,
+              help="longest wait for connections to close before leaving")
+@click.option("--stop-command", default="", envvar="LBSYNC_STOP_COMMAND", show_envvar=True,
+              help="/bin/sh command run last, e.g. supervisorctl stop NODE-crossbar")
+@click.option("--serf-auth-key", default="", envvar="LBSYNC_SERF_AUTH_KEY", show_envvar=True)
+def node(name: str, serf_rpc: str, listen: str, agent_port: int, weight: int | None,
+         drain_timeout: str, stop_command: str, serf_auth_key: str) -> None:
+    """Edge-node sidecar: tag this node in Serf, answer agent-check, drain and leave on
+    SIGTERM."""
+    from .edge.agentcheck import AgentCheck
+    from .edge.sidecar import NodeConfig, Sidecar, check_config, real_effects
+
+    host, port = parse_hostport(listen, "--listen")
+    config = check_config(NodeConfig(
+        name=name, serf_rpc=parse_hostport(serf_rpc, "--serf-rpc"), host=host, port=port,
+        agent_port=agent_port, weight=weight,
+        drain_timeout=parse_duration(drain_timeout, "--drain-timeout"),
+        stop_command=stop_command, serf_auth_key=serf_auth_key or None))
+    stop = threading.Event()
+    # The handler only sets the flag; the sidecar's loop does the draining.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    effects = real_effects(config, AgentCheck(host, agent_port))
+    sys.exit(Sidecar(config, effects, stop).run())

@@ -1,0 +1,359 @@
+"""The edge-node sidecar behind `lbsync node`: join the load balancer when Crossbar
+serves, and leave it without cutting anyone off.
+
+Start: wait for the local Serf agent, tag this node `role=edge port=... ready=0`, answer
+HAProxy's agent-check, and once `GET /info` answers 200 set `ready=1` (the load balancer
+adds a member only then). Stop (SIGTERM/SIGINT only set a flag): the agent-check answers
+`drain` and the tag turns `ready=0`, so HAProxy sends no new sessions; wait until no
+connection is left on the service port (or `--drain-timeout`); `serf leave`; give the load
+balancer a second to remove the server; then run `--stop-command` (how the supervisor
+stops Crossbar). One log line per step, with its duration.
+
+Every effect (Serf, the agent-check server, the HTTP probe, the connection count, the stop
+command, the clock) comes in through `Effects`, so tests drive the sequence with fakes.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ipaddress
+import logging
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+import psutil
+
+from .. import __version__
+from ..model import LbsyncError
+from ..serf.rpc import SerfAuthError, SerfError, SerfRPC
+from ..validate import name_problem
+
+log = logging.getLogger(__name__)
+
+POLL = 0.2  # how often waiting loops look at the stop flag and the world
+SERF_BACKOFF_MAX = 2.0
+LB_GRACE = 1.0  # after `leave`: the load balancer removes the server meanwhile
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    name: str
+    serf_rpc: tuple[str, int]
+    host: str
+    port: int
+    agent_port: int
+    weight: int | None = None
+    drain_timeout: float = 30.0
+    stop_command: str = ""
+    serf_auth_key: str | None = None
+
+    @property
+    def where(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    def tags(self, ready: bool) -> dict[str, str]:
+        tags = {"role": "edge", "port": str(self.port), "agent-port": str(self.agent_port),
+                "version": __version__, "ready": "1" if ready else "0"}
+        if self.weight is not None:
+            tags["weight"] = str(self.weight)
+        return tags
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+    def sleep(self, seconds: float) -> None: ...
+
+
+class Serf(Protocol):
+    """The part of SerfRPC the sidecar uses."""
+
+    @property
+    def closed(self) -> bool: ...
+    def tags(self, set: Mapping[str, str] | None = None,
+             delete: Iterable[str] | None = None) -> None: ...
+    def leave(self, timeout: float = 30.0) -> None: ...
+    def close(self) -> None: ...
+
+
+class Agent(Protocol):
+    """The agent-check server (lbsync.edge.agentcheck.AgentCheck)."""
+
+    def start(self) -> None: ...
+    def drain(self) -> None: ...
+    def close(self) -> None: ...
+
+
+@dataclass
+class Effects:
+    connect_serf: Callable[[], Serf]  # raises SerfError while the agent is unreachable
+    agent: Agent
+    ready: Callable[[], bool]  # does the service answer GET /info with 200?
+    connections: Callable[[], int]  # ESTABLISHED connections on the service port
+    run_command: Callable[[str], int]  # exit status of a /bin/sh command
+    clock: Clock
+
+
+class Sidecar:
+    def __init__(self, config: NodeConfig, effects: Effects, stop: threading.Event) -> None:
+        self.config = config
+        self.fx = effects
+        self.stop = stop
+        self._serf: Serf | None = None
+        self._ready = False
+
+    # --- the whole life -----------------------------------------------------------------
+
+    def run(self) -> int:
+        """Serve until the stop flag, then drain, leave and stop; 0 when every step worked."""
+        c, fx = self.config, self.fx
+        started = fx.clock.now()
+        fx.agent.start()
+        log.info("agent-check listening on %s:%d", c.host, c.agent_port)
+        try:
+            if self._connect(startup=True):
+                self._set_tags("tags set")
+                self._wait_ready()
+                self._serve()
+            ok = self._shut_down()
+        finally:
+            fx.agent.close()
+            if self._serf is not None:
+                self._serf.close()
+        log.info("done after %.1f s: exit %d", fx.clock.now() - started, 0 if ok else 1)
+        return 0 if ok else 1
+
+    # --- start ---------------------------------------------------------------------------
+
+    def _connect(self, startup: bool) -> bool:
+        """Connect to the Serf agent, retrying with backoff until it answers or stop is
+        asked; False when stop came first. A refused auth key is not retried."""
+        host, port = self.config.serf_rpc
+        t0 = self.fx.clock.now()
+        delay = 0.1
+        logged = False
+        while not self.stop.is_set():
+            try:
+                self._serf = self.fx.connect_serf()
+            except SerfAuthError:
+                raise
+            except SerfError as e:
+                if not logged:
+                    log.info("waiting for the serf agent at %s:%d (%s)", host, port, e)
+                    logged = True
+                self._sleep_unless_stopped(delay)
+                delay = min(delay * 2, SERF_BACKOFF_MAX)
+                continue
+            log.info("serf agent at %s:%d %s after %.1f s", host, port,
+                     "answers" if startup else "answers again", self.fx.clock.now() - t0)
+            return True
+        return False
+
+    def _set_tags(self, what: str) -> None:
+        assert self._serf is not None
+        tags = self.config.tags(self._ready)
+        t0 = self.fx.clock.now()
+        self._serf.tags(set=tags)
+        log.info("%s: %s (%.0f ms)", what, " ".join(f"{k}={v}" for k, v in tags.items()),
+                 1000 * (self.fx.clock.now() - t0))
+
+    def _wait_ready(self) -> None:
+        t0 = self.fx.clock.now()
+        log.info("waiting for http://%s/info to answer 200", self.config.where)
+        while not self.stop.is_set():
+            if self.fx.ready():
+                log.info("http://%s/info answers 200 after %.1f s", self.config.where,
+                         self.fx.clock.now() - t0)
+                self._ready = True
+                self._set_tags("ready")
+                return
+            self._sleep_unless_stopped(POLL)
+
+    def _serve(self) -> None:
+        """Wait for the stop flag; if the Serf agent restarts meanwhile, tag it again (tags
+        set over RPC die with the agent)."""
+        while not self.stop.is_set():
+            self._sleep_unless_stopped(POLL)
+            if self._serf is not None and self._serf.closed and not self.stop.is_set():
+                log.warning("serf connection lost: reconnecting")
+                self._serf.close()
+                if self._connect(startup=False):
+                    self._retry_tags()
+
+    def _retry_tags(self) -> None:
+        try:
+            self._set_tags("tags set again")
+        except SerfError as e:
+            log.warning("setting tags failed: %s", e)
+
+    # --- stop ----------------------------------------------------------------------------
+
+    def _shut_down(self) -> bool:
+        c, fx = self.config, self.fx
+        log.info("stop requested: draining")
+        fx.agent.drain()
+        ok = True
+        self._ready = False
+        if self._serf is not None:
+            ok = self._serf_step("setting ready=0", lambda: self._set_tags(
+                "agent-check answers drain; tags set"))
+            self._wait_drained()
+            t0 = fx.clock.now()
+            if self._serf_step("serf leave", lambda: self._leave()):
+                log.info("left the serf cluster (%.1f s)", fx.clock.now() - t0)
+                fx.clock.sleep(LB_GRACE)
+                log.info("waited %.0f s for the load balancer to remove this node", LB_GRACE)
+            else:
+                ok = False
+        else:
+            log.info("never joined the cluster: nothing to drain")
+        if c.stop_command:
+            t0 = fx.clock.now()
+            status = fx.run_command(c.stop_command)
+            log.info("stop command %r exited %d (%.1f s)", c.stop_command, status,
+                     fx.clock.now() - t0)
+            ok = ok and status == 0
+        return ok
+
+    def _leave(self) -> None:
+        assert self._serf is not None
+        self._serf.leave()
+
+    def _serf_step(self, what: str, step: Callable[[], None]) -> bool:
+        """Run a Serf step; reconnect once if the connection is gone. False on failure."""
+        for attempt in (1, 2):
+            assert self._serf is not None
+            try:
+                if self._serf.closed:
+                    raise SerfError("connection lost")
+                step()
+                return True
+            except SerfError as e:
+                if attempt == 2:
+                    log.warning("%s failed: %s", what, e)
+                    return False
+                self._serf.close()
+                try:
+                    self._serf = self.fx.connect_serf()
+                except SerfError as e2:
+                    log.warning("%s failed: %s", what, e2)
+                    return False
+        return False
+
+    def _wait_drained(self) -> None:
+        c, fx = self.config, self.fx
+        t0 = fx.clock.now()
+        left = fx.connections()
+        if left:
+            log.info("waiting for %d connection(s) on %s to close (at most %g s)", left,
+                     c.where, c.drain_timeout)
+        while left and fx.clock.now() - t0 < c.drain_timeout:
+            fx.clock.sleep(POLL)
+            left = fx.connections()
+        if left:
+            log.warning("drain timeout: %d connection(s) still open on %s after %.1f s", left,
+                        c.where, fx.clock.now() - t0)
+        else:
+            log.info("drained: no connection left on %s after %.1f s", c.where,
+                     fx.clock.now() - t0)
+
+    def _sleep_unless_stopped(self, seconds: float) -> None:
+        end = self.fx.clock.now() + seconds
+        while not self.stop.is_set():
+            remaining = end - self.fx.clock.now()
+            if remaining < 0.001:  # not 0: rounding must not leave a sliver to wait for
+                return
+            self.fx.clock.sleep(min(POLL, remaining))
+
+
+# --- the real effects ----------------------------------------------------------------------
+
+
+class RealClock:
+    def now(self) -> float:
+        return time.monotonic()
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+def local_host(host: str) -> str:
+    """Where to reach a service bound to `host` from this machine (0.0.0.0 -> 127.0.0.1)."""
+    ip = ipaddress.ip_address(host)
+    if ip.is_unspecified:
+        return "::1" if ip.version == 6 else "127.0.0.1"
+    return host
+
+
+def info_answers(host: str, port: int, timeout: float = 1.0) -> bool:
+    """True when GET http://HOST:PORT/info answers 200."""
+    conn = http.client.HTTPConnection(local_host(host), port, timeout=timeout)
+    try:
+        conn.request("GET", "/info")
+        return conn.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
+def _same_ip(a: str, b: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    ip = ipaddress.ip_address(a.partition("%")[0])
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip == b
+
+
+def established(host: str, port: int) -> int:
+    """ESTABLISHED TCP connections whose local end is HOST:PORT (any address for 0.0.0.0).
+
+    Only the service port counts: agent-check and Serf connections use other ports.
+    """
+    want = ipaddress.ip_address(host)
+    return sum(
+        1 for c in psutil.net_connections(kind="tcp")
+        if c.status == psutil.CONN_ESTABLISHED and c.laddr and c.laddr.port == port
+        and (want.is_unspecified or _same_ip(c.laddr.ip, want))
+    )
+
+
+def run_shell(command: str) -> int:
+    return subprocess.run(["/bin/sh", "-c", command], check=False).returncode
+
+
+def real_effects(config: NodeConfig, agent: Agent) -> Effects:
+    def connect() -> Serf:
+        rpc = SerfRPC(*config.serf_rpc, config.serf_auth_key)
+        rpc.connect()
+        return rpc
+
+    return Effects(
+        connect_serf=connect,
+        agent=agent,
+        ready=lambda: info_answers(config.host, config.port),
+        connections=lambda: established(config.host, config.port),
+        run_command=run_shell,
+        clock=RealClock(),
+    )
+
+
+def check_config(config: NodeConfig) -> NodeConfig:
+    """Raise LbsyncError naming the first value that cannot work; return the config."""
+    if problem := name_problem(config.name):
+        raise LbsyncError(f"--name: {problem}")
+    try:
+        ipaddress.ip_address(config.host)
+    except ValueError:
+        raise LbsyncError(f"--listen: {config.host!r} is not an IP address") from None
+    if not 1 <= config.agent_port <= 65535:
+        raise LbsyncError(f"--agent-port: {config.agent_port} is outside 1-65535")
+    if config.agent_port == config.port:
+        raise LbsyncError(f"--agent-port: {config.agent_port} is also the --listen port")
+    if config.weight is not None and not 0 <= config.weight <= 256:
+        raise LbsyncError(f"--weight: {config.weight} is outside 0-256")
+    if config.drain_timeout < 0:
+        raise LbsyncError("--drain-timeout cannot be negative")
+    return config
