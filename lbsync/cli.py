@@ -337,3 +337,15 @@ def node(name: str, serf_rpc: str, listen: str, agent_port: int, weight: int | N
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     effects = real_effects(config, AgentCheck(host, agent_port))
     sys.exit(Sidecar(config, effects, stop).run())
+
+
+@main.command("probe")
+@click.argument("url")
+@click.option("--realm", default="realm1", show_default=True, envvar="LBSYNC_REALM",
+              show_envvar=True)
+@click.option("--timeout", default="10s", show_default=True, help="for all steps together")
+def probe_(url: str, realm: str, timeout: str) -> None:
+    """WAMP round trip to URL (ws://HOST:PORT/ws): join, call, publish; print the node."""
+    from .edge.probe import probe
+
+    click.echo(probe(url, realm, parse_duration(timeout, "--timeout")).line())
