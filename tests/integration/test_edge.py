@@ -1,0 +1,436 @@
+"""The edge node for real: a Crossbar.io node from `lbsync crossbar-config`, the probe,
+and `lbsync node` beside a real Serf agent.
+
+Every Crossbar node runs in its own process group (controller + workers) and is stopped
+at teardown: SIGTERM to the group, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import pytest
+from serf_fixtures import SerfAgent, StartAgent
+
+from lbsync.edge.crossbar import read_node_pubkey
+from lbsync.edge.probe import probe
+from lbsync.model import Member, MemberStatus
+
+CROSSBAR = Path(sys.executable).with_name("crossbar")
+
+
+def _why_no_crossbar() -> str | None:
+    if importlib.util.find_spec("crossbar") is None or importlib.util.find_spec("autobahn") is None:
+        return "crossbar/autobahn are not installed (pip install 'lbsync[edge]')"
+    if not CROSSBAR.is_file():
+        return f"no crossbar binary at {CROSSBAR}"
+    r = subprocess.run([str(CROSSBAR), "version"], capture_output=True, timeout=60, check=False)
+    if r.returncode != 0:
+        return f"`crossbar version` failed: {r.stderr.decode(errors='replace')[-300:]}"
+    return None
+
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _crossbar_runs() -> None:
+    """Skip the module, with the reason, where Crossbar cannot run (checked once, lazily:
+    `crossbar version` takes seconds, and collection should not pay for it)."""
+    if (reason := _why_no_crossbar()) is not None:
+        pytest.skip(reason)
+
+# 127.77.X.Y: X from the pid keeps concurrent runs apart, Y counts nodes.
+_IPS = (f"127.77.{1 + os.getpid() % 250}.{y}" for y in itertools.cycle(range(1, 255)))
+
+
+def free_port(ip: str) -> int:
+    with socket.socket() as s:
+        s.bind((ip, 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def wait_for(check: Callable[[], object], timeout: float, what: str) -> float:
+    """Seconds until `check()` was true; fails the test after `timeout`."""
+    t0 = time.monotonic()
+    while not check():
+        if time.monotonic() - t0 > timeout:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.05)
+    return time.monotonic() - t0
+
+
+def lbsync(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "lbsync", *args], capture_output=True,
+                          text=True, timeout=120, check=False)
+
+
+def http_get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return r.status, r.read().decode()
+    except OSError:
+        return 0, ""
+
+
+def kill_group(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(grace)
+    # Workers outlive a controller killed mid-start; the group reaches them too.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(5)
+
+
+@dataclass
+class CrossbarNode:
+    name: str
+    ip: str
+    cbdir: Path
+    proxies: int
+    port: int = 0
+    router_port: int = 0
+    proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    started_at: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.port = self.port or free_port(self.ip)
+        self.router_port = self.router_port or free_port(self.ip)
+
+    @property
+    def base(self) -> str:
+        return f"http://{self.ip}:{self.port}"
+
+    @property
+    def ws(self) -> str:
+        return f"ws://{self.ip}:{self.port}/ws"
+
+    def configure(self) -> None:
+        r = lbsync("crossbar-config", "--cbdir", str(self.cbdir), "--node", self.name,
+                   "--listen", f"{self.ip}:{self.port}", "--router-port", str(self.router_port),
+                   "--proxies", str(self.proxies))
+        assert r.returncode == 0, r.stderr
+
+    def start(self) -> None:
+        if not (self.cbdir / "config.json").exists():
+            self.configure()
+        with (self.cbdir / "crossbar.log").open("ab") as log:
+            self.started_at = time.monotonic()
+            self.proc = subprocess.Popen(
+                [str(CROSSBAR), "start", "--cbdir", str(self.cbdir), "--loglevel", "warn"],
+                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True)
+
+    def info_ok(self) -> bool:
+        assert self.proc is not None
+        if self.proc.poll() is not None:
+            pytest.fail(f"crossbar exited {self.proc.returncode}:\n{self.log_tail()}")
+        return http_get(self.base + "/info")[0] == 200
+
+    def wait_info(self, timeout: float = 60.0) -> float:
+        """Seconds from `crossbar start` to the first 200 on /info."""
+        wait_for(self.info_ok, timeout, f"crossbar {self.name} /info")
+        return time.monotonic() - self.started_at
+
+    def listeners(self) -> int:
+        """Processes listening on the shared port (one per running proxy worker)."""
+        return len({c.pid for c in psutil.net_connections(kind="tcp")
+                    if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == self.port
+                    and c.laddr.ip == self.ip})
+
+    def rss_mb(self) -> tuple[int, float]:
+        """(processes, total RSS in MB) of the controller and all its workers."""
+        assert self.proc is not None
+        root = psutil.Process(self.proc.pid)
+        procs = [root, *root.children(recursive=True)]
+        return len(procs), sum(p.memory_info().rss for p in procs) / 2**20
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            kill_group(self.proc)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            text = (self.cbdir / "crossbar.log").read_text(errors="replace")
+        except OSError:
+            return "(no log)"
+        return "\n".join(text.splitlines()[-lines:])
+
+
+StartNode = Callable[..., CrossbarNode]
+
+
+@contextlib.contextmanager
+def _nodes(base: Path) -> Iterator[StartNode]:
+    nodes: list[CrossbarNode] = []
+
+    def make(name: str, proxies: int = 2, start: bool = True) -> CrossbarNode:
+        node = CrossbarNode(name, next(_IPS), base / name, proxies)
+        nodes.append(node)
+        node.configure()
+        if start:
+            node.start()
+        return node
+
+    try:
+        yield make
+    finally:
+        for node in nodes:
+            node.stop()
+
+
+@pytest.fixture
+def crossbar_nodes(tmp_path: Path) -> Iterator[StartNode]:
+    """Factory: `make(name, proxies=2, start=True) -> CrossbarNode` (configured)."""
+    with _nodes(tmp_path) as make:
+        yield make
+
+
+@pytest.fixture(scope="module")
+def shared_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CrossbarNode]:
+    """One running node (2 proxy workers) for the tests that do not restart it."""
+    with _nodes(tmp_path_factory.mktemp("crossbar")) as make:
+        node = make("edge1", proxies=2)
+        node.wait_info()
+        wait_for(lambda: node.listeners() == 2, 30, "both proxy workers listening")
+        yield node
+
+
+# --- the node itself ----------------------------------------------------------------------
+
+
+def test_info_is_crossbar_node_info_naming_the_node_key(shared_node: CrossbarNode) -> None:
+    status, body = http_get(shared_node.base + "/info")
+    assert status == 200
+    assert "Crossbar.io" in body
+    # Crossbar's node-info page shows the node's public key (not its id; /mydata and the
+    # WELCOME carry the name).
+    pubkey = read_node_pubkey(shared_node.cbdir)
+    assert pubkey and pubkey in body
+
+
+def test_mydata_names_the_node(shared_node: CrossbarNode) -> None:
+    status, body = http_get(shared_node.base + "/mydata")
+    assert status == 200
+    data = json.loads(body)
+    assert data["node"] == "edge1" and data["realm"] == "realm1"
+
+
+def test_probe_command_reports_the_node(shared_node: CrossbarNode) -> None:
+    r = lbsync("probe", shared_node.ws, "--realm", "realm1", "--timeout", "10s")
+    assert r.returncode == 0, r.stderr
+    line = r.stdout.strip()
+    assert len(line.splitlines()) == 1
+    assert f"{shared_node.ws} realm realm1: node edge1 (proxy" in line
+    assert "-> router), join " in line and "publish->event" in line
+
+
+def test_both_proxy_workers_serve_wamp(shared_node: CrossbarNode) -> None:
+    seen: set[str | None] = set()
+    for _ in range(40):  # the kernel spreads connections over the shared socket
+        result = probe(shared_node.ws, "realm1", 10)
+        assert result.node == "edge1" and result.worker == "router"
+        seen.add(result.proxy_worker)
+        if len(seen) == 2:
+            break
+    assert seen == {"proxy1", "proxy2"}
+
+
+def test_probe_of_an_unknown_realm_names_the_join_step(shared_node: CrossbarNode) -> None:
+    r = lbsync("probe", shared_node.ws, "--realm", "nosuchrealm", "--timeout", "5s")
+    assert r.returncode == 1
+    assert r.stderr.strip().splitlines() == [
+        f"lbsync: error: probe {shared_node.ws}: join failed: wamp.error.no_such_realm "
+        'no realm "nosuchrealm" exists on this router']
+
+
+# --- the sidecar ---------------------------------------------------------------------------
+
+
+@dataclass
+class Sidecar:
+    proc: subprocess.Popen[bytes]
+    log_path: Path
+    agent: tuple[str, int]
+    stopped_file: Path
+
+    def agent_says(self) -> str:
+        try:
+            with socket.create_connection(self.agent, timeout=2) as s:
+                return s.makefile("rb").read().decode()
+        except OSError:
+            return ""
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def sidecars(tmp_path: Path) -> Iterator[Callable[..., Sidecar]]:
+    """Factory: `start(node, serf_agent, drain_timeout="30s") -> Sidecar` (lbsync node)."""
+    started: list[Sidecar] = []
+
+    def start(node: CrossbarNode, serf: SerfAgent, drain_timeout: str = "30s") -> Sidecar:
+        agent_port = free_port(node.ip)
+        stopped = tmp_path / f"{node.name}.stopped"
+        log_path = tmp_path / f"sidecar-{node.name}.log"
+        argv = [sys.executable, "-m", "lbsync", "node", "--name", node.name,
+                "--serf-rpc", serf.rpc_addr, "--listen", f"{node.ip}:{node.port}",
+                "--agent-port", str(agent_port), "--drain-timeout", drain_timeout,
+                "--stop-command", f"touch {stopped}"]
+        with log_path.open("ab") as log:
+            proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        sidecar = Sidecar(proc, log_path, (node.ip, agent_port), stopped)
+        started.append(sidecar)
+        return sidecar
+
+    yield start
+    for s in started:
+        kill_group(s.proc, grace=5)
+
+
+def member(lb: SerfAgent, name: str) -> Member | None:
+    rpc = lb.rpc()
+    try:
+        return next((m for m in rpc.members() if m.name == name), None)
+    finally:
+        rpc.close()
+
+
+def tag(lb: SerfAgent, name: str, key: str) -> str | None:
+    m = member(lb, name)
+    return m.tags.get(key) if m else None
+
+
+def test_sidecar_sets_ready_once_crossbar_serves_then_drains_and_leaves(
+        crossbar_nodes: StartNode, serf_agents: StartAgent, sidecars: Callable[..., Sidecar],
+) -> None:
+    node = crossbar_nodes("edge2", proxies=1, start=False)
+    lb = serf_agents("lb")
+    serf = serf_agents("edge2", join=lb)
+    side = sidecars(node, serf)
+
+    # Before Crossbar runs: tagged as an edge node, not ready, agent-check already up.
+    wait_for(lambda: tag(lb, "edge2", "role") == "edge", 10, "role=edge on the lb agent")
+    m = member(lb, "edge2")
+    assert m is not None
+    assert m.tags["ready"] == "0" and m.tags["port"] == str(node.port)
+    assert m.tags["agent-port"] == str(side.agent[1])
+    assert side.agent_says().startswith("up ")
+
+    node.start()
+    node.wait_info()
+    info_at = time.monotonic()
+    wait_for(lambda: tag(lb, "edge2", "ready") == "1", 10, "ready=1")
+    assert time.monotonic() >= info_at
+    reply = side.agent_says()
+    assert reply.startswith("up ") and reply.endswith("%\n"), reply
+    assert 10 <= int(reply.split()[1].rstrip("%")) <= 100
+
+    side.proc.send_signal(signal.SIGTERM)
+    wait_for(lambda: side.agent_says() == "drain\n" or side.proc.poll() is not None, 5,
+             "agent-check to say drain")
+    wait_for(lambda: (m := member(lb, "edge2")) is not None and m.status == MemberStatus.LEFT,
+             15, "edge2 to leave")
+    assert tag(lb, "edge2", "ready") == "0"
+    assert side.proc.wait(15) == 0, side.log()
+    assert side.stopped_file.exists()
+    log = side.log()
+    for step in ("tags set:", "answers 200 after", "ready:", "stop requested: draining",
+                 "agent-check answers drain", "drained:", "left the serf cluster",
+                 "stop command", "exit 0"):
+        assert step in log, f"{step!r} not in the sidecar log:\n{log}"
+
+
+def _ready_sidecar(node: CrossbarNode, serf_agents: StartAgent,
+                   sidecars: Callable[..., Sidecar], name: str,
+                   drain_timeout: str) -> tuple[SerfAgent, Sidecar]:
+    lb = serf_agents(f"lb-{name}")
+    serf = serf_agents(name, join=lb)
+    side = sidecars(node, serf, drain_timeout=drain_timeout)
+    wait_for(lambda: tag(lb, name, "ready") == "1", 15, f"{name} ready=1")
+    return lb, side
+
+
+def has_left(lb: SerfAgent, name: str) -> bool:
+    m = member(lb, name)
+    return m is not None and m.status == MemberStatus.LEFT
+
+
+def test_held_connection_delays_the_leave_until_it_closes(
+        shared_node: CrossbarNode, serf_agents: StartAgent,
+        sidecars: Callable[..., Sidecar]) -> None:
+    lb, side = _ready_sidecar(shared_node, serf_agents, sidecars, "edge1", "30s")
+    held = socket.create_connection((shared_node.ip, shared_node.port), timeout=5)
+    try:
+        side.proc.send_signal(signal.SIGTERM)
+        wait_for(lambda: tag(lb, "edge1", "ready") == "0", 5, "ready=0")
+        time.sleep(2.0)
+        assert not has_left(lb, "edge1"), "left while a connection was still open"
+        assert side.proc.poll() is None
+        assert "waiting for 1 connection(s)" in side.log()
+    finally:
+        held.close()
+    closed_at = time.monotonic()
+    wait_for(lambda: has_left(lb, "edge1"), 10, "the leave after the connection closed")
+    assert time.monotonic() - closed_at < 5
+    assert side.proc.wait(10) == 0, side.log()
+    assert side.stopped_file.exists()
+
+
+def test_drain_timeout_bounds_the_wait_for_a_held_connection(
+        shared_node: CrossbarNode, serf_agents: StartAgent,
+        sidecars: Callable[..., Sidecar]) -> None:
+    lb, side = _ready_sidecar(shared_node, serf_agents, sidecars, "edge1", "2s")
+    with socket.create_connection((shared_node.ip, shared_node.port), timeout=5):
+        signalled = time.monotonic()
+        side.proc.send_signal(signal.SIGTERM)
+        took = wait_for(lambda: has_left(lb, "edge1"), 15, "the leave after the drain timeout")
+        assert took >= 1.5  # not before the timeout...
+        assert time.monotonic() - signalled < 8  # ...and not much after it
+    assert side.proc.wait(10) == 0, side.log()
+    assert "drain timeout: 1 connection(s) still open" in side.log()
+
+
+# --- measured, not asserted ------------------------------------------------------------------
+
+
+def test_measure_start_time_and_memory(crossbar_nodes: StartNode,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    rows = []
+    for proxies in (1, 2, 4):
+        node = crossbar_nodes(f"m{proxies}edge", proxies=proxies)
+        first_info = node.wait_info()
+        wait_for(lambda n=node, p=proxies: n.listeners() == p, 60,
+                 f"{proxies} proxy workers listening")
+        all_listening = time.monotonic() - node.started_at
+        time.sleep(1.0)  # let the last worker finish its start-up allocations
+        procs, rss = node.rss_mb()
+        rows.append((proxies, first_info, all_listening, procs, rss))
+        node.stop()
+    with capsys.disabled():
+        print("\ncrossbar node (measured): proxies | /info 200 after | all proxies listening"
+              " after | processes | RSS total")
+        for proxies, first_info, all_listening, procs, rss in rows:
+            print(f"  {proxies} | {first_info:.2f} s | {all_listening:.2f} s | {procs} | "
+                  f"{rss:.0f} MB ({rss / procs:.0f} MB each)")
