@@ -104,6 +104,7 @@ class Sidecar:
         self.stop = stop
         self._serf: Serf | None = None
         self._ready = False
+        self._tags_failing = False
 
     # --- the whole life -----------------------------------------------------------------
 
@@ -115,8 +116,6 @@ class Sidecar:
         log.info("agent-check listening on %s:%d", c.host, c.agent_port)
         try:
             if self._connect(startup=True):
-                self._set_tags("tags set")
-                self._wait_ready()
                 self._serve()
             ok = self._shut_down()
         finally:
@@ -126,7 +125,7 @@ class Sidecar:
         log.info("done after %.1f s: exit %d", fx.clock.now() - started, 0 if ok else 1)
         return 0 if ok else 1
 
-    # --- start ---------------------------------------------------------------------------
+    # --- start and serve -----------------------------------------------------------------
 
     def _connect(self, startup: bool) -> bool:
         """Connect to the Serf agent, retrying with backoff until it answers or stop is
@@ -152,6 +151,44 @@ class Sidecar:
             return True
         return False
 
+    def _serve(self) -> None:
+        """Until the stop flag: keep this node's tags on the Serf agent, and turn ready=1
+        once /info answers. Tags set over RPC die with the agent, so a lost connection
+        means reconnect and tag again."""
+        fx = self.fx
+        t0 = fx.clock.now()
+        tagged = False  # the agent holds our current tags
+        log.info("waiting for http://%s/info to answer 200", self.config.where)
+        while not self.stop.is_set():
+            assert self._serf is not None
+            if self._serf.closed:
+                log.warning("serf connection lost: reconnecting")
+                self._serf.close()
+                if not self._connect(startup=False):
+                    return
+                tagged = False
+            if not tagged:
+                tagged = self._try_tags()
+            # ready=0 goes out first: the member is known before it takes traffic.
+            if tagged and not self._ready and fx.ready():
+                log.info("http://%s/info answers 200 after %.1f s", self.config.where,
+                         fx.clock.now() - t0)
+                self._ready = True
+                tagged = self._try_tags()
+            self._sleep_unless_stopped(POLL)
+
+    def _try_tags(self) -> bool:
+        """Set the tags; on failure warn (once in a row) and return False to retry."""
+        try:
+            self._set_tags("tags set")
+        except SerfError as e:
+            if not self._tags_failing:
+                log.warning("setting tags failed (retrying): %s", e)
+            self._tags_failing = True
+            return False
+        self._tags_failing = False
+        return True
+
     def _set_tags(self, what: str) -> None:
         assert self._serf is not None
         tags = self.config.tags(self._ready)
@@ -159,35 +196,6 @@ class Sidecar:
         self._serf.tags(set=tags)
         log.info("%s: %s (%.0f ms)", what, " ".join(f"{k}={v}" for k, v in tags.items()),
                  1000 * (self.fx.clock.now() - t0))
-
-    def _wait_ready(self) -> None:
-        t0 = self.fx.clock.now()
-        log.info("waiting for http://%s/info to answer 200", self.config.where)
-        while not self.stop.is_set():
-            if self.fx.ready():
-                log.info("http://%s/info answers 200 after %.1f s", self.config.where,
-                         self.fx.clock.now() - t0)
-                self._ready = True
-                self._set_tags("ready")
-                return
-            self._sleep_unless_stopped(POLL)
-
-    def _serve(self) -> None:
-        """Wait for the stop flag; if the Serf agent restarts meanwhile, tag it again (tags
-        set over RPC die with the agent)."""
-        while not self.stop.is_set():
-            self._sleep_unless_stopped(POLL)
-            if self._serf is not None and self._serf.closed and not self.stop.is_set():
-                log.warning("serf connection lost: reconnecting")
-                self._serf.close()
-                if self._connect(startup=False):
-                    self._retry_tags()
-
-    def _retry_tags(self) -> None:
-        try:
-            self._set_tags("tags set again")
-        except SerfError as e:
-            log.warning("setting tags failed: %s", e)
 
     # --- stop ----------------------------------------------------------------------------
 
@@ -202,7 +210,7 @@ class Sidecar:
                 "agent-check answers drain; tags set"))
             self._wait_drained()
             t0 = fx.clock.now()
-            if self._serf_step("serf leave", lambda: self._leave()):
+            if self._serf_step("serf leave", self._leave):
                 log.info("left the serf cluster (%.1f s)", fx.clock.now() - t0)
                 fx.clock.sleep(LB_GRACE)
                 log.info("waited %.0f s for the load balancer to remove this node", LB_GRACE)

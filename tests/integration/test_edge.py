@@ -356,7 +356,7 @@ def test_sidecar_sets_ready_once_crossbar_serves_then_drains_and_leaves(
     assert side.proc.wait(15) == 0, side.log()
     assert side.stopped_file.exists()
     log = side.log()
-    for step in ("tags set:", "answers 200 after", "ready:", "stop requested: draining",
+    for step in ("tags set:", "answers 200 after", "ready=1 (", "stop requested: draining",
                  "agent-check answers drain", "drained:", "left the serf cluster",
                  "stop command", "exit 0"):
         assert step in log, f"{step!r} not in the sidecar log:\n{log}"

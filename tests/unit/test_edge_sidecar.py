@@ -44,6 +44,7 @@ class World:
         self.fail_leave = False
         self.command_status = 0
         self.auth_error = False
+        self.tag_failures = 0  # so many tag updates fail (connection still open)
         self.serf: FakeSerf | None = None
         self.actions: list[tuple[float, Callable[[], None]]] = []
 
@@ -107,6 +108,10 @@ class FakeSerf:
              delete: Iterable[str] | None = None) -> None:
         if self.closed:
             raise SerfError("connection lost")
+        if self.world.tag_failures > 0:
+            self.world.tag_failures -= 1
+            self.world.note("tags failed")
+            raise SerfError("did not answer 'tags' within 5 s")
         self.tags_seen.append(dict(set or {}))
         self.world.note(f"tags ready={(set or {})['ready']}")
 
@@ -218,6 +223,33 @@ def test_lost_serf_connection_is_tagged_again() -> None:
     assert run(w) == 0
     assert w.names()[:6] == ["agent start", "connect", "tags ready=0", "tags ready=1",
                              "connect", "tags ready=1"]
+
+
+def test_serf_lost_before_ready_is_reconnected_then_ready() -> None:
+    w = World()
+    w.ready_at, w.stop_at = 5.0, 10.0
+
+    def drop() -> None:
+        assert w.serf is not None
+        w.serf.closed = True
+
+    w.actions.append((2.0, drop))
+    assert run(w) == 0
+    assert w.names()[:5] == ["agent start", "connect", "tags ready=0", "connect",
+                             "tags ready=0"]
+    assert 5.0 <= w.time_of("tags ready=1") < 5.3
+
+
+def test_failing_tag_update_is_retried_and_logged_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    w = World()
+    w.stop_at, w.tag_failures = 5.0, 3
+    caplog.set_level(logging.INFO, "lbsync.edge.sidecar")
+    assert run(w) == 0
+    assert w.names()[:6] == ["agent start", "connect", "tags failed", "tags failed",
+                             "tags failed", "tags ready=0"]
+    assert caplog.text.count("setting tags failed (retrying)") == 1
+    assert "tags ready=1" in w.names()
 
 
 def test_failed_leave_exits_1_after_the_stop_command() -> None:
