@@ -196,18 +196,26 @@ class Supervisor:
         update`). Returns (added, removed)."""
         api = self.rpc().supervisor
         added, changed, removed = api.reloadConfig()[0]
-        for group in removed:
-            with contextlib.suppress(xmlrpc.client.Fault):
-                api.stopProcessGroup(group, True)
+        for group in removed + changed:
+            self.stop_group(group)
             api.removeProcessGroup(group)
-        for group in changed:
-            with contextlib.suppress(xmlrpc.client.Fault):
-                api.stopProcessGroup(group, True)
-            api.removeProcessGroup(group)
-            api.addProcessGroup(group)
-        for group in added:
+        for group in changed + added:
             api.addProcessGroup(group)
         return added + changed, removed
+
+    def stop_group(self, group: str, timeout: float = 60.0) -> None:
+        """Stop every process of a group and wait until none runs (whatever state each
+        was in: some exit by themselves, like a Serf agent after `leave`)."""
+        api = self.rpc().supervisor
+        with contextlib.suppress(xmlrpc.client.Fault):
+            api.stopProcessGroup(group, False)
+        deadline = time.monotonic() + timeout
+        busy = {"RUNNING", "STARTING", "STOPPING", "BACKOFF"}
+        while any(p["group"] == group and p["statename"] in busy
+                  for p in api.getAllProcessInfo()):
+            if time.monotonic() > deadline:
+                raise ClusterError(f"supervisord could not stop {group} in {timeout:g}s")
+            time.sleep(0.1)
 
     def stop(self, names: list[str]) -> None:
         """Ask supervisord to stop these processes, all at once (no waiting)."""
@@ -231,7 +239,7 @@ def leftovers(layout: Layout) -> list[psutil.Process]:
     mark = f"LBSYNC_CLUSTER={layout.dir}"
     found = []
     for p in psutil.process_iter(["pid"]):
-        with contextlib.suppress(psutil.Error):
+        with contextlib.suppress(psutil.Error, OSError):  # gone, or not ours to read
             env = Path(f"/proc/{p.pid}/environ").read_bytes().split(b"\0")
             if mark.encode() in env:
                 found.append(p)
