@@ -124,9 +124,28 @@ class _Group(click.Group):
 @click.option("--log-level", default="info", envvar="LBSYNC_LOG_LEVEL", show_default=True,
               type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
 @click.version_option(package_name="lbsync")
-def main(log_level: str) -> None:
+@click.pass_context
+def main(ctx: click.Context, log_level: str) -> None:
     """Keep HAProxy in step with a Serf gossip cluster, without reloads."""
     _setup_logging(log_level)
+    if ctx.invoked_subcommand in ("status", "members"):
+        _cluster_defaults()
+
+
+def _cluster_defaults() -> None:
+    """Let `lbsync status` / `members` find a running local cluster with no flags: its
+    lbsync.env (written by `lbsync up`, removed by `lbsync down`) fills in every LBSYNC_*
+    variable the user has not set."""
+    from .cluster.local import ENV_FILE, default_dir
+
+    try:
+        lines = (default_dir() / ENV_FILE).read_text().splitlines()
+    except OSError:
+        return
+    for line in lines:
+        key, sep, value = line.partition("=")
+        if sep and key.startswith("LBSYNC_"):
+            os.environ.setdefault(key, value)
 
 
 @main.command()
@@ -232,6 +251,65 @@ def members(serf_rpc: str, serf_auth_key: str) -> None:
     for m in sorted(rows, key=lambda m: m.name):
         tags = ",".join(f"{k}={v}" for k, v in sorted(m.tags.items()))
         click.echo(f"{m.name.ljust(width)}  {m.addr.ljust(15)}  {str(m.status).ljust(7)}  {tags}")
+
+
+_DIR_OPTION = click.option(
+    "--dir", "dir_", type=click.Path(path_type=Path), default=None, envvar="LBSYNC_CLUSTER_DIR",
+    show_envvar=True, help="cluster folder (default: /run/lbsync/cluster as root)")
+_NET_OPTION = click.option("--net", type=click.IntRange(0, 255), default=0, show_default=True,
+                           help="use 127.NET.0.x addresses (0: 127.0.0.1 and 127.0.0.11+)")
+
+
+def _layout(dir_: Path | None, net: int | None = None) -> Any:
+    from .cluster.local import Layout, check_dir, default_dir, read_state
+
+    path = check_dir(dir_ or default_dir())
+    if net is None:  # an existing cluster knows its own addresses
+        net = int(read_state(Layout(path)).get("net", 0))
+    return Layout(path, net)
+
+
+@main.command()
+@click.option("--nodes", type=click.IntRange(1, 200), default=3, show_default=True)
+@click.option("--proxies", type=click.IntRange(1, 64), default=None,
+              help="Crossbar proxy workers per node (default: 2 x CPU cores)")
+@click.option("--drain-timeout", default="10s", show_default=True, envvar="LBSYNC_DRAIN_TIMEOUT")
+@click.option("--timeout", default="120s", show_default=True, help="longest wait for UP")
+@_DIR_OPTION
+@_NET_OPTION
+def up(nodes: int, proxies: int | None, drain_timeout: str, timeout: str, dir_: Path | None,
+       net: int) -> None:
+    """Run HAProxy, Serf, lbsync and N Crossbar edge nodes on this machine (supervisord)."""
+    from .cluster.lifecycle import up as run_up
+
+    if proxies is None:
+        from .edge.crossbar import default_proxies
+
+        proxies = default_proxies()
+    run_up(_layout(dir_, net), nodes, proxies, parse_duration(drain_timeout, "--drain-timeout"),
+           parse_duration(timeout, "--timeout"))
+
+
+@main.command()
+@click.argument("nodes", type=int)
+@click.option("--timeout", default="120s", show_default=True)
+@_DIR_OPTION
+def scale(nodes: int, timeout: str, dir_: Path | None) -> None:
+    """Add edge nodes, or drain and remove the last ones, until there are NODES."""
+    from .cluster.lifecycle import scale as run_scale
+
+    run_scale(_layout(dir_), nodes, parse_duration(timeout, "--timeout"))
+
+
+@main.command()
+@click.option("--timeout", default="60s", show_default=True)
+@_DIR_OPTION
+def down(timeout: str, dir_: Path | None) -> None:
+    """Stop the local cluster and every process it started."""
+    from .cluster.lifecycle import down as run_down
+    from .cluster.local import Layout, check_dir, default_dir
+
+    run_down(Layout(check_dir(dir_ or default_dir())), parse_duration(timeout, "--timeout"))
 
 
 @main.command()
