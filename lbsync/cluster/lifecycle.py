@@ -97,7 +97,8 @@ def wait_nodes(layout: Layout, names: list[str], done: Callable[[NodeView], bool
             return elapsed
         if elapsed > timeout:
             late = ", ".join(n for n, v in views.items() if not done(v))
-            raise ClusterError(f"{late}: not {what} after {timeout:g}s; see {layout.dir}/logs/")
+            raise ClusterError(f"{late}: not {what} after {timeout:g}s; see {layout.dir}/logs/ "
+                               "(the cluster keeps running: `lbsync down` stops it)")
         time.sleep(0.25)
 
 
