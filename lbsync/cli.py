@@ -354,26 +354,29 @@ def status(check: bool, **kw: Any) -> None:
               help="node name: Crossbar's node id, and what /mydata and the WELCOME say")
 @click.option("--listen", required=True, envvar="LBSYNC_LISTEN", show_envvar=True,
               help="IP:PORT the proxy workers share (WebSocket /ws, /info, /mydata)")
-@click.option("--router-port", type=int, required=True, envvar="LBSYNC_ROUTER_PORT",
-              show_envvar=True, help="router port for the proxy workers (loopback only)")
 @click.option("--proxies", type=int, default=None, envvar="LBSYNC_PROXIES", show_envvar=True,
               help="proxy workers  [default: 2 x logical CPUs]")
-def crossbar_config(cbdir: Path, node: str, listen: str, router_port: int,
-                    proxies: int | None) -> None:
-    """Write CBDIR/config.json: a router worker and N proxy workers on one shared port."""
+def crossbar_config(cbdir: Path, node: str, listen: str, proxies: int | None) -> None:
+    """Write CBDIR/config.json: a router worker and N proxy workers on one shared port.
+
+    The proxies reach the router over the unix socket CBDIR/run/router.sock (CBDIR/run is
+    made private to this user); no router port is opened.
+    """
     from .edge.crossbar import (
         check_inputs,
         default_proxies,
-        ensure_node_key,
+        prepare_cbdir,
         render_crossbar_config,
+        router_socket,
         write_config,
     )
 
     host, port = parse_hostport(listen, "--listen")
     count = default_proxies() if proxies is None else proxies
-    check_inputs(node, host, port, router_port, count)  # before anything is written
-    text = render_crossbar_config(node, host, port, router_port, count,
-                                  node_pubkey=ensure_node_key(cbdir))
+    check_inputs(node, host, port, count)  # before anything is written
+    router_socket(cbdir)
+    text = render_crossbar_config(node, host, port, count)
+    prepare_cbdir(cbdir)
     changed = write_config(cbdir, text)
     click.echo(f"{cbdir / 'config.json'}: node {node}, {count} proxy workers on {listen}, "
                f"{'written' if changed else 'unchanged'}")

@@ -1,8 +1,9 @@
 """`lbsync up / scale / down`: the whole system on one machine, under supervisord.
 
 The load balancer is 127.N.0.1 (frontend :8080, stats :1936, runtime API :9999, Serf
-:7946/:7373); edge node i is 127.N.0.(10+i) (Crossbar :8080, its router :9000, the
-sidecar's agent-check :8081, Serf :7946/:7373). N is 0 unless `--net` says otherwise.
+:7946/:7373); edge node i is 127.N.0.(10+i) (Crossbar :8080, the sidecar's agent-check
+:8081, Serf :7946/:7373; its router has a unix socket only). N is 0 unless `--net` says
+otherwise.
 
 Everything the cluster writes lives in one folder (`--dir`): supervisord.conf, sockets,
 haproxy.cfg, the registry, each node's Crossbar folder, logs, and `lbsync.env`, which
@@ -26,12 +27,12 @@ from typing import Any
 import psutil
 
 from .. import __version__
+from ..edge.crossbar import CrossbarConfigError, router_socket
 from ..files import atomic_write
 from ..model import LbsyncError
 from ..render import load_template, render_text
 
 HTTP_PORT = 8080
-ROUTER_PORT = 9000
 AGENT_PORT = 8081
 MAX_NODES = 200
 ENV_FILE = "lbsync.env"
@@ -59,7 +60,6 @@ class Node:
     ip: str
     cbdir: Path
     port: int = HTTP_PORT
-    router_port: int = ROUTER_PORT
     agent_port: int = AGENT_PORT
 
 
@@ -274,4 +274,8 @@ def check_dir(path: Path) -> Path:
     if any(c.isspace() or c in "\"'%;=," for c in str(path)):
         raise ClusterError(f"--dir {path}: spaces, quotes and %;=, do not survive "
                            "supervisord's config; pick a plain path")
+    try:  # the longest node folder: `lbsync crossbar-config` would refuse it later
+        router_socket(Layout(path).node(MAX_NODES).cbdir)
+    except CrossbarConfigError as e:
+        raise ClusterError(f"--dir {path}: {e}") from None
     return path

@@ -12,10 +12,13 @@ import importlib.util
 import itertools
 import json
 import os
+import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -26,7 +29,7 @@ import psutil
 import pytest
 from serf_fixtures import SerfAgent, StartAgent
 
-from lbsync.edge.crossbar import read_node_pubkey
+from lbsync.edge.crossbar import ROUTER_SOCKET
 from lbsync.edge.probe import probe
 from lbsync.model import Member, MemberStatus
 
@@ -108,13 +111,11 @@ class CrossbarNode:
     cbdir: Path
     proxies: int
     port: int = 0
-    router_port: int = 0
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     started_at: float = 0.0
 
     def __post_init__(self) -> None:
         self.port = self.port or free_port(self.ip)
-        self.router_port = self.router_port or free_port(self.ip)
 
     @property
     def base(self) -> str:
@@ -126,8 +127,7 @@ class CrossbarNode:
 
     def configure(self) -> None:
         r = lbsync("crossbar-config", "--cbdir", str(self.cbdir), "--node", self.name,
-                   "--listen", f"{self.ip}:{self.port}", "--router-port", str(self.router_port),
-                   "--proxies", str(self.proxies))
+                   "--listen", f"{self.ip}:{self.port}", "--proxies", str(self.proxies))
         assert r.returncode == 0, r.stderr
 
     def start(self) -> None:
@@ -157,11 +157,15 @@ class CrossbarNode:
                     if c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == self.port
                     and c.laddr.ip == self.ip})
 
-    def rss_mb(self) -> tuple[int, float]:
-        """(processes, total RSS in MB) of the controller and all its workers."""
+    def processes(self) -> list[psutil.Process]:
+        """The controller and all its workers."""
         assert self.proc is not None
         root = psutil.Process(self.proc.pid)
-        procs = [root, *root.children(recursive=True)]
+        return [root, *root.children(recursive=True)]
+
+    def rss_mb(self) -> tuple[int, float]:
+        """(processes, total RSS in MB) of the controller and all its workers."""
+        procs = self.processes()
         return len(procs), sum(p.memory_info().rss for p in procs) / 2**20
 
     def stop(self) -> None:
@@ -206,26 +210,31 @@ def crossbar_nodes(tmp_path: Path) -> Iterator[StartNode]:
 
 
 @pytest.fixture(scope="module")
-def shared_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[CrossbarNode]:
-    """One running node (2 proxy workers) for the tests that do not restart it."""
-    with _nodes(tmp_path_factory.mktemp("crossbar")) as make:
-        node = make("edge1", proxies=2)
-        node.wait_info()
-        wait_for(lambda: node.listeners() == 2, 30, "both proxy workers listening")
-        yield node
+def shared_node() -> Iterator[CrossbarNode]:
+    """One running node (2 proxy workers) for the tests that do not restart it.
+
+    Its folder is under /tmp and open to all (not in pytest's private tmp folder), so that
+    only the node's own CBDIR/run stands between another user and the router socket.
+    """
+    base = Path(tempfile.mkdtemp(prefix="lbsync-edge-"))
+    base.chmod(0o755)
+    try:
+        with _nodes(base) as make:
+            node = make("edge1", proxies=2)
+            node.wait_info()
+            wait_for(lambda: node.listeners() == 2, 30, "both proxy workers listening")
+            yield node
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
 
 
 # --- the node itself ----------------------------------------------------------------------
 
 
-def test_info_is_crossbar_node_info_naming_the_node_key(shared_node: CrossbarNode) -> None:
+def test_info_is_crossbar_node_info(shared_node: CrossbarNode) -> None:
     status, body = http_get(shared_node.base + "/info")
     assert status == 200
     assert "Crossbar.io" in body
-    # Crossbar's node-info page shows the node's public key (not its id; /mydata and the
-    # WELCOME carry the name).
-    pubkey = read_node_pubkey(shared_node.cbdir)
-    assert pubkey and pubkey in body
 
 
 def test_mydata_names_the_node(shared_node: CrossbarNode) -> None:
@@ -261,6 +270,62 @@ def test_probe_of_an_unknown_realm_names_the_join_step(shared_node: CrossbarNode
     assert r.stderr.strip().splitlines() == [
         f"lbsync: error: probe {shared_node.ws}: join failed: wamp.error.no_such_realm "
         'no realm "nosuchrealm" exists on this router']
+
+
+# --- the router: no TCP port, a private unix socket ---------------------------------------
+
+
+def test_router_has_no_tcp_port_only_the_unix_socket(shared_node: CrossbarNode) -> None:
+    procs = shared_node.processes()
+    (router,) = [p for p in procs if "RouterController" in " ".join(p.cmdline())]
+    assert [c for c in router.net_connections(kind="tcp") if c.status == psutil.CONN_LISTEN] \
+        == [], "the router worker listens on TCP"
+    socket_path = str(shared_node.cbdir / ROUTER_SOCKET)
+    assert any(c.laddr == socket_path for c in router.net_connections(kind="unix"))
+    # The only TCP port of the whole node is the one the proxy workers share.
+    listening = {(c.laddr.ip, c.laddr.port) for p in procs
+                 for c in p.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN}
+    assert listening == {(shared_node.ip, shared_node.port)}
+    # ...and WAMP through it reaches the router.
+    result = probe(shared_node.ws, "realm1", 10)
+    assert result.node == "edge1" and result.worker == "router"
+    assert result.proxy_worker in {"proxy1", "proxy2"}
+
+
+def _connect_as(uid: int, cbdir: Path, path: Path) -> str:
+    """In a forked child running as `uid`: read CBDIR/config.json, then connect to `path`."""
+    pid = os.fork()
+    if pid == 0:  # the child: a few system calls, then _exit whatever happens
+        code, denied = 99, 99
+        try:
+            os.setgroups([])
+            os.setgid(uid)
+            os.setuid(uid)
+            denied = 10
+            (cbdir / "config.json").read_bytes()
+            denied = 11
+            with socket.socket(socket.AF_UNIX) as s:
+                s.connect(str(path))
+            code = 0
+        except PermissionError:
+            code = denied
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    code = os.waitstatus_to_exitcode(status)
+    return {0: "connected", 10: "config.json denied", 11: "socket denied"}.get(
+        code, f"exit {code}")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="running a process as another user needs root")
+def test_only_the_nodes_user_reaches_the_router_socket(shared_node: CrossbarNode) -> None:
+    assert stat.S_IMODE((shared_node.cbdir / "run").stat().st_mode) == 0o700
+    sock = shared_node.cbdir / ROUTER_SOCKET
+    assert stat.S_ISSOCK(sock.stat().st_mode)  # itself 0666: Crossbar cannot set its mode
+    nobody = 65534
+    # CBDIR is open to another user; its run/ folder is not.
+    assert _connect_as(nobody, shared_node.cbdir, sock) == "socket denied"
+    assert _connect_as(os.geteuid(), shared_node.cbdir, sock) == "connected"
 
 
 # --- the sidecar ---------------------------------------------------------------------------

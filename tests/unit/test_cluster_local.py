@@ -38,6 +38,15 @@ def test_check_dir_refuses_paths_supervisord_cannot_hold(bad: str) -> None:
         check_dir(Path(bad))
 
 
+def test_check_dir_refuses_a_dir_too_long_for_the_router_sockets(tmp_path: Path) -> None:
+    # node200's socket: DIR/node200/cbdir/run/router.sock, 30 bytes after DIR, <= 107
+    fits = tmp_path / ("d" * (107 - 30 - len(str(tmp_path)) - 1))
+    assert check_dir(fits) == fits
+    with pytest.raises(ClusterError, match=r"--dir .*: --cbdir: the router socket "
+                       r".*/node200/cbdir/run/router\.sock would be 108 bytes long"):
+        check_dir(Path(f"{fits}d"))
+
+
 @NEEDS_BINARIES
 def test_supervisord_config_has_every_program(tmp_path: Path) -> None:
     layout = Layout(tmp_path, net=9)
@@ -48,6 +57,12 @@ def test_supervisord_config_has_every_program(tmp_path: Path) -> None:
     assert programs == {"haproxy", "lb-serf", "lb-agent", *(
         f"node{i}-{p}" for i in (1, 2, 5) for p in ("serf", "crossbar", "sidecar"))}
     assert cp.get("group:node5", "programs") == "node5-serf,node5-crossbar,node5-sidecar"
+    crossbar = shlex.split(cp.get("program:node2-crossbar", "command"))
+    assert crossbar[:2] == ["/bin/sh", "-c"]
+    config_call = shlex.split(crossbar[2].partition(" && ")[0])
+    assert config_call[config_call.index("crossbar-config"):] == [
+        "crossbar-config", "--cbdir", f"{tmp_path}/node2/cbdir", "--node", "node2",
+        "--listen", "127.9.0.12:8080", "--proxies", "2"]
     sidecar = shlex.split(cp.get("program:node2-sidecar", "command"))
     assert sidecar[sidecar.index("--listen") + 1] == "127.9.0.12:8080"
     assert sidecar[sidecar.index("--drain-timeout") + 1] == "7s"

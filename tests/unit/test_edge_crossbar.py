@@ -1,4 +1,5 @@
-"""The Crossbar node config: rendering (pure), the node key, and `lbsync crossbar-config`."""
+"""The Crossbar node config: rendering (pure), the router socket's folder, and
+`lbsync crossbar-config`."""
 
 from __future__ import annotations
 
@@ -14,23 +15,23 @@ from click.testing import CliRunner, Result
 from lbsync.cli import main
 from lbsync.edge import crossbar
 from lbsync.edge.crossbar import (
+    MAX_UNIX_PATH,
+    ROUTER_SOCKET,
     CrossbarConfigError,
     default_proxies,
-    ensure_node_key,
-    read_node_pubkey,
+    prepare_cbdir,
     render_crossbar_config,
-    router_host,
+    router_socket,
     write_config,
 )
 
-KEY = "0b13bddd8ed47a51d04f6ea53d2a84313c7b7c8d2101df1e99dca09022e3cf9f"
 ENV = {name: None for name in ("LBSYNC_CBDIR", "LBSYNC_NODE_NAME", "LBSYNC_LISTEN",
-                               "LBSYNC_ROUTER_PORT", "LBSYNC_PROXIES", "LBSYNC_LOG_LEVEL")}
+                               "LBSYNC_PROXIES", "LBSYNC_LOG_LEVEL")}
 
 
 def render(**kw: Any) -> dict[str, Any]:
     args: dict[str, Any] = {"node": "node1", "host": "127.77.0.1", "port": 8080,
-                            "router_port": 9000, "proxies": 2, "node_pubkey": KEY, **kw}
+                            "proxies": 2, **kw}
     config: dict[str, Any] = json.loads(render_crossbar_config(**args))
     return config
 
@@ -52,18 +53,18 @@ def test_router_and_proxies_share_one_endpoint() -> None:
     assert paths["ws"]["type"] == "websocket"
 
 
-def test_proxies_reach_the_router_over_loopback_with_the_node_key() -> None:
+def test_proxies_reach_the_router_over_a_unix_socket_in_cbdir() -> None:
     config = render()
     router, proxy = config["workers"][:2]
-    transport = router["transports"][0]
-    assert transport["endpoint"] == {"type": "tcp", "interface": "127.77.0.1", "port": 9000}
-    principal = transport["auth"]["cryptosign-proxy"]["principals"]["node1"]
-    assert principal == {"realm": "realm1", "role": "anonymous", "authorized_keys": [KEY]}
+    socket = {"type": "unix", "path": "run/router.sock"}  # relative: Crossbar joins CBDIR
+    (transport,) = router["transports"]  # no TCP listener
+    assert transport["endpoint"] == socket
+    assert transport["auth"] == {"anonymous-proxy": {"type": "static"}}
     connection = proxy["connections"]["router"]
-    assert connection["transport"]["endpoint"] == {"type": "tcp", "host": "127.77.0.1",
-                                                   "port": 9000}
-    assert connection["auth"] == {"cryptosign-proxy": {"type": "static"}}
+    assert connection["transport"]["endpoint"] == socket
+    assert connection["auth"] == {"anonymous-proxy": {"type": "static"}}
     assert proxy["routes"] == {"realm1": {"anonymous": "router"}}
+    assert "cryptosign-proxy" not in json.dumps(config)
 
 
 def test_demo_role_allows_everything_on_the_realm() -> None:
@@ -74,21 +75,12 @@ def test_demo_role_allows_everything_on_the_realm() -> None:
     assert all(perm["allow"].values())
 
 
-@pytest.mark.parametrize(("host", "router"), [
-    ("127.77.0.1", "127.77.0.1"), ("10.0.0.5", "127.0.0.1"), ("0.0.0.0", "127.0.0.1"),
-    ("::1", "::1"), ("fd00::5", "::1"),
-])
-def test_router_listens_on_loopback_only(host: str, router: str) -> None:
-    assert router_host(host) == router
-
-
 def test_ipv6_endpoints_say_version_6() -> None:
     config = render(host="fd00::5")
-    router, proxy = config["workers"][:2]
-    assert proxy["transports"][0]["endpoint"]["version"] == 6
-    assert router["transports"][0]["endpoint"] == {"type": "tcp", "interface": "::1",
-                                                   "port": 9000, "version": 6}
-    assert proxy["connections"]["router"]["transport"]["url"] == "ws://[::1]:9000"
+    proxy = config["workers"][1]
+    assert proxy["transports"][0]["endpoint"] == {
+        "type": "tcp", "interface": "fd00::5", "port": 8080, "version": 6, "shared": True,
+        "backlog": 1024}
 
 
 @pytest.mark.parametrize(("kw", "fragment"), [
@@ -99,11 +91,8 @@ def test_ipv6_endpoints_say_version_6() -> None:
     ({"node": '"x'}, "--node"),
     ({"host": "localhost"}, "not an IP address"),
     ({"port": 0}, "outside 1-65535"),
-    ({"router_port": 70000}, "--router-port"),
-    ({"router_port": 8080}, "also the --listen port"),
     ({"proxies": 0}, "--proxies"),
     ({"realm": 'x"y'}, "realm"),
-    ({"node_pubkey": "not-a-key"}, "public key"),
 ])
 def test_bad_input_is_refused(kw: dict[str, Any], fragment: str) -> None:
     with pytest.raises(CrossbarConfigError, match=fragment.replace("-", r"\-")):
@@ -124,41 +113,58 @@ def test_write_config_is_atomic_and_skips_unchanged(tmp_path: Path) -> None:
     assert sorted(p.name for p in (tmp_path / "cb").iterdir()) == ["config.json"]
 
 
-def write_key(cbdir: Path, key: str = KEY) -> None:
-    cbdir.mkdir(parents=True, exist_ok=True)
-    (cbdir / "key.pub").write_text(
-        f"Crossbar.io node public key\n\ncreator: t@h\npublic-key-ed25519: {key}\n")
+def test_router_socket_is_cbdir_joined_with_the_relative_path(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert router_socket(tmp_path / "cb") == f"{tmp_path}/cb/{ROUTER_SOCKET}"
+    monkeypatch.chdir(tmp_path)  # a relative CBDIR is taken from the cwd, as Crossbar does
+    assert router_socket(Path("cb")) == f"{tmp_path}/cb/{ROUTER_SOCKET}"
 
 
-def fake_crossbar(tmp_path: Path, body: str) -> str:
-    script = tmp_path / "crossbar"
-    script.write_text(f"#!/bin/sh\n# fake crossbar: $1=keys $2=--cbdir $3=DIR\n{body}\n")
-    script.chmod(script.stat().st_mode | stat.S_IEXEC)
-    return str(script)
+def long_cbdir(base: Path, socket_bytes: int) -> Path:
+    """A CBDIR under `base` whose router socket path is `socket_bytes` long."""
+    pad = socket_bytes - len(f"{base}/") - len(f"/{ROUTER_SOCKET}")
+    assert pad > 0
+    return base / ("d" * pad)
 
 
-def test_node_key_is_read_from_key_pub(tmp_path: Path) -> None:
-    assert read_node_pubkey(tmp_path) is None
-    write_key(tmp_path)
-    assert read_node_pubkey(tmp_path) == KEY
-    assert ensure_node_key(tmp_path, crossbar="/nonexistent") == KEY  # no need to run it
+def test_router_socket_path_fits_af_unix(tmp_path: Path) -> None:
+    fits = long_cbdir(tmp_path, MAX_UNIX_PATH)
+    assert len(router_socket(fits)) == MAX_UNIX_PATH
+    too_long = long_cbdir(tmp_path, MAX_UNIX_PATH + 1)
+    with pytest.raises(CrossbarConfigError) as e:
+        router_socket(too_long)
+    assert str(e.value) == (
+        f"--cbdir: the router socket {too_long}/{ROUTER_SOCKET} would be 108 bytes long, "
+        "over the 107-byte limit of AF_UNIX socket paths: use a shorter --cbdir")
 
 
-def test_missing_key_is_made_by_crossbar_keys(tmp_path: Path) -> None:
-    binary = fake_crossbar(tmp_path, f'printf "x\\n\\npublic-key-ed25519: {KEY}\\n" > "$3/key.pub"')
-    assert ensure_node_key(tmp_path / "cb", crossbar=binary) == KEY
+def test_router_socket_length_counts_bytes_not_characters(tmp_path: Path) -> None:
+    # 'é' is two bytes in UTF-8 (the file system encoding here): fine as characters,
+    # too long as bytes.
+    chars = MAX_UNIX_PATH - len(f"{tmp_path}/") - len(f"/{ROUTER_SOCKET}")
+    with pytest.raises(CrossbarConfigError, match="would be 1.. bytes long"):
+        router_socket(tmp_path / ("é" * (chars // 2 + 1)))
 
 
-def test_crossbar_keys_failing_is_one_clear_error(tmp_path: Path) -> None:
-    binary = fake_crossbar(tmp_path, 'echo "boom" >&2; exit 3')
-    with pytest.raises(CrossbarConfigError, match="made no node key .exit 3.: boom"):
-        ensure_node_key(tmp_path / "cb", crossbar=binary)
+def test_prepare_cbdir_makes_a_private_socket_folder(tmp_path: Path) -> None:
+    cbdir = tmp_path / "a" / "cb"
+    old = os.umask(0)  # even a permissive umask gives 0700
+    try:
+        prepare_cbdir(cbdir)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((cbdir / "run").stat().st_mode) == 0o700
+    (cbdir / "run").chmod(0o755)  # loosened by hand: put back
+    prepare_cbdir(cbdir)
+    assert stat.S_IMODE((cbdir / "run").stat().st_mode) == 0o700
 
 
-def test_a_key_file_without_a_key_is_refused(tmp_path: Path) -> None:
-    write_key(tmp_path, key="zz")
-    with pytest.raises(CrossbarConfigError, match="no public-key-ed25519"):
-        read_node_pubkey(tmp_path)
+def test_prepare_cbdir_refuses_a_symlinked_socket_folder(tmp_path: Path) -> None:
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "cb").mkdir()
+    (tmp_path / "cb" / "run").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(CrossbarConfigError, match="run is not a folder"):
+        prepare_cbdir(tmp_path / "cb")
 
 
 # --- the command -------------------------------------------------------------------------
@@ -170,21 +176,41 @@ def run(args: list[str], env: dict[str, str] | None = None) -> Result:
 
 def test_command_writes_config_json(tmp_path: Path) -> None:
     cbdir = tmp_path / "node1"
-    write_key(cbdir)
     result = run(["--cbdir", str(cbdir), "--node", "node1", "--listen", "127.77.0.1:8080",
-                  "--router-port", "9000", "--proxies", "2"])
+                  "--proxies", "2"])
     assert result.exit_code == 0, result.output
     assert "written" in result.stdout
     config = json.loads((cbdir / "config.json").read_text())
     assert len(config["workers"]) == 3
+    assert stat.S_IMODE((cbdir / "run").stat().st_mode) == 0o700
+    assert sorted(p.name for p in cbdir.iterdir()) == ["config.json", "run"]  # no key needed
+    again = run(["--cbdir", str(cbdir), "--node", "node1", "--listen", "127.77.0.1:8080",
+                 "--proxies", "2"])
+    assert again.exit_code == 0 and "unchanged" in again.stdout
+
+
+def test_command_has_no_router_port_any_more(tmp_path: Path) -> None:
+    result = run(["--cbdir", str(tmp_path / "cb"), "--node", "node1", "--listen",
+                  "127.0.0.1:8080", "--router-port", "9000"])
+    assert result.exit_code == 2
+    assert "No such option" in result.stderr and "--router-port" in result.stderr
+
+
+def test_command_refuses_a_cbdir_too_long_for_the_socket(tmp_path: Path) -> None:
+    cbdir = long_cbdir(tmp_path, MAX_UNIX_PATH + 5)
+    result = run(["--cbdir", str(cbdir), "--node", "node1", "--listen", "127.0.0.1:8080"])
+    assert result.exit_code == 1, result.output
+    assert result.stderr.splitlines() == [
+        f"lbsync: error: --cbdir: the router socket {cbdir}/{ROUTER_SOCKET} would be "
+        "112 bytes long, over the 107-byte limit of AF_UNIX socket paths: use a shorter "
+        "--cbdir"]
+    assert not cbdir.exists()
 
 
 def test_command_reads_lbsync_variables(tmp_path: Path) -> None:
     cbdir = tmp_path / "node2"
-    write_key(cbdir)
     result = run([], env={"LBSYNC_CBDIR": str(cbdir), "LBSYNC_NODE_NAME": "node2",
-                          "LBSYNC_LISTEN": "127.77.0.2:8080", "LBSYNC_ROUTER_PORT": "9000",
-                          "LBSYNC_PROXIES": "1"})
+                          "LBSYNC_LISTEN": "127.77.0.2:8080", "LBSYNC_PROXIES": "1"})
     assert result.exit_code == 0, result.output
     config = json.loads((cbdir / "config.json").read_text())
     assert config["controller"]["id"] == "node2"
@@ -195,12 +221,11 @@ def test_command_reads_lbsync_variables(tmp_path: Path) -> None:
     (["--node", "Bad-Name"], "--node"),
     (["--listen", "nohost"], "--listen"),
     (["--listen", "127.0.0.1:99999"], "--listen"),
-    (["--router-port", "0"], "--router-port"),
     (["--proxies", "0"], "--proxies"),
 ])
 def test_command_bad_input_writes_nothing(tmp_path: Path, args: list[str], fragment: str) -> None:
     cbdir = tmp_path / "cb"
-    base = {"--node": "node1", "--listen": "127.0.0.1:8080", "--router-port": "9000"}
+    base = {"--node": "node1", "--listen": "127.0.0.1:8080"}
     base.update(dict(zip(args[::2], args[1::2], strict=True)))
     flat = [x for pair in base.items() for x in pair]
     result = run(["--cbdir", str(cbdir), *flat])
