@@ -8,10 +8,12 @@ at teardown: SIGTERM to the group, then SIGKILL.
 from __future__ import annotations
 
 import contextlib
+import http.client
 import importlib.util
 import itertools
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -20,6 +22,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -231,10 +234,34 @@ def shared_node() -> Iterator[CrossbarNode]:
 # --- the node itself ----------------------------------------------------------------------
 
 
-def test_info_is_crossbar_node_info(shared_node: CrossbarNode) -> None:
-    status, body = http_get(shared_node.base + "/info")
+def http_request(method: str, url: str) -> tuple[int, dict[str, str], bytes]:
+    parts = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=5)
+    try:
+        conn.request(method, parts.path)
+        r = conn.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        conn.close()
+
+
+def test_info_is_an_html_page_naming_the_node(shared_node: CrossbarNode) -> None:
+    # http.client follows no redirect: a 3xx would show here.
+    status, headers, body = http_request("GET", shared_node.base + "/info")
     assert status == 200
-    assert "Crossbar.io" in body
+    assert headers["content-type"] == "text/html; charset=utf-8"
+    assert headers["x-node"] == "edge1"
+    text = body.decode()
+    assert "<h1>node edge1</h1>" in text
+    assert re.search(r"<dt>worker</dt><dd>proxy[12]</dd>", text)
+    assert "<dt>realm</dt><dd>realm1</dd>" in text
+
+
+def test_info_answers_head_without_a_body(shared_node: CrossbarNode) -> None:
+    status, headers, body = http_request("HEAD", shared_node.base + "/info")
+    assert (status, body) == (200, b"")
+    assert headers["content-type"] == "text/html; charset=utf-8"
+    assert int(headers["content-length"]) > 0
 
 
 def test_mydata_names_the_node(shared_node: CrossbarNode) -> None:

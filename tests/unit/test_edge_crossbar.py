@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import stat
@@ -47,7 +48,10 @@ def test_router_and_proxies_share_one_endpoint() -> None:
     assert all(e == {"type": "tcp", "interface": "127.77.0.1", "port": 8080, "shared": True,
                      "backlog": 1024} for e in endpoints)
     paths = proxies[0]["transports"][0]["paths"]
-    assert paths["info"] == {"type": "nodeinfo"}
+    for i, proxy in enumerate(proxies, 1):
+        assert proxy["transports"][0]["paths"]["info"] == {
+            "type": "resource", "classname": "lbsync.edge.info.make",
+            "extra": {"node": "node1", "worker": f"proxy{i}", "realm": "realm1"}}
     assert paths["mydata"]["type"] == "json"
     assert paths["mydata"]["value"]["node"] == "node1"
     assert paths["ws"]["type"] == "websocket"
@@ -65,6 +69,13 @@ def test_proxies_reach_the_router_over_a_unix_socket_in_cbdir() -> None:
     assert connection["auth"] == {"anonymous-proxy": {"type": "static"}}
     assert proxy["routes"] == {"realm1": {"anonymous": "router"}}
     assert "cryptosign-proxy" not in json.dumps(config)
+
+
+def test_info_classname_is_importable() -> None:
+    pytest.importorskip("twisted.web", reason="Twisted comes with the edge extra")
+    info = render()["workers"][1]["transports"][0]["paths"]["info"]
+    module, _, name = info["classname"].rpartition(".")  # what Crossbar does with it
+    assert getattr(importlib.import_module(module), name)(info["extra"]).node == "node1"
 
 
 def test_demo_role_allows_everything_on_the_realm() -> None:
