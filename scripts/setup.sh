@@ -34,4 +34,12 @@ fi
 # works. The edge extra (Crossbar, autobahn, supervisor) is large (~400 MB) but the local
 # cluster and its tests need it.
 .venv/bin/pip install -q --disable-pip-version-check -e ".[dev,edge]"
+# bjdata (crossbar -> autobahn[serialization]) builds its C extension against NumPy 1.x, which prints a traceback in every import under NumPy 2: use its pure-Python build.
+if .venv/bin/python -c 'import importlib.util as u, sys; sys.exit(u.find_spec("_bjdata") is None)' \
+        && ! .venv/bin/python -c 'import _bjdata' >/dev/null 2>&1; then
+    bjdata=$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("bjdata"))')
+    echo "setup: reinstalling bjdata $bjdata without its C extension"
+    PYBJDATA_NO_EXTENSION=1 .venv/bin/pip install -q --disable-pip-version-check \
+        --no-binary bjdata --no-cache-dir --force-reinstall --no-deps "bjdata==$bjdata"
+fi
 echo "setup: ready ($(haproxy -v | head -1 | cut -d' ' -f1-3); serf $(serf version | head -1 | cut -d' ' -f2))"

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 import time
 import uuid
 from collections.abc import Awaitable, Mapping
@@ -62,10 +61,6 @@ def served_by(authextra: Mapping[str, Any] | None) -> tuple[str | None, str | No
 
 
 def _import_autobahn() -> None:
-    # bjdata (autobahn's optional UBJSON codec) is often a build against NumPy 1.x; under
-    # NumPy 2 importing it prints a long error to stderr. The probe speaks JSON, MsgPack
-    # or CBOR only, so autobahn is told bjdata is absent.
-    sys.modules.setdefault("bjdata", None)  # type: ignore[arg-type]
     try:
         import autobahn.asyncio.wamp  # noqa: F401
     except ImportError:
