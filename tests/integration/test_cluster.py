@@ -130,7 +130,6 @@ class WampSessions:
         asyncio.run_coroutine_threadsafe(self._open(), self.loop).result(timeout)
 
     async def _open(self) -> None:
-        sys.modules.setdefault("bjdata", None)  # type: ignore[arg-type]
         from autobahn.asyncio.wamp import ApplicationSession
         from autobahn.asyncio.websocket import WampWebSocketClientFactory
         from autobahn.wamp.types import ComponentConfig
