@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from .apply import ResponseCheck, Runtime, apply_steps, steps
+from .apply import Outcome, ResponseCheck, Runtime, apply_steps, steps
 from .desired import desired_state
 from .files import atomic_write, candidate_file
 from .model import DesiredState, LbsyncError, Plan, Refusal, Server, ServerState
@@ -110,22 +110,30 @@ class Reconciler:
         outcomes = apply_steps(self.runtime, steps(plan, self.settings,
                                                    dynamic_cookies=not desired.explicit_cookies),
                                self.response_error)
-        new_weights = {a.name: a.weight for a in plan.add}
-        new_weights |= {u.name: u.weight for u in plan.weights}
-        for o in outcomes:
-            name = o.step.server
-            if o.error is None and o.step.action in ("add", "weight"):
-                self.mem.applied_weights[name] = new_weights[name]
-            if o.error is None and o.step.action == "drain":
-                self.mem.drained_by_us.add(name)
-            if o.error is None and o.step.action in ("del", "kill", "undrain"):
-                self.mem.drained_by_us.discard(name)
-            if o.error is None and o.step.action in ("del", "kill"):
-                self.mem.applied_weights.pop(name, None)
-                self.mem.drain_started.pop(name, None)
+        self._record(plan, outcomes, now)
         servers = servers_after(plan, actual, desired, self.mem.applied_weights)
         reload_waiting = self.write_config(servers, desired.explicit_cookies, now)
         return TickResult(plan, busy=bool(plan.waiting) or reload_waiting)
+
+    def _record(self, plan: Plan, outcomes: list[Outcome], now: float) -> None:
+        """Remember what HAProxy accepted: the weights lbsync gave, the drains it set."""
+        new_weights = {a.name: a.weight for a in plan.add}
+        new_weights |= {u.name: u.weight for u in plan.weights}
+        for o in outcomes:
+            if o.error is not None:
+                continue
+            name, action = o.step.server, o.step.action
+            if action in ("add", "weight"):
+                self.mem.applied_weights[name] = new_weights[name]
+            elif action == "drain":
+                self.mem.drained_by_us.add(name)
+                self.mem.drain_started[name] = now  # --drain-timeout counts from here
+            elif action == "undrain":
+                self.mem.drained_by_us.discard(name)
+            elif action in ("del", "kill"):
+                self.mem.drained_by_us.discard(name)
+                self.mem.applied_weights.pop(name, None)
+                self.mem.drain_started.pop(name, None)
 
     def _remember(self, actual: list[ServerState], now: float) -> None:
         draining = {s.name for s in actual if s.draining}

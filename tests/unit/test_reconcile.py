@@ -1,0 +1,204 @@
+"""The reconcile pass with fakes for HAProxy's runtime API, master CLI and `haproxy -c`."""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from lbsync.model import (
+    ADMIN_FDRAIN,
+    ADMIN_FMAINT,
+    OP_RUNNING,
+    LbsyncError,
+    Member,
+    MemberStatus,
+    ServerState,
+)
+from lbsync.reconcile import Reconciler
+from lbsync.registry import Registry
+from lbsync.settings import Settings
+
+
+class FakeHAProxy:
+    """Enough of the runtime API to follow lbsync's commands, and to fail on demand."""
+
+    def __init__(self) -> None:
+        self.servers: dict[str, ServerState] = {}
+        self.commands: list[str] = []
+        self.down = False
+        self.sessions: dict[str, int] = {}
+
+    def servers_state(self, backend: str) -> list[ServerState]:
+        if self.down:
+            raise LbsyncError("cannot connect to HAProxy")
+        return [ServerState(s.backend, s.name, s.addr, s.port, s.op_state, s.admin_state,
+                            s.uweight, s.iweight, self.sessions.get(s.name, 0))
+                for s in self.servers.values()]
+
+    def execute(self, commands: list[str]) -> list[str]:
+        self.commands += commands
+        return [self._one(c) for c in commands]
+
+    def _one(self, command: str) -> str:
+        words = shlex.split(command)
+        if command.startswith("show servers state"):
+            return "1\n# be_id be_name srv_id srv_name"
+        if words[:2] == ["add", "server"]:
+            name = words[2].split("/")[1]
+            addr, port = words[3].rsplit(":", 1)
+            weight = int(words[words.index("weight") + 1])
+            self.servers[name] = ServerState("nodes", name, addr, int(port), OP_RUNNING,
+                                             ADMIN_FMAINT, weight, weight)
+            return "New server registered."
+        if words[:2] == ["del", "server"]:
+            del self.servers[words[2].split("/")[1]]
+            return "Server deleted."
+        if words[:3] == ["set", "server", words[2]] and words[3] == "state":
+            name = words[2].split("/")[1]
+            admin = {"ready": 0, "drain": ADMIN_FDRAIN, "maint": ADMIN_FMAINT}[words[4]]
+            s = self.servers[name]
+            self.servers[name] = ServerState(s.backend, s.name, s.addr, s.port, s.op_state,
+                                             admin, s.uweight, s.iweight)
+        return ""
+
+
+class FakeMaster:
+    def __init__(self) -> None:
+        self.reloads = 0
+
+    def reload(self) -> None:
+        self.reloads += 1
+
+
+def ok_check(path: Path) -> None:
+    pass
+
+
+Rig = tuple[Settings, Registry, FakeHAProxy, FakeMaster]
+
+
+@pytest.fixture
+def setup(tmp_path: Path) -> Rig:
+    settings = Settings(registry_dir=tmp_path / "nodes", haproxy_config=tmp_path / "haproxy.cfg",
+                        runtime_socket=str(tmp_path / "admin.sock"), drain_timeout=10,
+                        reload_min_interval=5)
+    return settings, Registry(settings.registry_dir), FakeHAProxy(), FakeMaster()
+
+
+def reconciler(settings: Settings, registry: Registry, haproxy: FakeHAProxy,
+               master: FakeMaster, check: Callable[[Path], None] = ok_check) -> Reconciler:
+    return Reconciler(settings, registry, haproxy, master, (2, 6, 12), check,
+                      lambda command, answer: None)
+
+
+def edge(name: str, addr: str, status: MemberStatus = MemberStatus.ALIVE) -> Member:
+    return Member(name, addr, {"role": "edge"}, status)
+
+
+def test_join_adds_writes_config_and_never_reloads(setup: Rig) -> None:
+    settings, registry, haproxy, master = setup
+    r = reconciler(*setup)
+    registry.put(edge("n1", "10.0.0.1"))
+    r.tick(0.0)
+    assert set(haproxy.servers) == {"n1"}
+    assert "server n1 10.0.0.1:8080" in settings.haproxy_config.read_text()
+    registry.put(edge("n2", "10.0.0.2"))
+    r.tick(1.0)
+    assert set(haproxy.servers) == {"n1", "n2"}
+    assert master.reloads == 0
+
+
+def test_leave_drains_waits_for_sessions_then_removes(setup: Rig) -> None:
+    settings, registry, haproxy, _ = setup
+    r = reconciler(*setup)
+    for n in ("n1", "n2"):
+        registry.put(edge(n, f"10.0.0.{n[1]}"))
+    r.tick(0.0)
+    registry.put(edge("n2", "10.0.0.2", MemberStatus.LEFT))
+    haproxy.sessions["n2"] = 3
+    r.tick(1.0)
+    assert haproxy.servers["n2"].draining
+    assert r.tick(2.0).busy, "a drain in progress asks to be called again soon"
+    assert "n2" in haproxy.servers
+    haproxy.sessions["n2"] = 0
+    r.tick(3.0)
+    assert set(haproxy.servers) == {"n1"}
+    assert " n2 " not in settings.haproxy_config.read_text()
+
+
+def test_drain_timeout_removes_a_busy_server(setup: Rig) -> None:
+    _, registry, haproxy, _ = setup
+    r = reconciler(*setup)
+    for n in ("n1", "n2"):
+        registry.put(edge(n, f"10.0.0.{n[1]}"))
+    r.tick(0.0)
+    registry.put(edge("n2", "10.0.0.2", MemberStatus.LEFT))
+    haproxy.sessions["n2"] = 3
+    r.tick(1.0)
+    r.tick(5.0)
+    assert "n2" in haproxy.servers
+    r.tick(11.5)  # 10 s after the drain was first seen
+    assert "n2" not in haproxy.servers
+
+
+def test_member_back_after_lbsync_drained_it_is_undrained(setup: Rig) -> None:
+    _, registry, haproxy, _ = setup
+    r = reconciler(*setup)
+    for n in ("n1", "n2"):
+        registry.put(edge(n, f"10.0.0.{n[1]}"))
+    r.tick(0.0)
+    registry.put(edge("n2", "10.0.0.2", MemberStatus.LEAVING))
+    haproxy.sessions["n2"] = 1
+    r.tick(1.0)
+    registry.put(edge("n2", "10.0.0.2"))
+    r.tick(2.0)
+    assert not haproxy.servers["n2"].draining
+
+
+def test_rejected_config_keeps_the_old_file(setup: Rig) -> None:
+    settings, registry, haproxy, master = setup
+    registry.put(edge("n1", "10.0.0.1"))
+    reconciler(*setup).tick(0.0)
+    before = settings.haproxy_config.read_text()
+
+    def reject(path: Path) -> None:
+        raise LbsyncError("[ALERT] parsing error")
+
+    r = reconciler(settings, registry, haproxy, master, reject)
+    registry.put(edge("n2", "10.0.0.2"))
+    r.tick(1.0)
+    assert settings.haproxy_config.read_text() == before
+    assert "n2" in haproxy.servers, "the runtime change still happens"
+    assert not list(settings.haproxy_config.parent.glob(".*.candidate"))
+
+
+def test_runtime_down_still_keeps_the_file_current(setup: Rig) -> None:
+    settings, registry, haproxy, _ = setup
+    haproxy.down = True
+    registry.put(edge("n1", "10.0.0.1"))
+    reconciler(*setup).tick(0.0)
+    assert "server n1 10.0.0.1:8080" in settings.haproxy_config.read_text()
+
+
+def test_structure_change_reloads_once_rate_limited(setup: Rig) -> None:
+    settings, registry, haproxy, master = setup
+    registry.put(edge("n1", "10.0.0.1"))
+    reconciler(*setup).tick(0.0)  # HAProxy runs this file
+    changed = Settings(**{**settings.__dict__, "check_rise": 3})
+    r = reconciler(changed, registry, haproxy, master)
+    r.tick(10.0)
+    assert master.reloads == 1
+    assert "rise 3" in settings.haproxy_config.read_text()
+    assert (settings.haproxy_config.with_name("haproxy.state")).exists(), "state saved first"
+    r.tick(11.0)
+    assert master.reloads == 1, "same structure: no second reload"
+    again = Settings(**{**settings.__dict__, "check_rise": 4})
+    r2 = reconciler(again, registry, haproxy, master)
+    r2.mem.last_reload = 10.0
+    assert r2.tick(12.0).busy, "held back by --reload-min-interval, and says so"
+    assert master.reloads == 1
+    r2.tick(15.5)
+    assert master.reloads == 2
