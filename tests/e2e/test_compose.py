@@ -302,6 +302,8 @@ def test_docker_stop_of_a_node_is_a_graceful_leave_within_the_stop_timeout(
     assert set(stack.servers()) == set(nodes.values()) - {nodes[victim]}
     lb_logs = run("docker", "logs", "--since", since, stack.lb())
     assert f"del server={nodes[victim]} drained" in lb_logs.stdout + lb_logs.stderr
+    # Else a later `--scale` may start this container again and stop a running one.
+    run("docker", "rm", victim)
 
 
 def test_killed_node_leaves_the_server_list(stack: Stack) -> None:
@@ -314,6 +316,7 @@ def test_killed_node_leaves_the_server_list(stack: Stack) -> None:
     wait(lambda: set(stack.servers()) == {nodes[survivor]}, 30,
          f"{nodes[victim]} removed from HAProxy")
     assert stack.up_servers() == {nodes[survivor]}
+    run("docker", "rm", victim)
 
 
 def test_restarted_lb_comes_back_with_the_same_servers(stack: Stack) -> None:
