@@ -42,13 +42,22 @@ class _Touched:
 TOUCHED = _Touched()
 
 
-class _RegistryWatch(FileSystemEventHandler):
+# Events that change a registry file. Watchdog also reports plain reads ("opened",
+# "closed_no_write"): counting those made every pass, which reads the registry, queue
+# the next one, and the agent spun at 100 % CPU.
+_CHANGES = {"created", "modified", "deleted", "moved", "closed"}
+
+
+class RegistryWatch(FileSystemEventHandler):
     def __init__(self, q: queue.Queue[object]) -> None:
         self.q = q
 
     def on_any_event(self, event: FileSystemEvent) -> None:
-        path = str(event.src_path)
-        if path.endswith(".json"):  # temp files of atomic writes end in .tmp
+        if event.event_type not in _CHANGES or event.is_directory:
+            return
+        # An atomic write is a rename of a temp file onto NAME.json: look at both ends.
+        paths = (str(event.src_path), str(getattr(event, "dest_path", "") or ""))
+        if any(p.endswith(".json") for p in paths):
             self.q.put(TOUCHED)
 
 
@@ -98,7 +107,7 @@ def run_agent(settings: Settings, stop: threading.Event) -> None:
 
     q: queue.Queue[object] = queue.Queue()
     observer = Observer()
-    observer.schedule(_RegistryWatch(q), str(settings.registry_dir), recursive=False)
+    observer.schedule(RegistryWatch(q), str(settings.registry_dir), recursive=False)
     observer.start()
     follower: Follower | None = None
     if settings.serf_rpc:
