@@ -5,7 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(haproxy serf python3 python3-venv python3-pip curl netcat-openbsd procps)
+# wrk: the load generator of bench/run.py.
+APT_PACKAGES=(haproxy serf python3 python3-venv python3-pip curl netcat-openbsd procps wrk)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -33,7 +34,7 @@ fi
 # Editable, so tests run the tree; tests/integration/test_packaging.py proves the wheel alone
 # works. The edge extra (Crossbar, autobahn, supervisor) is large (~400 MB) but the local
 # cluster and its tests need it.
-.venv/bin/pip install -q --disable-pip-version-check -e ".[dev,edge]"
+.venv/bin/pip install -q --disable-pip-version-check -e ".[dev,edge,bench]"
 # bjdata (crossbar -> autobahn[serialization]) builds its C extension against NumPy 1.x, which prints a traceback in every import under NumPy 2: use its pure-Python build.
 if .venv/bin/python -c 'import importlib.util as u, sys; sys.exit(u.find_spec("_bjdata") is None)' \
         && ! .venv/bin/python -c 'import _bjdata' >/dev/null 2>&1; then
