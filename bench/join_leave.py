@@ -25,12 +25,9 @@ import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from common import pct
+
 from lbsync.cluster.devstack import HTTP_PORT, SERF_PORT, SERF_RPC_PORT, DevStack, wait_for
-
-
-def pct(values: list[float], p: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def first_request_by(stack: DevStack, node: str, timeout: float) -> float:
