@@ -1,0 +1,89 @@
+"""Part 5 of bench/run.py: a join storm of N members (one Serf agent each, one backend
+process for all of them), the time to apply an N-server plan, and the agent's footprint."""
+
+from __future__ import annotations
+
+import re
+import statistics
+import time
+from pathlib import Path
+
+from common import Sampler, proc_usage, serve_many
+
+from lbsync.cluster.devstack import DevStack, wait_for
+
+REST_S = 4.0
+ADD_LINE = re.compile(r"add server=\S+ .*took=([0-9.]+)ms batch=(\d+)")
+
+
+def _usage(samples: list[tuple[float, object]], t0: float, t1: float) -> dict[str, float]:
+    window = [v for t, v in samples if t0 <= t <= t1 and isinstance(v, dict)]
+    if not window:
+        return {}
+    cpu = [v["cpu_pct"] for v in window]
+    rss = [v["rss_mb"] for v in window]
+    return {"cpu_pct_mean": round(statistics.mean(cpu), 1), "cpu_pct_max": round(max(cpu), 1),
+            "rss_mb_max": round(max(rss), 1), "samples": len(window)}
+
+
+def storm(tmp: Path, n: int, net: int) -> dict[str, object]:
+    stack = DevStack(tmp / f"scale{n}", net=net)
+    try:
+        stack.start()
+        serve_many(stack, "http-all", [(f"node{i}", stack.member_ip(i)) for i in range(1, n + 1)])
+        time.sleep(REST_S)  # the agent settles (imports, first reconcile) before "at rest"
+        agent = stack.procs["agent"]
+        with Sampler(proc_usage(agent.pid), interval=0.5) as usage, \
+                Sampler(lambda: len(stack.up_servers()), interval=0.2) as ups:
+            time.sleep(REST_S)
+            t_storm = time.time()
+            for i in range(1, n + 1):
+                stack.add_member(i, http=False)
+            spawned_s = time.time() - t_storm
+            wait_for(lambda: len(stack.up_servers()) == n, 300, f"{n} servers UP", interval=0.1)
+            t_up = time.time()
+            time.sleep(REST_S)
+            t_end = time.time()
+        result: dict[str, object] = {
+            "members": n,
+            "storm_to_all_up_s": round(t_up - t_storm, 3),
+            "spawn_all_serf_agents_s": round(spawned_s, 3),
+            "agent_idle_0_members": _usage(usage.samples, t_storm - REST_S, t_storm),
+            "agent_storm": _usage(usage.samples, t_storm, t_up),
+            "agent_idle_n_members": _usage(usage.samples, t_up + 1, t_end),
+            "up_timeline": [(round(t - t_storm, 2), v) for t, v in ups.samples],
+            "agent_usage_timeline": [(round(t - t_storm, 2), v) for t, v in usage.samples],
+        }
+        result["lb_serf_log_tail"] = stack.log("serf-lb")[-2000:]
+        result["apply_plan"] = apply_plan(stack, n)
+        print(f"  {n} members: storm -> all UP {result['storm_to_all_up_s']} s; "
+              f"{n}-server plan {result['apply_plan']}", flush=True)
+        return result
+    finally:
+        stack.stop()
+
+
+def apply_plan(stack: DevStack, n: int) -> dict[str, object]:
+    """Empty HAProxy's backend behind a stopped agent, restart it: its first pass adds N
+    servers in one batch. The agent logs the batch's Runtime API time."""
+    stack.kill("agent")
+    rt = stack.runtime()
+    names = list(stack.servers())
+    rt.execute([c for s in names for c in (f"set server nodes/{s} state maint",
+                                           f"del server nodes/{s}")])
+    assert not stack.servers(), "servers left after del server"
+    log = stack.paths["logs"] / "agent.log"
+    offset = log.stat().st_size
+    t0 = time.monotonic()
+    stack.start_agent()
+    wait_for(lambda: len(stack.up_servers()) == n, 120, f"{n} servers back UP", interval=0.05)
+    all_up = time.monotonic() - t0
+    with log.open("rb") as f:
+        f.seek(offset)
+        text = f.read().decode(errors="replace")
+    batches = [(float(m[1]), int(m[2])) for m in ADD_LINE.finditer(text)]
+    biggest = max(batches, key=lambda b: b[1]) if batches else (None, 0)
+    return {"servers": len(names), "runtime_batch_ms": biggest[0], "batch_size": biggest[1],
+            "agent_start_to_all_up_s": round(all_up, 3),
+            "note": "runtime_batch_ms: one Runtime API session sending every add/enable "
+                    "command, from the agent's log; agent_start includes Python start-up"}
