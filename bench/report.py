@@ -37,7 +37,10 @@ def markdown(r: dict[str, Any], json_path: Path, plots: list[Path]) -> str:
            "", f"Machine: {m['platform']}, {m['cpus']} CPUs, {m['memory_gb']} GB, {m['haproxy']},"
            f" {m['serf']}, Python {m['python']}, load average at start "
            f"{', '.join(f'{x:.1f}' for x in m['load_avg_at_start'])} (shared, noisy machine).",
-           "", f"Backends: {r['backends']}. Load: {r['load']}.", f"Raw figures: `{json_path}`.",
+           "", f"Backends: {r['backends']}.", "", "Load: wrk at a fixed rate (bench/paced.lua: "
+           "connections × 1000 / delay_ms), a new connection per request. failed = requests "
+           "sent that got no answer (socket error, timeout) + non-2xx/3xx answers.", "",
+           f"Raw figures: `{json_path}`.",
            "", "| measure | figure | target |", "|---|---|---|"]
     if "join" in r:
         j = r["join"]["join"]

@@ -40,6 +40,8 @@ def main() -> None:
     p.add_argument("--rate", type=int, default=800,
                    help="wrk's nominal rate (req/s; the measured rate is reported)")
     p.add_argument("--only", default="1,2,3,4,5", help="parts to run, e.g. 4,5")
+    p.add_argument("--results", type=Path, default=RESULTS,
+                   help="folder of latest.md and the plots (default bench/results)")
     p.add_argument("--net", type=int, default=150, help="first N of 127.N.0.x (uses N..N+4)")
     args = p.parse_args()
     parts = {int(x) for x in args.only.split(",")}
@@ -59,8 +61,9 @@ def main() -> None:
         "started_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "backends": "light Python HTTP servers (lbsync.cluster.backend): the load balancer "
                     "(HAProxy + lbsync) is what is measured",
-        "load": "wrk at a fixed rate (bench/paced.lua: connections x 1000 / delay_ms); failed "
-                "= socket errors (connect, read, write, timeout) + non-2xx/3xx answers",
+        "load": "wrk at a fixed rate (bench/paced.lua: connections x 1000 / delay_ms), a new "
+                "connection per request; failed = requests sent that got no answer (socket "
+                "error, timeout) + non-2xx/3xx answers",
     }
     with tempfile.TemporaryDirectory(prefix="lbsync-bench-") as t:
         tmp = Path(t)
@@ -100,8 +103,9 @@ def main() -> None:
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     from report import write_report
-    write_report(result, RESULTS, args.out)
-    print(f"\n{args.out}, {RESULTS / 'latest.md'} and plots written in {result['duration_s']} s")
+    write_report(result, args.results, args.out)
+    print(f"\n{args.out}, {args.results / 'latest.md'} and plots written in "
+          f"{result['duration_s']} s")
 
 
 if __name__ == "__main__":
