@@ -18,14 +18,14 @@ import re
 import shutil
 import signal
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import requests
+from loadgen import HttpLoad
 
 from lbsync.haproxy.runtime import RuntimeAPI
 from lbsync.model import ServerState
@@ -196,42 +196,6 @@ def stack() -> Iterator[Stack]:
         finally:
             if started_dockerd:
                 _stop_dockerd(pid_file)
-
-
-@dataclass
-class HttpLoad:
-    """Threads sending GET /info through HAProxy until stopped; every failure counts."""
-
-    url: str
-    threads: int = 4
-    ok: int = 0
-    failures: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _workers: list[threading.Thread] = field(default_factory=list)
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                r = requests.get(self.url, timeout=10)
-                if r.status_code == 200:
-                    self.ok += 1
-                else:
-                    self.failures.append(f"HTTP {r.status_code}")
-            except requests.RequestException as e:
-                self.failures.append(repr(e))
-            time.sleep(0.005)
-
-    def __enter__(self) -> HttpLoad:
-        for _ in range(self.threads):
-            t = threading.Thread(target=self._run, daemon=True)
-            t.start()
-            self._workers.append(t)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        for t in self._workers:
-            t.join(15)
 
 
 def test_three_nodes_are_up_and_all_serve(stack: Stack) -> None:
