@@ -81,7 +81,10 @@ def server_args(server: Server, settings: Settings) -> str:
     """
     inter_ms = max(1, round(settings.check_inter * 1000))
     args = (f"check inter {inter_ms} downinter {min(inter_ms, DOWNINTER_MS)}"
-            f" fall {settings.check_fall} rise {settings.check_rise} weight {server.weight}")
+            f" fall {settings.check_fall} rise {settings.check_rise}"
+            # A server from `add server` keeps no idle backend connections unless told
+            # (HAProxy 2.6: idle_lim 0, purge_delay 0); these are a config server's defaults.
+            f" pool-max-conn -1 pool-purge-delay 5s weight {server.weight}")
     if server.agent_port is not None:
         # The node reports its own weight (CPU idle) and `drain` while it shuts down.
         args += f" agent-check agent-port {server.agent_port} agent-inter {inter_ms}"

@@ -45,7 +45,8 @@ def test_add_explicit_cookie_mode() -> None:
     assert steps(Plan(add=(new,)), S, dynamic_cookies=False) == [Step(
         "add", "e1", "addr=10.0.0.1:9000 weight=7", (add_cmd(new), *after_add("e1")))]
     assert add_cmd(new).startswith("add server web/e1 10.0.0.1:9000 check inter 500 ")
-    assert add_cmd(new).endswith(" fall 3 rise 2 weight 7 cookie e1")
+    assert add_cmd(new).endswith(" fall 3 rise 2 pool-max-conn -1 pool-purge-delay 5s"
+                                 " weight 7 cookie e1")
 
 
 def test_add_dynamic_cookie_mode_recomputes_cookies() -> None:

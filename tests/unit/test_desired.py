@@ -186,14 +186,16 @@ def test_dynamic_cookies_leave_cookie_empty_on_2_6() -> None:
 
 def test_server_args_spelled_out_without_cookie() -> None:
     s = Server("e1", "10.0.0.1", 8080, 50)
-    assert server_args(s, S) == "check inter 1000 downinter 100 fall 2 rise 1 weight 50"
+    assert server_args(s, S) == ("check inter 1000 downinter 100 fall 2 rise 1"
+                                " pool-max-conn -1 pool-purge-delay 5s weight 50")
 
 
 def test_server_args_with_cookie_and_custom_checks() -> None:
     settings = dataclasses.replace(S, check_inter=0.25, check_fall=5, check_rise=3)
     s = Server("e1", "10.0.0.1", 8080, 100, "e1")
     assert server_args(s, settings) == (
-        "check inter 250 downinter 100 fall 5 rise 3 weight 100 cookie e1")
+        "check inter 250 downinter 100 fall 5 rise 3 pool-max-conn -1 pool-purge-delay 5s"
+        " weight 100 cookie e1")
 
 
 def test_server_args_downinter_never_exceeds_inter() -> None:

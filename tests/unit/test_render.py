@@ -33,7 +33,8 @@ SERVERS = [Server("e1", "10.0.0.1", 8080, 100, None), Server("e2", "10.0.0.2", 9
 SERVER_LINE = re.compile(
     # Strict on everything a member could influence; `downinter` may come and go.
     r"^    server [A-Za-z0-9][A-Za-z0-9_.-]* [0-9a-fA-F.:]+:\d+ check inter \d+"
-    r"( downinter \d+)? fall \d+ rise \d+ weight \d+( cookie [A-Za-z0-9_.-]+)?$",
+    r"( downinter \d+)? fall \d+ rise \d+( pool-max-conn -1 pool-purge-delay \d+s)?"
+    r" weight \d+( agent-check agent-port \d+ agent-inter \d+)?( cookie [A-Za-z0-9_.-]+)?$",
     re.ASCII,
 )
 
@@ -67,8 +68,10 @@ def test_default_template_has_markers_once_and_in_order() -> None:
 
 def test_default_template_server_lines() -> None:
     assert server_block(render()) == [
-        "    server e1 10.0.0.1:8080 check inter 1000 downinter 100 fall 2 rise 1 weight 100",
-        "    server e2 10.0.0.2:9000 check inter 1000 downinter 100 fall 2 rise 1 weight 5",
+        "    server e1 10.0.0.1:8080 check inter 1000 downinter 100 fall 2 rise 1"
+        " pool-max-conn -1 pool-purge-delay 5s weight 100",
+        "    server e2 10.0.0.2:9000 check inter 1000 downinter 100 fall 2 rise 1"
+        " pool-max-conn -1 pool-purge-delay 5s weight 5",
     ]
 
 
