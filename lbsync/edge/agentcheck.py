@@ -72,7 +72,9 @@ class CpuIdle:
         """Take a sample; idle % over the time since the previous one."""
         idle, total = self._sample()
         if self._last is not None and total > self._last[1]:
-            self._idle = 100.0 * (idle - self._last[0]) / (total - self._last[1])
+            share = (idle - self._last[0]) / (total - self._last[1])
+            # Float sums of cpu_times can land a hair outside 0-100 (seen: 100.0000000009).
+            self._idle = min(100.0, max(0.0, 100.0 * share))
         self._last = (idle, total)
 
     def start(self) -> None:

@@ -96,3 +96,13 @@ def test_cpu_idle_samples_the_real_machine() -> None:
     time.sleep(0.2)
     idle.stop()
     assert 0.0 <= idle.percent <= 100.0
+
+
+def test_cpu_idle_stays_within_0_and_100_despite_float_error() -> None:
+    samples = iter([(0.0, 0.0), (10.000000001, 10.0), (10.000000001, 20.0)])
+    idle = CpuIdle(sample=lambda: next(samples))
+    idle.update()
+    idle.update()
+    assert idle.percent == 100.0
+    idle.update()
+    assert idle.percent == 0.0
