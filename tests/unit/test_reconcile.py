@@ -111,8 +111,9 @@ def test_join_adds_writes_config_and_never_reloads(setup: Rig) -> None:
     assert master.reloads == 0
 
 
-def test_leave_drains_waits_for_sessions_then_removes(setup: Rig) -> None:
-    settings, registry, haproxy, _ = setup
+def two_then_n2_leaves_busy(setup: Rig) -> Reconciler:
+    """n1 and n2 serve; at t=1 n2 leaves while it still has 3 sessions."""
+    _, registry, haproxy, _ = setup
     r = reconciler(*setup)
     for n in ("n1", "n2"):
         registry.put(edge(n, f"10.0.0.{n[1]}"))
@@ -120,6 +121,12 @@ def test_leave_drains_waits_for_sessions_then_removes(setup: Rig) -> None:
     registry.put(edge("n2", "10.0.0.2", MemberStatus.LEFT))
     haproxy.sessions["n2"] = 3
     r.tick(1.0)
+    return r
+
+
+def test_leave_drains_waits_for_sessions_then_removes(setup: Rig) -> None:
+    settings, registry, haproxy, _ = setup
+    r = two_then_n2_leaves_busy(setup)
     assert haproxy.servers["n2"].draining
     assert r.tick(2.0).busy, "a drain in progress asks to be called again soon"
     assert "n2" in haproxy.servers
@@ -131,16 +138,10 @@ def test_leave_drains_waits_for_sessions_then_removes(setup: Rig) -> None:
 
 def test_drain_timeout_removes_a_busy_server(setup: Rig) -> None:
     _, registry, haproxy, _ = setup
-    r = reconciler(*setup)
-    for n in ("n1", "n2"):
-        registry.put(edge(n, f"10.0.0.{n[1]}"))
-    r.tick(0.0)
-    registry.put(edge("n2", "10.0.0.2", MemberStatus.LEFT))
-    haproxy.sessions["n2"] = 3
-    r.tick(1.0)
+    r = two_then_n2_leaves_busy(setup)
     r.tick(5.0)
     assert "n2" in haproxy.servers
-    r.tick(11.5)  # 10 s after the drain was first seen
+    r.tick(11.5)  # 10 s after lbsync sent the drain
     assert "n2" not in haproxy.servers
 
 
