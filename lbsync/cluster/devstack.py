@@ -19,10 +19,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
+from ..haproxy.binary import start_master
 from ..haproxy.master import MasterCLI
 from ..haproxy.runtime import RuntimeAPI
 from ..model import LbsyncError, ServerState
@@ -100,11 +102,16 @@ class DevStack:
 
     # --- processes -------------------------------------------------------------------
     def _spawn(self, key: str, argv: list[str]) -> subprocess.Popen[bytes]:
+        return self._track(key, lambda log: subprocess.Popen(
+            argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True))
+
+    def _track(self, key: str, start: Callable[[IO[bytes]], subprocess.Popen[bytes]],
+               ) -> subprocess.Popen[bytes]:
+        """Start a process with its output in logs/KEY.log, and remember it for stop()."""
         self.paths["logs"].mkdir(parents=True, exist_ok=True)
-        log = open(self.paths["logs"] / f"{key}.log", "ab")  # noqa: SIM115 (child keeps it)
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
-        log.close()
+        with open(self.paths["logs"] / f"{key}.log", "ab") as log:  # the child keeps its copy
+            proc = start(log)
         self.procs[key] = proc
         return proc
 
@@ -128,8 +135,8 @@ class DevStack:
 
     def start_haproxy(self) -> None:
         self.paths["master"].unlink(missing_ok=True)
-        self._spawn("haproxy", ["haproxy", "-W", "-S", str(self.paths["master"]),
-                                "-f", str(self.paths["config"])])
+        self._track("haproxy", lambda log: start_master(
+            self.paths["config"], self.paths["master"], output=log))
         self.runtime().wait_ready(timeout=10)
 
     def start_lb_serf(self) -> None:
