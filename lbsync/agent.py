@@ -92,7 +92,7 @@ def run_agent(settings: Settings, stop: threading.Event) -> None:
     registry = Registry(settings.registry_dir)
     settings.registry_dir.mkdir(parents=True, exist_ok=True)
     runtime = RuntimeAPI(settings.runtime_socket)
-    haproxy_version(settings.haproxy_bin)  # it checks every config: fail early when missing
+    # `lbsync agent` has checked the binary exists; it runs `-v` only if HAProxy is down.
     version = detect_version(settings, runtime)
     master = MasterCLI(settings.master_socket) if settings.master_socket else None
     reconciler = Reconciler(
