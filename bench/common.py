@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Self
 
 import psutil
 import requests
@@ -128,8 +129,30 @@ class Wrk:
         }
 
 
+class InThread:
+    """Runs the subclass's `_run` in a daemon thread for the length of a `with` block;
+    `_run` loops until `_stop` is set."""
+
+    _stop: threading.Event
+    _thread: threading.Thread | None
+    join_timeout = 5.0
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(self.join_timeout)
+
+
 @dataclass
-class Sampler:
+class Sampler(InThread):
     """Calls `probe()` every `interval` seconds in a thread; keeps (time, value) pairs."""
 
     probe: Callable[[], object]
@@ -147,15 +170,6 @@ class Sampler:
             self.samples.append((time.time(), value))
             self._stop.wait(self.interval)
 
-    def __enter__(self) -> Sampler:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(5)
 
 
 def proc_usage(pid: int) -> Callable[[], dict[str, float]]:
@@ -170,7 +184,7 @@ def proc_usage(pid: int) -> Callable[[], dict[str, float]]:
 
 
 @dataclass
-class Prober:
+class Prober(InThread):
     """The timeline's sampler: one keep-alive client sending a GET every `interval` s
     beside wrk, recording (time, ok, latency). wrk gives the totals; this gives the when."""
 
@@ -192,15 +206,7 @@ class Prober:
             self.results.append((t, ok, time.time() - t))
             self._stop.wait(max(0.0, self.interval - (time.time() - t)))
 
-    def __enter__(self) -> Prober:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(10)
+    join_timeout = 10.0
 
     def summary(self) -> dict[str, object]:
         return {"requests": len(self.results), "failed": sum(not ok for _, ok, _ in self.results),
