@@ -234,11 +234,13 @@ def haproxy_rig(tmp_path: Path, http_nodes: list[HTTPNode]) -> Iterator[HAProxyR
     # Unix socket paths are limited to ~107 bytes; pytest's tmp_path can be longer.
     sock_dir = Path(tempfile.mkdtemp(prefix="lbsync-hx-"))
     static = HTTPNode("static")
-    ports = {
-        "cli_port": free_port(),
-        "nodes_port": free_port(),
-        "static_port": free_port(),
-    }
+    # Each probe socket is closed before the next: the kernel may repeat a port.
+    ports: dict[str, int] = {}
+    for key in ("cli_port", "nodes_port", "static_port"):
+        port = free_port()
+        while port in ports.values():
+            port = free_port()
+        ports[key] = port
     config = tmp_path / "haproxy.cfg"
     config.write_text(
         CONFIG.format(

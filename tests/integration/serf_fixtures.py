@@ -150,9 +150,14 @@ def serf_agents(tmp_path: Path) -> Iterator[StartAgent]:
         auth_key: str | None = None,
     ) -> SerfAgent:
         ip = f"127.0.0.{next(_ADDRS)}"
+        bind_port = _free_port(ip, udp_too=True)
+        # Both probe sockets are closed by now, so the kernel may hand out the same port
+        # twice; serf then fails to bind its RPC listener (seen in CI).
+        rpc_port = _free_port(ip, udp_too=False)
+        while rpc_port == bind_port:
+            rpc_port = _free_port(ip, udp_too=False)
         agent = SerfAgent(
-            name=name, ip=ip,
-            bind_port=_free_port(ip, udp_too=True), rpc_port=_free_port(ip, udp_too=False),
+            name=name, ip=ip, bind_port=bind_port, rpc_port=rpc_port,
             log_path=tmp_path / f"serf-{name}.log", args=args, auth_key=auth_key,
         )
         agents.append(agent)
