@@ -42,6 +42,10 @@ class Outcome:
     error: str | None
 
 
+# HAProxy's answer to `del server` while connections (active or idle) still hold the server.
+_STILL_ATTACHED = "still has connections attached"
+
+
 def _removal(be: str, name: str) -> tuple[str, ...]:
     # `del server` needs maintenance and no connection left.
     return (f"set server {be}/{name} state maint", f"shutdown sessions server {be}/{name}",
@@ -54,6 +58,9 @@ def steps(plan: Plan, settings: Settings, *, dynamic_cookies: bool) -> list[Step
     # Removals of crashed members first: they are the ones failing requests right now.
     for name in plan.kill:
         out.append(Step("kill", name, "member failed", _removal(be, name)))
+    for name in plan.suspect:
+        out.append(Step("drain", name, "member failed",
+                        (f"set server {be}/{name} state drain",)))
     for s in plan.add:
         cmds = [f"add server {be}/{s.name} {s.addr}:{s.port} {server_args(s, settings)}"]
         if dynamic_cookies:
@@ -103,12 +110,23 @@ def apply_steps(runtime: Runtime, todo: Sequence[Step],
             if problem and error is None:
                 error = f"{cmd!r}: {problem}"
         outcomes.append(Outcome(st, error))
-        if error:
+        if still_attached(outcomes[-1]):
+            # `shutdown sessions` ends the streams, but HAProxy frees the server's
+            # connections a moment later: the next pass deletes it.
+            log.info("%s server=%s %s waiting: connections still attached, retrying",
+                     st.action, st.server, st.detail)
+        elif error:
             log.error("%s server=%s %s failed: %s", st.action, st.server, st.detail, error)
         else:
             log.info("%s server=%s %s took=%.1fms batch=%d", st.action, st.server, st.detail,
                      took_ms, len(todo))
     return outcomes
+
+
+def still_attached(outcome: Outcome) -> bool:
+    """A `del server` HAProxy refused because connections were not yet freed: the next
+    pass (soon) deletes it. Other refusals wait for the next resync."""
+    return outcome.error is not None and _STILL_ATTACHED in outcome.error
 
 
 class ResponseCheck(Protocol):

@@ -47,6 +47,8 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--check-fall", "check_fall", int, "failed checks before DOWN"),
     ("--check-rise", "check_rise", int, "passed checks before UP"),
     ("--drain-timeout", "drain_timeout", str, "longest wait for a leaving server's sessions"),
+    ("--failed-grace", "failed_grace", str,
+     "a failed member's server is out of rotation at once; its sessions are cut after this"),
     ("--resync-interval", "resync_interval", str, "full resync and reconcile period"),
     ("--poll-interval", "poll_interval", str, "Serf members poll period"),
     ("--reload-min-interval", "reload_min_interval", str, "least time between two reloads"),
@@ -54,8 +56,8 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--serf-rpc", "serf_rpc", str, "Serf agent RPC address HOST:PORT ('' = registry only)"),
     ("--serf-auth-key", "serf_auth_key", str, "Serf RPC auth key"),
 ]
-_DURATIONS = {"check_inter", "drain_timeout", "resync_interval", "poll_interval",
-              "reload_min_interval"}
+_DURATIONS = {"check_inter", "drain_timeout", "failed_grace", "resync_interval",
+              "poll_interval", "reload_min_interval"}
 
 
 def _envvar(flag: str) -> str:

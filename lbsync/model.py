@@ -163,7 +163,8 @@ class Plan:
     undrain: tuple[str, ...] = ()  # lbsync drained it, but the member is back
     drain: tuple[str, ...] = ()  # start a graceful drain
     remove: tuple[str, ...] = ()  # drained (or drain timed out): maint, shutdown, del
-    kill: tuple[str, ...] = ()  # failed member: maint, shutdown, del at once
+    suspect: tuple[str, ...] = ()  # failed member: drain now, kill after --failed-grace
+    kill: tuple[str, ...] = ()  # failed member past its grace: maint, shutdown, del
     weights: tuple[WeightUpdate, ...] = ()
     addrs: tuple[AddrUpdate, ...] = ()
     kept: tuple[str, ...] = ()  # removals held back so the backend is never emptied
@@ -173,5 +174,5 @@ class Plan:
     def empty(self) -> bool:
         return not (
             self.add or self.undrain or self.drain or self.remove
-            or self.kill or self.weights or self.addrs
+            or self.suspect or self.kill or self.weights or self.addrs
         )

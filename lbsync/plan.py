@@ -29,6 +29,7 @@ def make_plan(
     drain_timeout: float,
     applied_weights: Mapping[str, int],
     drained_by_us: frozenset[str] = frozenset(),
+    failed_grace: float = 0.0,
 ) -> Plan:
     """What to do now. Draining servers come back as `waiting` until they are empty.
 
@@ -37,6 +38,11 @@ def make_plan(
     and lbsync must not fight it). A drain or maintenance lbsync did not set (an operator's
     `disable server`, a node's agent-check answering `drain`) is left alone: only drains
     in `drained_by_us` are undone when their member comes back.
+
+    A failed member's server is drained at once (`suspect`) and killed `failed_grace`
+    seconds later if sessions are still attached: Serf may report a leaving member failed
+    for a moment before its leave intent arrives, and the leave then gets a normal drain.
+    A crashed member's sessions end by themselves, so the grace costs a crash nothing.
     """
     have = {s.name: s for s in actual}
     add: list[Server] = []
@@ -57,30 +63,40 @@ def make_plan(
 
     drain: list[str] = []
     remove: list[str] = []
+    suspect: list[str] = []
     kill: list[str] = []
     waiting: list[str] = []
     for name, cur in sorted(have.items()):
         if name in desired.servers:
             continue
-        if name in desired.failed:
-            kill.append(name)
+        since = now - drain_started.get(name, now)
+        if name in desired.failed and not cur.admin_state & ADMIN_FMAINT:
+            if failed_grace <= 0 or (cur.draining and since >= failed_grace):
+                kill.append(name)
+            elif not cur.draining:
+                suspect.append(name)
+            elif cur.sessions == 0:
+                remove.append(name)
+            else:
+                waiting.append(name)
         elif cur.admin_state & ADMIN_FMAINT:
             remove.append(name)  # already out of rotation (an interrupted removal)
         elif not cur.draining:
             drain.append(name)
-        elif cur.sessions == 0 or now - drain_started.get(name, now) >= drain_timeout:
+        elif cur.sessions == 0 or since >= drain_timeout:
             remove.append(name)
         else:
             waiting.append(name)
 
-    going = set(drain) | set(remove) | set(kill) | set(waiting)
+    going = set(drain) | set(remove) | set(suspect) | set(kill) | set(waiting)
     if going and not add and going >= have.keys():
         # Never empty the backend on one update: keep the last servers and let the health
         # checks mark them DOWN; a gossip glitch then costs nothing when it heals.
         return Plan(kept=tuple(sorted(going)))
     return Plan(
         add=tuple(add), undrain=tuple(undrain), drain=tuple(drain),
-        remove=tuple(remove), kill=tuple(kill), weights=tuple(weights), addrs=tuple(addrs),
+        remove=tuple(remove), suspect=tuple(suspect), kill=tuple(kill),
+        weights=tuple(weights), addrs=tuple(addrs),
         waiting=tuple(waiting),
     )
 
@@ -96,7 +112,7 @@ def servers_after(
     """
     have = {s.name: s for s in actual}
     out = dict(desired.servers)
-    for name in (*plan.kept, *plan.waiting, *plan.drain):
+    for name in (*plan.kept, *plan.waiting, *plan.drain, *plan.suspect):
         cur = have[name]
         spelled = desired.known.get(name)
         out[name] = Server(

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from .apply import Outcome, ResponseCheck, Runtime, apply_steps, steps
+from .apply import Outcome, ResponseCheck, Runtime, apply_steps, steps, still_attached
 from .desired import desired_state
 from .files import atomic_write, candidate_file
 from .model import DesiredState, LbsyncError, Plan, Refusal, Server, ServerState
@@ -46,7 +46,7 @@ class Memory:
 @dataclass(frozen=True)
 class TickResult:
     plan: Plan
-    busy: bool  # drains in progress or a reload waiting: come back soon
+    busy: bool  # drains in progress, a reload waiting or a del to retry: come back soon
 
 
 class Reconciler:
@@ -103,6 +103,7 @@ class Reconciler:
             drain_timeout=self.settings.drain_timeout,
             applied_weights=self.mem.applied_weights,
             drained_by_us=frozenset(self.mem.drained_by_us),
+            failed_grace=self.settings.failed_grace,
         )
         if plan.kept:
             log.warning("keeping servers=%s: removing them would empty backend %s",
@@ -113,7 +114,9 @@ class Reconciler:
         self._record(plan, outcomes, now)
         servers = servers_after(plan, actual, desired, self.mem.applied_weights)
         reload_waiting = self.write_config(servers, desired.explicit_cookies, now)
-        return TickResult(plan, busy=bool(plan.waiting) or reload_waiting)
+        draining = bool(plan.waiting or plan.drain or plan.suspect)
+        return TickResult(plan, busy=draining or reload_waiting
+                          or any(still_attached(o) for o in outcomes))
 
     def _record(self, plan: Plan, outcomes: list[Outcome], now: float) -> None:
         """Remember what HAProxy accepted: the weights lbsync gave, the drains it set."""

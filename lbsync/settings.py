@@ -86,6 +86,9 @@ class Settings:
     retries: int = 3
     maxconn: int = 4096
     drain_timeout: float = 30.0
+    # Serf can call a leaving member failed for a moment before its leave intent arrives:
+    # a failed member's server leaves rotation at once, its sessions are cut only after this.
+    failed_grace: float = 2.0
     resync_interval: float = 10.0
     poll_interval: float = 0.1
     reload_min_interval: float = 5.0
@@ -122,8 +125,11 @@ class Settings:
                               ("--poll-interval", self.poll_interval)):
             if seconds <= 0:
                 raise SettingsError(f"{what}: must be more than 0")
-        if self.drain_timeout < 0 or self.reload_min_interval < 0:
-            raise SettingsError("--drain-timeout and --reload-min-interval cannot be negative")
+        for what, seconds in (("--drain-timeout", self.drain_timeout),
+                              ("--failed-grace", self.failed_grace),
+                              ("--reload-min-interval", self.reload_min_interval)):
+            if seconds < 0:
+                raise SettingsError(f"{what}: cannot be negative")
         parse_hostport(self.frontend_bind, "--frontend-bind", host_required=False)
         parse_hostport(self.stats_bind, "--stats-bind", host_required=False)
         if self.runtime_tcp:

@@ -60,7 +60,7 @@ def status_rows(
         ("draining although alive", plan.undrain, True),
         ("leaving but not drained", plan.drain, True),
         ("drained but not removed", plan.remove, True),
-        ("failed but still in HAProxy", plan.kill, True),
+        ("failed but still in HAProxy", (*plan.suspect, *plan.kill), True),
         ("draining", plan.waiting, False),
         ("kept: the last servers of the backend", plan.kept, False),
     ):

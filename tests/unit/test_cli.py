@@ -106,6 +106,7 @@ def test_unknown_command_is_a_usage_error() -> None:
         (["--check-inter", "abc"], "--check-inter"),
         (["--check-inter", "0"], "--check-inter"),
         (["--drain-timeout", "5h"], "--drain-timeout"),
+        (["--failed-grace", "-1s"], "--failed-grace"),
         (["--allow-cidr", "300.0.0.0/8"], "--allow-cidr"),
         (["--backend", "a b"], "--backend"),
         (["--role", "a;b"], "--role"),

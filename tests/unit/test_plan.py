@@ -44,10 +44,10 @@ def want(*servers: Server, leaving: Sequence[str] = (), failed: Sequence[str] = 
 def plan(actual: Sequence[ServerState], desired: DesiredState, *, now: float = 100.0,
          drain_started: Mapping[str, float] | None = None, drain_timeout: float = 30.0,
          applied_weights: Mapping[str, int] | None = None,
-         drained_by_us: frozenset[str] = frozenset()) -> Plan:
+         drained_by_us: frozenset[str] = frozenset(), failed_grace: float = 0.0) -> Plan:
     return make_plan(actual, desired, now=now, drain_started=drain_started or {},
                      drain_timeout=drain_timeout, applied_weights=applied_weights or {},
-                     drained_by_us=drained_by_us)
+                     drained_by_us=drained_by_us, failed_grace=failed_grace)
 
 
 KEEPER = st("keeper", "10.0.0.9")
@@ -140,6 +140,52 @@ def test_failed_while_draining_is_killed() -> None:
     p = plan([KEEPER, st("a", admin=ADMIN_FDRAIN, sessions=5)], want(KEEPER_SRV, failed=["a"]),
              drain_started={"a": 99.0})
     assert p == Plan(kill=("a",))
+
+
+def test_failed_with_a_grace_is_drained_first() -> None:
+    # Out of rotation at once; its sessions are not cut yet.
+    p = plan([KEEPER, st("a", sessions=50)], want(KEEPER_SRV, failed=["a"]), failed_grace=2.0)
+    assert p == Plan(suspect=("a",))
+    assert not p.empty
+
+
+def test_failed_within_its_grace_waits_for_its_sessions() -> None:
+    p = plan([KEEPER, st("a", admin=ADMIN_FDRAIN, sessions=5)], want(KEEPER_SRV, failed=["a"]),
+             now=100.0, drain_started={"a": 99.0}, failed_grace=2.0)
+    assert p == Plan(waiting=("a",))
+
+
+def test_failed_past_its_grace_is_killed() -> None:
+    p = plan([KEEPER, st("a", admin=ADMIN_FDRAIN, sessions=5)], want(KEEPER_SRV, failed=["a"]),
+             now=101.0, drain_started={"a": 99.0}, failed_grace=2.0)
+    assert p == Plan(kill=("a",))
+
+
+def test_failed_without_sessions_is_removed_within_its_grace() -> None:
+    p = plan([KEEPER, st("a", admin=ADMIN_FDRAIN)], want(KEEPER_SRV, failed=["a"]),
+             now=99.5, drain_started={"a": 99.0}, failed_grace=2.0)
+    assert p == Plan(remove=("a",))
+
+
+def test_failed_already_in_maintenance_is_removed() -> None:
+    p = plan([KEEPER, st("a", admin=ADMIN_FMAINT, sessions=2)], want(KEEPER_SRV, failed=["a"]),
+             failed_grace=2.0)
+    assert p == Plan(remove=("a",))
+
+
+def test_failed_then_left_gets_the_leave_drain() -> None:
+    # Serf's failed -> left flap of a graceful leave: the drain timeout applies, not the grace.
+    p = plan([KEEPER, st("a", admin=ADMIN_FDRAIN, sessions=5)], want(KEEPER_SRV, leaving=["a"]),
+             now=105.0, drain_started={"a": 99.0}, drain_timeout=30.0, failed_grace=2.0)
+    assert p == Plan(waiting=("a",))
+
+
+def test_suspect_server_stays_in_the_file() -> None:
+    actual = [KEEPER, st("a", "10.0.0.2", sessions=1)]
+    desired = DesiredState({"keeper": KEEPER_SRV}, frozenset(), frozenset({"a"}), (), False,
+                           {"keeper": KEEPER_SRV, "a": srv("a", "10.0.0.2")})
+    p = plan(actual, desired, failed_grace=2.0)
+    assert [s.name for s in servers_after(p, actual, desired, {})] == ["a", "keeper"]
 
 
 # --- member back / maintenance -----------------------------------------------------------

@@ -111,14 +111,14 @@ def test_join_adds_writes_config_and_never_reloads(setup: Rig) -> None:
     assert master.reloads == 0
 
 
-def two_then_n2_leaves_busy(setup: Rig) -> Reconciler:
-    """n1 and n2 serve; at t=1 n2 leaves while it still has 3 sessions."""
+def two_then_n2_leaves_busy(setup: Rig, status: MemberStatus = MemberStatus.LEFT) -> Reconciler:
+    """n1 and n2 serve; at t=1 n2 leaves (or fails) while it still has 3 sessions."""
     _, registry, haproxy, _ = setup
     r = reconciler(*setup)
     for n in ("n1", "n2"):
         registry.put(edge(n, f"10.0.0.{n[1]}"))
     r.tick(0.0)
-    registry.put(edge("n2", "10.0.0.2", MemberStatus.LEFT))
+    registry.put(edge("n2", "10.0.0.2", status))
     haproxy.sessions["n2"] = 3
     r.tick(1.0)
     return r
@@ -143,6 +143,54 @@ def test_drain_timeout_removes_a_busy_server(setup: Rig) -> None:
     assert "n2" in haproxy.servers
     r.tick(11.5)  # 10 s after lbsync sent the drain
     assert "n2" not in haproxy.servers
+
+
+def test_failed_member_leaves_rotation_at_once_and_is_killed_after_its_grace(
+        setup: Rig) -> None:
+    settings, registry, haproxy, _ = setup
+    r = two_then_n2_leaves_busy(setup, MemberStatus.FAILED)
+    assert r.tick(1.05).busy, "a failed member's drain asks to be called again soon"
+    assert haproxy.servers["n2"].draining
+    assert "shutdown sessions server nodes/n2" not in haproxy.commands
+    r.tick(1.0 + settings.failed_grace / 2)
+    assert "n2" in haproxy.servers
+    r.tick(1.0 + settings.failed_grace)
+    assert "shutdown sessions server nodes/n2" in haproxy.commands
+    assert set(haproxy.servers) == {"n1"}
+
+
+def test_failed_then_left_flap_cuts_no_session_before_the_drain_timeout(setup: Rig) -> None:
+    # Serf may call a leaving member failed until its leave intent arrives.
+    settings, registry, haproxy, _ = setup
+    r = two_then_n2_leaves_busy(setup, MemberStatus.FAILED)
+    registry.put(edge("n2", "10.0.0.2", MemberStatus.LEFT))
+    r.tick(1.1)
+    r.tick(1.0 + settings.failed_grace + 1)
+    assert "shutdown sessions server nodes/n2" not in haproxy.commands
+    haproxy.sessions["n2"] = 0
+    r.tick(5.0)
+    assert set(haproxy.servers) == {"n1"}
+
+
+def test_a_del_refused_for_attached_connections_is_retried_soon(setup: Rig) -> None:
+    _, registry, haproxy, _ = setup
+    r = reconciler(*setup)
+    r.response_error = lambda command, answer: (  # type: ignore[method-assign]
+        answer if answer.startswith("Server still") else None)
+    for n in ("n1", "n2"):
+        registry.put(edge(n, f"10.0.0.{n[1]}"))
+    r.tick(0.0)
+    registry.put(edge("n2", "10.0.0.2", MemberStatus.LEFT))
+    r.tick(1.0)  # drain
+    original = haproxy._one
+    haproxy._one = lambda c: (  # type: ignore[method-assign]
+        "Server still has connections attached to it, cannot remove it."
+        if c.startswith("del server") else original(c))
+    assert r.tick(2.0).busy, "the refused del is retried by the next pass, soon"
+    assert "n2" in haproxy.servers
+    haproxy._one = original  # type: ignore[method-assign]
+    assert not r.tick(2.1).busy
+    assert set(haproxy.servers) == {"n1"}
 
 
 def test_member_back_after_lbsync_drained_it_is_undrained(setup: Rig) -> None:
