@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
-from common import BENCH
+from common import BENCH, haproxy_processes
 
 from lbsync.cluster.devstack import SERF_PORT, SERF_RPC_PORT, DevStack, StackError, wait_for
 
@@ -63,18 +63,8 @@ class BaselineStack(DevStack):
         return [float(line.split()[0])
                 for line in (self.workdir / "reloads.log").read_text().splitlines()]
 
-    def haproxy_pids(self) -> list[int]:
-        """Every HAProxy this stack started (old ones may still be finishing connections)."""
-        cfg = str(self.workdir / "haproxy.cfg")
-        pids = []
-        for p in psutil.process_iter(["name", "cmdline"]):
-            with contextlib.suppress(psutil.Error):
-                if p.info["name"] == "haproxy" and cfg in (p.info["cmdline"] or []):
-                    pids.append(p.pid)
-        return pids
-
     def stop(self) -> None:
         super().stop()
-        for pid in self.haproxy_pids():
+        for p in haproxy_processes(self.workdir / "haproxy.cfg"):
             with contextlib.suppress(psutil.Error):
-                psutil.Process(pid).kill()
+                p.kill()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -181,6 +182,27 @@ def proc_usage(pid: int) -> Callable[[], dict[str, float]]:
         return {"rss_mb": p.memory_info().rss / 2**20, "cpu_pct": p.cpu_percent(None)}
 
     return probe
+
+
+def haproxy_processes(config: Path) -> list[psutil.Process]:
+    """Every HAProxy process started with this config (old ones may still be finishing
+    their connections after a reload)."""
+    procs = []
+    for p in psutil.process_iter(["name", "cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if p.info["name"] == "haproxy" and str(config) in (p.info["cmdline"] or []):
+                procs.append(p)
+    return procs
+
+
+def haproxy_usage(config: Path) -> dict[str, float]:
+    """How many HAProxy processes run with this config, and their RSS (MB) together."""
+    procs = haproxy_processes(config)
+    rss = 0
+    for p in procs:
+        with contextlib.suppress(psutil.Error):
+            rss += p.memory_info().rss
+    return {"n": len(procs), "rss_mb": round(rss / 2**20, 1)}
 
 
 @dataclass

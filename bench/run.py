@@ -1,17 +1,20 @@
 """lbsync's benchmark suite: one entry point for every measure of issue 5.
 
-    .venv/bin/python bench/run.py --quick --out bench/results/quick.json   # < 5 minutes
-    .venv/bin/python bench/run.py --out bench/results/full.json
+    lbsync bench --quick --out bench/results/quick.json   # < 5 minutes
+    lbsync bench --out bench/results/full.json            # about 10 minutes
+(`lbsync bench` runs this file; `bash scripts/bench.sh ARGS` sets up first.)
 
-Everything runs on loopback with real haproxy, serf and wrk processes (lbsync's devstack);
-members' HTTP servers are light Python backends, so what is measured is the load balancer
-(HAProxy + lbsync), not the application.
+Everything runs on loopback with real haproxy, serf and wrk processes (lbsync's devstack).
+In parts 1-3 and 5 the members' HTTP servers are light Python backends, so what is measured
+is the load balancer (HAProxy + lbsync), not the application; in part 4 the members are
+real Crossbar.io nodes and autobahn WAMP clients hold sessions through HAProxy beside wrk.
   1. join latency: member join -> first request served by it (bench/join_leave.py's run)
   2. graceful leave under load: failed requests, time until out of rotation
   3. crash under load (kill -9 of Serf agent + backend): failed requests, time to DOWN,
      time to removal from haproxy.cfg
-  4. side by side, same run: scale cycles 1 -> 5 -> 1 at a fixed rate, lbsync's runtime-API
-     mode vs the reload-per-change baseline (bench/baseline_handler.sh)
+  4. side by side, same run: scale cycles 1 -> 5 -> 1 at a fixed rate (wrk) with WAMP
+     sessions (bench/wampload.py), lbsync's runtime-API mode vs the reload-per-change
+     baseline (bench/baseline_handler.sh)
   5. scale: a join storm of N members -> all UP, an N-server plan, the agent's RSS/CPU
 Writes the JSON to --out, bench/results/latest.md and PNG plots under bench/results/.
 """
@@ -19,7 +22,9 @@ Writes the JSON to --out, bench/results/latest.md and PNG plots under bench/resu
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -33,23 +38,59 @@ from lbsync.cluster.devstack import DevStack, wait_for
 RESULTS = BENCH / "results"
 
 
+def parse_parts(p: argparse.ArgumentParser, text: str) -> set[int]:
+    try:
+        parts = {int(x) for x in text.split(",")}
+    except ValueError:
+        parts = set()
+    if not parts or not parts <= {1, 2, 3, 4, 5}:
+        p.error(f"--only {text!r}: a comma-separated list of parts 1-5, e.g. 4,5")
+    return parts
+
+
+def preflight(p: argparse.ArgumentParser, parts: set[int]) -> None:
+    """Fail in the first second, not after minutes of measuring, when a part is missing."""
+    need = ["haproxy", "serf"] + (["wrk"] if parts & {2, 3, 4} else [])
+    missing = [b for b in need if shutil.which(b) is None]
+    if 4 in parts and not (Path(sys.executable).parent / "crossbar").exists():
+        missing.append("crossbar (pip install -e '.[edge]')")
+    for module, extra in (("matplotlib", "bench"), ("autobahn", "edge")):
+        if importlib.util.find_spec(module) is None:
+            missing.append(f"{module} (pip install -e '.[{extra}]')")
+    if missing:
+        p.error(f"missing: {', '.join(missing)}; `bash scripts/setup.sh` installs them all")
+
+
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p = argparse.ArgumentParser(prog="lbsync bench", description=__doc__,
+                                formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer runs, 50 members; < 5 minutes")
     p.add_argument("--out", type=Path, required=True, help="JSON results")
     p.add_argument("--rate", type=int, default=800,
                    help="wrk's nominal rate (req/s; the measured rate is reported)")
+    p.add_argument("--wamp-held", type=int, default=10,
+                   help="part 4: WAMP clients holding one session for the whole run")
+    p.add_argument("--wamp-rotating", type=int, default=20,
+                   help="part 4: WAMP clients renewing their session every 2-6 s")
     p.add_argument("--only", default="1,2,3,4,5", help="parts to run, e.g. 4,5")
     p.add_argument("--results", type=Path, default=RESULTS,
                    help="folder of latest.md and the plots (default bench/results)")
     # 127.150 is the local-cluster test's, 127.60-79 the agent tests': stay clear of them.
     p.add_argument("--net", type=int, default=200, help="first N of 127.N.0.x (uses N..N+4)")
     args = p.parse_args()
-    parts = {int(x) for x in args.only.split(",")}
+    parts = parse_parts(p, args.only)
+    if args.rate < 100:
+        p.error(f"--rate {args.rate}: at least 100 req/s")
+    if not 1 <= args.net <= 250:
+        p.error(f"--net {args.net}: must be 1-250 (the run uses 127.N.0.x to 127.N+4.0.x)")
+    if args.wamp_held < 0 or args.wamp_rotating < 0 or args.wamp_held + args.wamp_rotating == 0:
+        p.error("--wamp-held and --wamp-rotating must be >= 0, and not both 0")
+    preflight(p, parts)
     q = args.quick
-    cfg = {"join_runs": 10 if q else 20, "leave_runs": 1 if q else 3,
-           "crash_runs": 1 if q else 3, "cycles": 3 if q else 10,
-           "scale_sizes": [50] if q else [100, 200], "rate_req_s": args.rate}
+    cfg = {"join_runs": 10 if q else 20, "leave_runs": 1 if q else 5,
+           "crash_runs": 1 if q else 5, "cycles": 3 if q else 10,
+           "scale_sizes": [50] if q else [100, 200], "rate_req_s": args.rate,
+           "wamp_held": args.wamp_held, "wamp_rotating": args.wamp_rotating}
 
     from churn import crash_under_load, join_latency, leave_under_load
     from scale import storm
@@ -60,8 +101,10 @@ def main() -> None:
         "command": " ".join([".venv/bin/python", "bench/run.py", *sys.argv[1:]]),
         "quick": q, "config": cfg, "machine": machine(),
         "started_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-        "backends": "light Python HTTP servers (lbsync.cluster.backend): the load balancer "
-                    "(HAProxy + lbsync) is what is measured",
+        "backends": "parts 1-3 and 5: light Python HTTP servers (lbsync.cluster.backend), so "
+                    "the load balancer (HAProxy + lbsync) is what is measured; part 4: real "
+                    "Crossbar.io nodes (1 router + 1 proxy worker each), so WAMP sessions "
+                    "can run through the same backend as the HTTP load",
         "load": "wrk at a fixed rate (bench/paced.lua: connections x 1000 / delay_ms), a new "
                 "connection per request; failed = requests sent that got no answer (socket "
                 "error, timeout) + non-2xx/3xx answers",
@@ -93,7 +136,8 @@ def main() -> None:
         if 4 in parts:
             print("4. side by side: runtime API vs reload per change", flush=True)
             result["side_by_side"] = side_by_side(tmp, cfg["cycles"], args.rate,
-                                                  (args.net + 1, args.net + 2))
+                                                  (args.net + 1, args.net + 2),
+                                                  (args.wamp_held, args.wamp_rotating))
         if 5 in parts:
             print("5. scale", flush=True)
             result["scale"] = [storm(tmp, n, args.net + 3 + i)

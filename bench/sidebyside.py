@@ -1,5 +1,10 @@
 """Part 4 of bench/run.py: the same scale cycles (1 -> 5 -> 1) under the same fixed load,
-once with lbsync's runtime-API mode and once with the reload-per-change baseline."""
+once with lbsync's runtime-API mode and once with the reload-per-change baseline.
+
+The members are real Crossbar nodes (bench/edges.py). The load is wrk's HTTP requests at
+a fixed rate plus autobahn WAMP clients (bench/wampload.py): held sessions, which all land
+on node1 (the member that never leaves) and must outlive every cycle, and rotating
+sessions, which renew every 2-6 s and so sit on the members when they leave."""
 
 from __future__ import annotations
 
@@ -9,11 +14,18 @@ import time
 from pathlib import Path
 
 from baseline import BaselineStack
-from common import Prober, Sampler, Wrk, proc_usage, serve_many
+from common import Prober, Sampler, Wrk, haproxy_usage, proc_usage, summary
+from edges import CrossbarMembers, WampLoad, crossbar_id
 
-from lbsync.cluster.devstack import DevStack, wait_for
+from lbsync.cluster.devstack import HTTP_PORT, DevStack, wait_for
+from lbsync.edge.sidecar import LB_GRACE
 
 HOLD_S = 2.0  # time spent at 5 and at 1 member in each cycle
+# The members that join and leave, alternating by cycle: a member's Crossbar stops when it
+# leaves and starts again at once, and is serving again by the time its set comes back.
+SETS = ((2, 3, 4, 5), (6, 7, 8, 9))
+KEPT = 1  # node1 never leaves: its sessions must outlive every cycle
+RESTART_NICE = 19
 
 
 def _servers(stack: DevStack) -> dict[str, int]:
@@ -21,48 +33,91 @@ def _servers(stack: DevStack) -> dict[str, int]:
     return {"up": sum(s.up for s in states.values()), "total": len(states)}
 
 
+def _leave(stack: DevStack, edges: CrossbarMembers, index: int, name: str,
+           out: list[float]) -> None:
+    """Scale-down of one member, the same in both modes: `serf leave`, wait until HAProxy
+    no longer has the server (lbsync: after its drain; baseline: after the reload), give it
+    the sidecar's grace second, then stop the node's Crossbar, as a supervisor would."""
+    t0 = time.monotonic()
+    stack.leave_member(name)
+    wait_for(lambda: name not in stack.servers(), 90, f"{name} out of HAProxy")
+    out.append(time.monotonic() - t0)
+    time.sleep(LB_GRACE)
+    edges.stop(index)
+
+
 def scale_cycles(stack: DevStack, mode: str, cycles: int, tmp: Path,
-                 rate: int) -> dict[str, object]:
-    serve_many(stack, "http-all", [(f"node{i}", stack.member_ip(i)) for i in range(1, 6)])
-    time.sleep(1)
-    stack.add_member(1, http=False)
-    wait_for(lambda: stack.up_servers() == {"node1"}, 30, "node1 UP")
+                 rate: int, wamp_clients: tuple[int, int]) -> dict[str, object]:
+    edges = CrossbarMembers(stack)
+    every = [KEPT, *SETS[0], *SETS[1]]
+    for i in every:
+        edges.start(i)
+    crossbar_start_s = edges.wait(every)
+    stack.add_member(KEPT, http=False)
+    wait_for(lambda: stack.up_servers() == {f"node{KEPT}"}, 30, "node1 UP")
     reloads_before = _reloads(stack)
     events: list[tuple[float, str]] = []
-    wrk = Wrk(stack.frontend, tmp / f"cycles-{mode}.json", rate=rate)
+    leave_s: list[float] = []
+    wrk = Wrk(stack.frontend + "/mydata", tmp / f"cycles-{mode}.json", rate=rate)
+    wamp = WampLoad(f"ws://{stack.lb_ip}:{HTTP_PORT}/ws", tmp / f"wamp-{mode}.json",
+                    held=wamp_clients[0], rotating=wamp_clients[1])
     agent = stack.procs.get("agent")
     usage_probe = proc_usage(agent.pid) if agent else (lambda: None)
+    config = stack.paths["config"]
     with Sampler(lambda: _servers(stack), interval=0.1) as sampler, \
             Sampler(usage_probe, interval=0.5) as usage, \
+            Sampler(lambda: haproxy_usage(config), interval=0.5) as haproxies, \
             Prober(f"{stack.frontend}/mydata") as prober:
+        wamp.start()
         wrk.start()
         time.sleep(HOLD_S)
         for c in range(cycles):
-            names = [f"c{c}n{i}" for i in range(2, 6)]
+            joining = SETS[c % 2]
+            edges.wait(list(joining))
+            names = [f"c{c}n{i}" for i in joining]
             events.append((time.time(), "scale 1 -> 5"))
-            for i, name in zip(range(2, 6), names, strict=True):
+            for i, name in zip(joining, names, strict=True):
                 stack.add_member(i, name=name, http=False)
-            wait_for(lambda n=names: set(n) <= stack.up_servers(), 60, "5 UP")  # type: ignore[misc]
+            wait_for(lambda n=names: set(n) <= stack.up_servers(), 60, "5 UP")
             time.sleep(HOLD_S)
             events.append((time.time(), "scale 5 -> 1"))
-            leaving = [threading.Thread(target=stack.leave_member, args=(n,)) for n in names]
+            leaving = [threading.Thread(target=_leave, args=(stack, edges, i, n, leave_s))
+                       for i, n in zip(joining, names, strict=True)]
             for t in leaving:
                 t.start()
             for t in leaving:
                 t.join()
             wait_for(lambda: set(stack.servers()) == {"node1"}, 60, "back to 1 server")
+            for i in joining:  # serving again by the time this set is used again, on spare CPU
+                edges.start(i, nice=RESTART_NICE)
             time.sleep(HOLD_S)
             print(f"  {mode}: cycle {c + 1}/{cycles} done", flush=True)
         load = wrk.stop()
+        sessions = wamp.stop()
     reloads = _reloads(stack) - reloads_before
     cpu = [v["cpu_pct"] for _, v in usage.samples if isinstance(v, dict)]
     reload_times = stack.reload_times() if isinstance(stack, BaselineStack) else []
+    hap = [v for _, v in haproxies.samples if isinstance(v, dict)]
+    kept = crossbar_id(KEPT)
+    sessions["drops_on_kept_member"] = sum(d["node"] == kept for d in sessions["drops"])
+    sessions["kept_member"] = kept
     print(f"  {mode}: failed {load['failed']}/{load['requests']} at {load['rate_req_s']} req/s,"
           f" p50 {load['latency_ms']['p50']:.2f} ms, p99 {load['latency_ms']['p99']:.2f} ms,"  # type: ignore[index]
-          f" reloads {reloads}; probe failed {prober.summary()['failed']}", flush=True)
+          f" reloads {reloads}; probe failed {prober.summary()['failed']}; WAMP: "
+          f"{sessions['sessions_opened']} sessions, {len(sessions['drops'])} dropped "
+          f"({sessions['drops_on_kept_member']} on {kept}), "
+          f"{len(sessions['connect_failures'])} connect failures, "
+          f"calls failed {sessions['calls']['failed']}/"
+          f"{sessions['calls']['ok'] + sessions['calls']['failed']}", flush=True)
     return {"mode": mode, "cycles": cycles, "membership_changes": 2 * cycles * 4,
             "reloads": reloads, "reload_times": reload_times, "load": load,
             "wrk_started": wrk.started, "events": events, "probe": prober.summary(),
+            "wamp": sessions, "crossbar_start_s": round(crossbar_start_s, 1),
+            "leave_to_out_of_haproxy_s": summary(leave_s),
+            "haproxy_processes_max": max((v["n"] for v in hap), default=None),
+            "haproxy_processes_at_end": hap[-1]["n"] if hap else None,
+            "haproxy_rss_mb_max": max((v["rss_mb"] for v in hap), default=None),
+            "haproxy_processes": [(t, v) for t, v in haproxies.samples],
             "lbsync_agent_cpu_pct_mean": round(statistics.mean(cpu), 1) if cpu else None,
             "servers": [(t, v) for t, v in sampler.samples]}
 
@@ -73,14 +128,15 @@ def _reloads(stack: DevStack) -> int:
     return stack.master().reload_count()
 
 
-def side_by_side(tmp: Path, cycles: int, rate: int, nets: tuple[int, int]) -> dict[str, object]:
+def side_by_side(tmp: Path, cycles: int, rate: int, nets: tuple[int, int],
+                 wamp_clients: tuple[int, int]) -> dict[str, object]:
     out: dict[str, object] = {}
     for mode, cls, net in (("runtime-api", DevStack, nets[0]),
                            ("reload-baseline", BaselineStack, nets[1])):
         stack = cls(tmp / mode, net=net)
         try:
             stack.start()
-            out[mode] = scale_cycles(stack, mode, cycles, tmp, rate)
+            out[mode] = scale_cycles(stack, mode, cycles, tmp, rate, wamp_clients)
         finally:
             stack.stop()
     a, b = out["runtime-api"], out["reload-baseline"]

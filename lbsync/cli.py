@@ -432,3 +432,20 @@ def probe_(url: str, realm: str, timeout: str) -> None:
     from .edge.probe import probe
 
     click.echo(probe(url, realm, parse_duration(timeout, "--timeout")).line())
+
+
+@main.command("bench", context_settings={"ignore_unknown_options": True,
+                                         "allow_extra_args": True, "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def bench_(args: tuple[str, ...]) -> None:
+    """Run the benchmark suite: lbsync bench [--quick] --out FILE (`lbsync bench --help`).
+
+    It is bench/run.py of a source checkout (bench/ is not in the wheel); every argument
+    goes to it. --quick finishes in under 5 minutes.
+    """
+    script = Path(__file__).resolve().parent.parent / "bench" / "run.py"
+    if not script.is_file():
+        _fail(f"lbsync bench needs a source checkout: {script} is missing (bench/ is not "
+              "installed with the package; clone the repository and `pip install -e "
+              "'.[edge,bench]'`)")
+    os.execv(sys.executable, [sys.executable, str(script), *args])

@@ -195,6 +195,10 @@ class DevStack:
                 p.kill()
                 p.wait()
 
+    def terminate(self, key: str, timeout: float = 5) -> None:
+        """SIGTERM one process (group) of the stack, SIGKILL it after `timeout` s."""
+        _reap(self.procs[key], timeout)
+
     def kill(self, key: str) -> None:
         p = self.procs[key]
         if p.poll() is None:

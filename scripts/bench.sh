@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up, then run the benchmark suite (bench/run.py through `lbsync bench`); arguments go
+# to it, e.g. `bash scripts/bench.sh --quick --out bench/results/quick.json` (< 5 minutes).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+exec .venv/bin/lbsync bench "$@"

@@ -1,0 +1,98 @@
+"""The benchmark's own instruments against real processes: `lbsync bench`'s argument
+checks, and bench/wampload.py counting WAMP sessions, calls and drops through HAProxy to
+a real Crossbar node. A benchmark figure is only as good as the tool that counts it."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from lbsync.cluster.devstack import HTTP_PORT, DevStack, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "bench"))
+
+from edges import CrossbarMembers, WampLoad, crossbar_id  # noqa: E402
+
+pytestmark = pytest.mark.integration
+CROSSBAR = Path(sys.executable).parent / "crossbar"
+
+
+def lbsync_bench(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "lbsync", "bench", *args], capture_output=True,
+                          text=True, timeout=60, check=False)
+
+
+@pytest.mark.parametrize(("args", "fragment"), [
+    (["--out", "x.json", "--only", "9"], "--only '9'"),
+    (["--out", "x.json", "--only", "a,b"], "--only 'a,b'"),
+    (["--out", "x.json", "--net", "0"], "--net 0"),
+    (["--out", "x.json", "--rate", "5"], "--rate 5"),
+    (["--out", "x.json", "--wamp-held", "0", "--wamp-rotating", "0"], "--wamp-held"),
+    (["--quick"], "--out"),
+])
+def test_bench_refuses_bad_arguments_in_one_line(args: list[str], fragment: str) -> None:
+    r = lbsync_bench(*args)
+    assert r.returncode == 2
+    assert fragment in r.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in r.stderr
+
+
+def test_bench_help_is_the_suites() -> None:
+    r = lbsync_bench("--help")
+    assert r.returncode == 0
+    assert r.stdout.startswith("usage: lbsync bench")
+    assert "--quick" in r.stdout
+
+
+@pytest.fixture
+def one_crossbar_member(tmp_path: Path) -> Iterator[tuple[DevStack, CrossbarMembers]]:
+    if not (shutil.which("haproxy") and shutil.which("serf") and CROSSBAR.exists()):
+        pytest.skip("needs haproxy, serf and crossbar (the edge extra)")
+    stack = DevStack(tmp_path / "stack", net=181)
+    edges = CrossbarMembers(stack)
+    try:
+        stack.start()
+        edges.start(1)
+        edges.wait([1])
+        stack.add_member(1, http=False)
+        wait_for(lambda: stack.up_servers() == {"node1"}, 30, "node1 UP")
+        yield stack, edges
+    finally:
+        stack.stop()
+
+
+def test_wampload_counts_calls_and_exactly_the_drops_a_node_stop_causes(
+        one_crossbar_member: tuple[DevStack, CrossbarMembers], tmp_path: Path) -> None:
+    stack, edges = one_crossbar_member
+    load = WampLoad(f"ws://{stack.lb_ip}:{HTTP_PORT}/ws", tmp_path / "wamp.json",
+                    held=2, rotating=2)
+    load.start()
+    wait_for(lambda: (tmp_path / "wamp.log").exists(), 5, "the load's log")
+    time.sleep(4)  # sessions open, rotating ones renew at least once
+    stopped_at = time.time()
+    edges.stop(1)  # the node goes: every open session ends under its client
+    edges.start(1)
+    edges.wait([1])
+    wait_for(lambda: stack.up_servers() == {"node1"}, 30, "node1 UP again")
+    time.sleep(3)  # clients reconnect through HAProxy
+    r = load.stop()
+
+    assert r["calls"]["ok"] > 20 and r["calls"]["failed"] == 0
+    assert r["sessions_per_node"] == {crossbar_id(1): r["sessions_opened"]}
+    drops = r["drops"]
+    # The two held sessions were open when the node stopped; the rotating ones were too,
+    # unless caught between a GOODBYE and their next join.
+    assert r["drops_held"] == 2
+    assert 2 <= len(drops) <= 4
+    assert all(d["t"] >= stopped_at for d in drops), "a drop before the node stopped"
+    assert r["reconnect_s"]["n"] == len(drops), "a dropped client did not come back"
+    assert r["sessions_closed_by_client"] >= 2 + 2  # rotations + the final GOODBYEs
+    # Sampled every 0.25 s; a rotating client is between two sessions for a few ms.
+    assert max(n for _, n in r["alive"][-8:]) == 4, "every client holds a session again"
