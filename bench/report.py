@@ -77,6 +77,8 @@ def markdown(r: dict[str, Any], json_path: Path, plots: list[Path]) -> str:
         out.append(f"| ratio baseline / runtime API | | | {_f(rt['failed'], 2)} | | "
                    f"{_f(rt['latency_p50'], 2)} | {_f(rt['latency_p99'], 2)} | "
                    f"{_f(rt['reloads'], 2)} |")
+        if "wamp" in a:
+            out += wamp_table(sb)
         cpu = a.get("lbsync_agent_cpu_pct_mean")
         out += ["", f"lbsync agent CPU during the runtime-API cycles: {cpu} % of one core (mean)."]
         out += ["", "failed = requests wrk sent that got no answer (socket error, timeout) + "
@@ -109,9 +111,37 @@ def markdown(r: dict[str, Any], json_path: Path, plots: list[Path]) -> str:
     return "\n".join(out)
 
 
+def wamp_table(sb: dict[str, Any]) -> list[str]:
+    w0 = sb["runtime-api"]["wamp"]
+    out = ["", f"WAMP during the same cycles: {w0['held']} autobahn clients hold one session "
+           f"each (they land on {w0['kept_member']}, the member that never leaves), "
+           f"{w0['rotating']} renew theirs every {w0['rotate_s'][0]:g}-{w0['rotate_s'][1]:g} s "
+           f"(so members hold sessions when they leave); every client calls its own echo "
+           f"procedure every {w0['call_interval_s']:g} s. A scale-down, in both modes: serf "
+           "leave, wait until HAProxy has lost the server, 1 s, stop the node's Crossbar.", "",
+           "| mode | sessions | dropped | dropped on the kept member | connect failures | "
+           "calls failed | call p50 / p99 | leave → out of HAProxy (p50) | HAProxy processes "
+           "(max / at end) |", "|---|---|---|---|---|---|---|---|---|"]
+    for key, label, _ in MODES:
+        x = sb[key]
+        w = x["wamp"]
+        c = w["calls"]
+        out.append(
+            f"| {label} | {w['sessions_opened']} | {len(w['drops'])} (held {w['drops_held']}) "
+            f"| {w['drops_on_kept_member']} | {len(w['connect_failures'])} | {c['failed']} of "
+            f"{c['ok'] + c['failed']} | {_f(c['latency_ms']['p50'], 1)} / "
+            f"{_f(c['latency_ms']['p99'], 1)} ms | "
+            f"{x['leave_to_out_of_haproxy_s']['p50']:.2f} s | "
+            f"{x['haproxy_processes_max']} / {x['haproxy_processes_at_end']} |")
+    out += ["", "A drop is a session that ended without its client's GOODBYE; its client opens "
+            "a new one at once. HAProxy processes: lbsync mode runs one master and one worker; "
+            "the baseline's reloads leave old processes running while they hold sessions."]
+    return out
+
+
 def plot_side_by_side(sb: dict[str, Any], path: Path) -> Path:
-    fig, axes = plt.subplots(2, 1, figsize=(12, 8))
-    fig.subplots_adjust(top=0.87, bottom=0.07, hspace=0.38, left=0.06, right=0.93)
+    fig, axes = plt.subplots(2, 1, figsize=(14, 8))
+    fig.subplots_adjust(top=0.87, bottom=0.07, hspace=0.38, left=0.05, right=0.74)
     for ax, (key, label, color) in zip(axes, MODES, strict=True):
         x = sb[key]
         t0 = x["wrk_started"]
@@ -121,11 +151,21 @@ def plot_side_by_side(sb: dict[str, Any], path: Path) -> Path:
         ax.step(ts, up, where="post", color=color, label="servers UP in HAProxy")
         if gaps:
             ax.plot(gaps, [0] * len(gaps), "x", color="grey", label="runtime socket unreachable")
-        for i, t in enumerate(x.get("reload_times", [])):
+        # Reloads before the load started (the baseline's first members) are off the plot.
+        for i, t in enumerate(t for t in x.get("reload_times", []) if t >= t0):
             ax.axvline(t - t0, color="orange", lw=0.8, ls=":",
                        label="HAProxy reload" if i == 0 else None)
-        ax.set_ylabel("servers UP")
-        ax.set_ylim(0, 6)
+        hap = [(t - t0, v["n"]) for t, v in x.get("haproxy_processes", []) if v]
+        if hap:
+            ax.step([t for t, _ in hap], [n for _, n in hap], where="post", color="purple",
+                    lw=1, ls="--", label="HAProxy processes")
+        top = max([6, *[n + 1 for _, n in hap]])
+        if "wamp" in x:
+            drops = [d["t"] - t0 for d in x["wamp"]["drops"]]
+            ax.plot(drops, [top - 0.5] * len(drops), "x", color="red", ms=7,
+                    label=f"WAMP session dropped ({len(drops)})")
+        ax.set_ylabel("servers UP / processes")
+        ax.set_ylim(0, top)
         ax2 = ax.twinx()
         tl = x["load"]["timeline"]
         ax2.plot([row["t"] - t0 + 0.5 for row in tl], [row["ok"] for row in tl], color="grey",
@@ -140,10 +180,12 @@ def plot_side_by_side(sb: dict[str, Any], path: Path) -> Path:
                      f"({ld['rate_req_s']} req/s), {x['reloads']} reloads")
         h1, l1 = ax.get_legend_handles_labels()
         h2, l2 = ax2.get_legend_handles_labels()
-        ax.legend(h1 + h2, l1 + l2, loc="lower left", fontsize=8, ncols=2, framealpha=0.9)
+        ax.legend(h1 + h2, l1 + l2, loc="upper left", bbox_to_anchor=(1.07, 1.0), fontsize=8)
+        ax.set_xlim(left=0)
         ax.grid(alpha=0.3)
         ax.set_xlabel("seconds since the load started")
-    fig.suptitle("Scale cycles 1 → 5 → 1 under a fixed request rate (wrk), same machine, same run"
+    fig.suptitle("Scale cycles 1 → 5 → 1 under a fixed request rate (wrk) and WAMP sessions, "
+                 "same machine, same run"
                  "\n(failed-request times from a Python probe client sending a GET every 20 ms "
                  "beside wrk; totals in the titles are wrk's)", fontsize=10)
     fig.savefig(path, dpi=110)
@@ -152,7 +194,9 @@ def plot_side_by_side(sb: dict[str, Any], path: Path) -> Path:
 
 
 def plot_latency(r: dict[str, Any], path: Path) -> Path:
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    wamp = "side_by_side" in r and "wamp" in r["side_by_side"]["runtime-api"]
+    fig, axes = plt.subplots(1, 3 if wamp else 2, figsize=(16 if wamp else 11, 4.2))
+    a1, a2 = axes[0], axes[1]
     if "join" in r:
         js = sorted(s["join_s"] for s in r["join"]["samples"])
         a1.plot(js, [(i + 1) / len(js) for i in range(len(js))], "o-", ms=3)
@@ -175,6 +219,21 @@ def plot_latency(r: dict[str, Any], path: Path) -> Path:
         a2.set_title("Request latency during the scale cycles (wrk)")
         a2.legend(fontsize=8)
         a2.grid(alpha=0.3, axis="y")
+    if "join" not in r:
+        fig.delaxes(a1)
+    if wamp:
+        a3 = axes[2]
+        keys = ["p50", "p99", "max"]
+        for k, (key, label, color) in enumerate(MODES):
+            lat = r["side_by_side"][key]["wamp"]["calls"]["latency_ms"]
+            a3.bar([i + (k - 0.5) * 0.38 for i in range(len(keys))],
+                   [max(lat[q] or 0.01, 0.01) for q in keys], 0.38, color=color, label=label)
+        a3.set_xticks(range(len(keys)), keys)
+        a3.set_yscale("log")
+        a3.set_ylabel("WAMP call round trip (ms, log)")
+        a3.set_title("WAMP calls during the scale cycles (autobahn)")
+        a3.legend(fontsize=8)
+        a3.grid(alpha=0.3, axis="y")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
