@@ -98,7 +98,7 @@ def main() -> None:
 
     started = time.time()
     result: dict[str, object] = {
-        "command": " ".join([".venv/bin/python", "bench/run.py", *sys.argv[1:]]),
+        "command": " ".join([".venv/bin/lbsync", "bench", *sys.argv[1:]]),
         "quick": q, "config": cfg, "machine": machine(),
         "started_utc": datetime.now(UTC).isoformat(timespec="seconds"),
         "backends": "parts 1-3 and 5: light Python HTTP servers (lbsync.cluster.backend), so "
