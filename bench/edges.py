@@ -100,6 +100,7 @@ class WampLoad:
     out: Path
     held: int = 10
     rotating: int = 20
+    timeout: float = 5.0  # connect/join/call timeout of each attempt
     proc: subprocess.Popen[bytes] | None = None
     started: float = 0.0
 
@@ -110,7 +111,7 @@ class WampLoad:
             self.proc = subprocess.Popen(
                 [sys.executable, str(BENCH / "wampload.py"), "--url", self.url,
                  "--held", str(self.held), "--rotating", str(self.rotating),
-                 "--out", str(self.out)],
+                 "--timeout", str(self.timeout), "--out", str(self.out)],
                 stdout=log, stderr=subprocess.STDOUT)
 
     def stop(self) -> dict[str, Any]:

@@ -72,7 +72,7 @@ def test_wampload_counts_calls_and_exactly_the_drops_a_node_stop_causes(
         one_crossbar_member: tuple[DevStack, CrossbarMembers], tmp_path: Path) -> None:
     stack, edges = one_crossbar_member
     load = WampLoad(f"ws://{stack.lb_ip}:{HTTP_PORT}/ws", tmp_path / "wamp.json",
-                    held=2, rotating=2)
+                    held=2, rotating=2, timeout=2.0)
     load.start()
     wait_for(lambda: (tmp_path / "wamp.log").exists(), 5, "the load's log")
     time.sleep(4)  # sessions open, rotating ones renew at least once
@@ -81,7 +81,9 @@ def test_wampload_counts_calls_and_exactly_the_drops_a_node_stop_causes(
     edges.start(1)
     edges.wait([1])
     wait_for(lambda: stack.up_servers() == {"node1"}, 30, "node1 UP again")
-    time.sleep(3)  # clients reconnect through HAProxy
+    # Clients reconnect through HAProxy. An attempt made while the server was DOWN waits
+    # in HAProxy's queue until the client's 2 s timeout, so allow a few attempts' time.
+    time.sleep(8)
     r = load.stop()
 
     assert r["calls"]["ok"] > 20 and r["calls"]["failed"] == 0
