@@ -35,6 +35,7 @@ from autobahn.asyncio.wamp import ApplicationSession
 from autobahn.asyncio.websocket import WampWebSocketClientFactory
 from autobahn.wamp.types import CloseDetails, ComponentConfig, SessionDetails
 from autobahn.websocket.util import parse_url
+from common import pct
 
 ROTATE_MIN, ROTATE_MAX = 2.0, 6.0
 
@@ -184,10 +185,7 @@ class Load:
 
 
 def _pct(values: list[float], p: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return round(ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))], 2)
+    return round(pct(values, p), 2) if values else None
 
 
 def summary(rec: Record, args: argparse.Namespace) -> dict[str, Any]:

@@ -69,21 +69,18 @@ def make_plan(
     for name, cur in sorted(have.items()):
         if name in desired.servers:
             continue
+        # A failed member goes the way of a leaving one, with its own names and deadline.
+        failed = name in desired.failed
         since = now - drain_started.get(name, now)
-        if name in desired.failed and not cur.admin_state & ADMIN_FMAINT:
-            if failed_grace <= 0 or (cur.draining and since >= failed_grace):
-                kill.append(name)
-            elif not cur.draining:
-                suspect.append(name)
-            elif cur.sessions == 0:
-                remove.append(name)
-            else:
-                waiting.append(name)
-        elif cur.admin_state & ADMIN_FMAINT:
+        if cur.admin_state & ADMIN_FMAINT:
             remove.append(name)  # already out of rotation (an interrupted removal)
+        elif failed and failed_grace <= 0:
+            kill.append(name)
         elif not cur.draining:
-            drain.append(name)
-        elif cur.sessions == 0 or since >= drain_timeout:
+            (suspect if failed else drain).append(name)
+        elif failed and since >= failed_grace:
+            kill.append(name)
+        elif cur.sessions == 0 or (not failed and since >= drain_timeout):
             remove.append(name)
         else:
             waiting.append(name)
