@@ -449,3 +449,115 @@ def bench_(args: tuple[str, ...]) -> None:
               "installed with the package; clone the repository and `pip install -e "
               "'.[edge,bench]'`)")
     os.execv(sys.executable, [sys.executable, str(script), *args])
+
+
+# --- the classroom lab -------------------------------------------------------------------
+
+
+@main.group("lab", cls=_Group)
+def lab() -> None:
+    """The classroom lab: a student's folder, its deliverables, and whether it is complete."""
+
+
+_LAB_DIR = click.option("--dir", "dir_", type=click.Path(path_type=Path), default=Path("."),
+                        show_default=True, help="the lab folder (made by `lbsync lab init`)")
+
+
+@lab.command("init")
+@click.argument("dir_", metavar="DIR", type=click.Path(path_type=Path))
+def lab_init(dir_: Path) -> None:
+    """Make a student's lab folder: report.md, logs/, work/haproxy.cfg.j2."""
+    from .lab.collect import init
+    from .lab.spec import lab_file
+    from .render import load_template
+
+    _, template = load_template(None)
+    for path in init(dir_, template, lab_file("report/TEMPLATE.md")):
+        click.echo(f"wrote {path}")
+    click.echo(f"lab folder ready: cd {dir_}; the tasks are in labs/tasks/ "
+               "(lbsync lab collect TASK --step NAME after each step)")
+
+
+@lab.command("collect")
+@click.argument("task", type=int)
+@click.option("--step", "step_name", required=True, help="the step's name (see the task page)")
+@_LAB_DIR
+@click.option("--mode", type=click.Choice(["docker", "local"]), default=None,
+              help="which stack to collect from (default: the one that runs)")
+@click.option("--cluster-dir", type=click.Path(path_type=Path), default=None,
+              envvar="LBSYNC_CLUSTER_DIR", show_envvar=True,
+              help="the local cluster's folder (default: lbsync up's)")
+@click.option("--project", default=None, help="the compose project (default: the one running)")
+def lab_collect(task: int, step_name: str, dir_: Path, mode: str | None,
+                cluster_dir: Path | None, project: str | None) -> None:
+    """Collect one step's deliverables from the running stack into DIR/logs/task-N/STEP."""
+    from .lab.collect import check_workdir, collect, preflight
+    from .lab.spec import load_lab
+    from .lab.tracks import find_track
+
+    spec = load_lab()
+    step = spec.task(task).step(step_name)
+    workdir = check_workdir(dir_)
+    preflight(step, workdir)
+    collect(spec, step, workdir, find_track(mode, cluster_dir, project))
+
+
+@lab.command("check")
+@click.argument("dirs", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--task", "task_id", type=int, default=None, help="only this task")
+@click.option("--json", "as_json_", is_flag=True, help="machine-readable output")
+def lab_check(dirs: tuple[Path, ...], task_id: int | None, as_json_: bool) -> None:
+    """Is each lab folder a complete report? Exit 0 only when every one is."""
+    from .lab.check import as_json, check_folder, format_problems
+    from .lab.collect import check_workdir
+    from .lab.spec import load_lab
+
+    spec = load_lab()
+    if task_id is not None:
+        spec.task(task_id)  # an unknown task is an error, not an empty report
+    results = {}
+    for d in dirs or (Path("."),):
+        results[d] = check_folder(check_workdir(d), spec, task_id)
+    if as_json_:
+        click.echo(as_json(results), nl=False)
+    else:
+        for d, problems in results.items():
+            click.echo(format_problems(d, problems), nl=False)
+        if len(results) > 1:
+            done = sum(1 for p in results.values() if not p)
+            click.echo(f"{done} of {len(results)} folders complete")
+    if any(results.values()):
+        sys.exit(1)
+
+
+@lab.command("pages")
+@click.option("--labs", "labs_dir", type=click.Path(path_type=Path, file_okay=False),
+              default=Path("labs"), show_default=True, help="the labs/ folder of a checkout")
+@click.option("--check", "check_only", is_flag=True, help="exit 1 if a page is out of date")
+def lab_pages(labs_dir: Path, check_only: bool) -> None:
+    """Remake the task pages' deliverables tables and the report template from lab.toml."""
+    from .lab.pages import expected_pages
+    from .lab.spec import load_lab
+
+    stale = []
+    for path, text in expected_pages(load_lab(labs_dir / "lab.toml"), labs_dir).items():
+        current = path.read_text(encoding="utf-8") if path.exists() else None
+        if current != text:
+            stale.append(path)
+            if not check_only:
+                atomic_write(path, text)
+                click.echo(f"wrote {path}")
+    if check_only and stale:
+        _fail(f"out of date with lab.toml: {', '.join(map(str, stale))} (lbsync lab pages)")
+
+
+@lab.command("sessions")
+@click.option("--url", default="ws://127.0.0.1:8080/ws", show_default=True)
+@click.option("--realm", default="realm1", show_default=True)
+@click.option("--count", type=click.IntRange(1, 200), default=6, show_default=True)
+@click.option("--for", "for_", default="40s", show_default=True, help="how long to hold them")
+def lab_sessions(url: str, realm: str, count: int, for_: str) -> None:
+    """Hold WAMP sessions through HAProxy; say which the fleet closed and where they went."""
+    from .lab.sessions import hold_sessions
+
+    hold_sessions(url, realm, count, parse_duration(for_, "--for"))
