@@ -5,8 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# wrk: the load generator of bench/run.py.
-APT_PACKAGES=(haproxy serf python3 python3-venv python3-pip curl netcat-openbsd procps wrk)
+# wrk: the load generator of bench/run.py. chromium: the lab's stats page screenshots
+# (lbsync lab collect).
+APT_PACKAGES=(haproxy serf python3 python3-venv python3-pip curl netcat-openbsd procps wrk
+              chromium)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -48,6 +48,7 @@ class Context:
     track: LocalTrack | DockerTrack
     workdir: Path
     out: Path  # the staging folder
+    final: Path  # where the staging folder goes once every collector succeeded
 
     def write(self, name: str, text: str | bytes) -> None:
         path = self.out / name
@@ -234,6 +235,10 @@ def _bench(c: Context) -> str:
     if r.code != 0:
         raise LabError(f"the benchmark failed (exit {r.code}): "
                        f"{(r.out.strip().splitlines() or ['no output'])[-1]}")
+    # The results name their own paths: name the step folder, not the staging folder.
+    for path in c.out.iterdir():
+        if path.suffix in (".md", ".json", ".txt"):
+            path.write_text(path.read_text().replace(str(c.out), str(c.final)))
     return f"both modes in {time.monotonic() - started:.0f}s"
 
 
@@ -276,7 +281,7 @@ def collect(lab: Lab, step: Step, workdir: Path, track: LocalTrack | DockerTrack
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{step.name}.", dir=final.parent))
     try:
-        context = Context(track, workdir, staging)
+        context = Context(track, workdir, staging, final)
         total = len(step.collect) + len(step.attach)
         out.write(f"task {step.task}, step {step.name}: {total} deliverable(s) from the "
                   f"{track.name} stack into {final}\n")

@@ -1,5 +1,5 @@
-"""The parts of labs/ made from lab.toml: each task page's deliverables table and the whole
-report template (pure text in, text out; `lbsync lab pages` writes them)."""
+"""The parts of labs/ made from lab.toml: each task page's deliverables table, the guide's
+time table and the whole report template (`lbsync lab pages` writes them)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from .spec import Lab, LabError, Task
 
 BEGIN = "<!-- lab:deliverables begin -->"
 END = "<!-- lab:deliverables end -->"
+TIMES_BEGIN = "<!-- lab:times begin -->"
+TIMES_END = "<!-- lab:times end -->"
 
 
 def deliverables_table(task: Task) -> str:
@@ -25,11 +27,24 @@ def deliverables_table(task: Task) -> str:
             f"{', '.join(task.questions)} in `report.md`.\n")
 
 
-def with_table(page: str, task: Task, label: str) -> str:
-    begin, end = page.find(BEGIN), page.find(END)
+def times_table(lab: Lab) -> str:
+    rows = ["| task | title | minutes |", "|---|---|---|"]
+    rows += [f"| {t.id} | {t.title} | {t.minutes} |" for t in lab.tasks]
+    total = sum(t.minutes for t in lab.tasks)
+    rows.append(f"| | total | {total} ({total // 60} h {total % 60:02d} min) |")
+    return "\n".join(rows) + "\n"
+
+
+def between(page: str, begin_mark: str, end_mark: str, text: str, label: str) -> str:
+    """`page` with `text` between its two marker lines."""
+    begin, end = page.find(begin_mark), page.find(end_mark)
     if begin < 0 or end < begin:
-        raise LabError(f"{label}: no '{BEGIN}' ... '{END}' block")
-    return page[:begin + len(BEGIN)] + "\n" + deliverables_table(task) + page[end:]
+        raise LabError(f"{label}: no '{begin_mark}' ... '{end_mark}' block")
+    return page[:begin + len(begin_mark)] + "\n" + text + page[end:]
+
+
+def with_table(page: str, task: Task, label: str) -> str:
+    return between(page, BEGIN, END, deliverables_table(task), label)
 
 
 def report_template(lab: Lab) -> str:
@@ -51,6 +66,12 @@ def report_template(lab: Lab) -> str:
 def expected_pages(lab: Lab, labs_dir: Path) -> dict[Path, str]:
     """Every generated file of labs_dir -> the text it must have."""
     pages: dict[Path, str] = {labs_dir / "report" / "TEMPLATE.md": report_template(lab)}
+    guide = labs_dir / "README.md"
+    try:
+        pages[guide] = between(guide.read_text(encoding="utf-8"), TIMES_BEGIN, TIMES_END,
+                               times_table(lab), str(guide))
+    except OSError as e:
+        raise LabError(f"{guide}: {e}") from None
     for task in lab.tasks:
         path = labs_dir / "tasks" / f"task-{task.id}.md"
         try:

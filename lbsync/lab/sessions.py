@@ -68,9 +68,11 @@ async def _client(index: int, url: str, realm: str, deadline: float, tally: Tall
                 self.config.extra["joined"].set_result(details)
 
         def onDisconnect(self) -> None:  # noqa: N802
-            for f in (self.config.extra["joined"], self.config.extra["gone"]):
-                if not f.done():
-                    f.set_exception(ConnectionError("connection closed"))
+            joined, gone = self.config.extra["joined"], self.config.extra["gone"]
+            if not joined.done():  # awaited: the connect loop retries
+                joined.set_exception(ConnectionError("connection closed before the join"))
+            if not gone.done():
+                gone.set_result(None)
 
     loop = asyncio.get_running_loop()
     is_secure, host, port = parse_url(url)[:3]
@@ -104,8 +106,7 @@ async def _client(index: int, url: str, realm: str, deadline: float, tally: Tall
                 await asyncio.sleep(0.05)
             transport.close()
             return
-        except ConnectionError:
-            tally.cut[node] += 1
-            cut_before = True
-            tally.say(f"client {index}: session on {node} closed by the server after "
-                      f"{loop.time() - since:.1f}s; reconnecting")
+        tally.cut[node] += 1
+        cut_before = True
+        tally.say(f"client {index}: session on {node} closed by the server after "
+                  f"{loop.time() - since:.1f}s; reconnecting")

@@ -338,8 +338,8 @@ def find_track(mode: str | None, cluster_dir: Path | None,
         if local is not None and projects:
             raise LabError(f"both a local cluster ({local.layout.dir}) and a compose project "
                            f"({', '.join(projects)}) run: choose with --mode local|docker")
-        if local is not None:
-            return local
+    if local is not None:
+        return local
     if len(projects) > 1:
         raise LabError(f"several compose projects run ({', '.join(projects)}): choose one "
                        "with --project")
