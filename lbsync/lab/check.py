@@ -81,6 +81,8 @@ def check_step(root: Path, step: Step) -> list[Problem]:
     try:
         manifest = json.loads((where / MANIFEST).read_text())
         files: dict[str, str] = manifest["files"]
+        if not isinstance(files, dict) or not all(isinstance(v, str) for v in files.values()):
+            raise TypeError("files is not a table of hashes")
     except (OSError, ValueError, KeyError, TypeError):
         return problem(f"{step.folder}/{MANIFEST} is missing or damaged")
     found: list[Problem] = []
@@ -103,10 +105,11 @@ def check_step(root: Path, step: Step) -> list[Problem]:
     for name in step.attach:
         if name not in files:
             found += problem(f"your file {name} is missing", f"make work/{name}, then {cmd}")
-    if "screenshot" in step.collect and "stats.png" in files and (where / "stats.png").is_file():
-        if bad := png_problem((where / "stats.png").read_bytes()):
+    png, html = where / "stats.png", where / "stats.html"
+    if "screenshot" in step.collect and png.is_file():
+        if bad := png_problem(png.read_bytes()):
             found += problem(f"stats.png is not a real screenshot: {bad}")
-        elif "Statistics Report" not in (where / "stats.html").read_text(errors="replace"):
+        elif html.is_file() and "Statistics Report" not in html.read_text(errors="replace"):
             found += problem("stats.html is not HAProxy's stats page")
     return found
 
@@ -277,10 +280,11 @@ _COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
 def answers(report: str) -> dict[str, str]:
     """Heading text (the question id, or Difficulties/Conclusion) -> the text under it."""
     found: dict[str, str] = {}
+    report = _COMMENT.sub("", report)  # a commented-out heading or answer is not one
     heads = list(_HEADING.finditer(report))
     for i, m in enumerate(heads):
         end = heads[i + 1].start() if i + 1 < len(heads) else len(report)
-        body = _COMMENT.sub("", report[m.end():end]).strip()
+        body = report[m.end():end].strip()
         found[m.group(2).split()[0].rstrip(".:")] = body
     return found
 

@@ -278,6 +278,7 @@ def collect(lab: Lab, step: Step, workdir: Path, track: LocalTrack | DockerTrack
     workdir = check_workdir(workdir)
     preflight(step, workdir)
     final = workdir / step.folder
+    made_parent = not final.parent.exists()
     final.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{step.name}.", dir=final.parent))
     try:
@@ -315,6 +316,9 @@ def collect(lab: Lab, step: Step, workdir: Path, track: LocalTrack | DockerTrack
         _replace_dir(staging, final)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
+        if made_parent:  # leave the lab folder exactly as it was
+            with contextlib.suppress(OSError):
+                final.parent.rmdir()
         raise
     out.write(f"collected {len(files)} files, {MANIFEST} written: {final}\n")
     return final
@@ -335,8 +339,8 @@ def init(workdir: Path, template_text: str, report_text: str) -> list[Path]:
     """A student's lab folder: report.md, logs/, work/haproxy.cfg.j2; never overwrites."""
     if (workdir / MARKER).exists():
         raise LabError(f"{workdir} is a lab folder already")
-    if workdir.exists() and any(workdir.iterdir()):
-        raise LabError(f"{workdir} exists and is not empty: pick a new folder")
+    if workdir.exists() and (not workdir.is_dir() or any(workdir.iterdir())):
+        raise LabError(f"{workdir} exists and is not an empty folder: pick a new folder")
     made = []
     for sub in ("logs", "work"):
         (workdir / sub).mkdir(parents=True, exist_ok=True)

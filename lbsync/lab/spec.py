@@ -96,7 +96,9 @@ def load_lab(path: Path | None = None) -> Lab:
         raise LabError(f"{label}: {e}") from None
     try:
         return _parse(data)
-    except (KeyError, TypeError, ValueError) as e:
+    except KeyError as e:
+        raise LabError(f"{label}: a task or step has no {e.args[0]!r}") from None
+    except (TypeError, ValueError) as e:
         raise LabError(f"{label}: {e}") from None
 
 

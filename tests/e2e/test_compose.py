@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import json
 import os
 import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -27,8 +29,11 @@ import pytest
 import requests
 from loadgen import HttpLoad
 
-from lbsync.haproxy.runtime import RuntimeAPI
+from lbsync.haproxy.runtime import RuntimeAPI, parse_servers_state
+from lbsync.lab.screenshot import png_problem
+from lbsync.lab.spec import SNAPSHOT
 from lbsync.model import ServerState
+from lbsync.status import config_servers
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "lbsynce2e"
@@ -215,6 +220,99 @@ def test_three_nodes_are_up_and_all_serve(stack: Stack) -> None:
         if seen == set(nodes.values()):
             break
     assert seen == set(nodes.values())
+
+
+def lab(*args: str | Path, check: bool = True,
+        timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """`lbsync lab ARGS` as a student types it (this checkout's lbsync)."""
+    return run(sys.executable, "-m", "lbsync", "lab", *map(str, args), check=check,
+               timeout=timeout)
+
+
+def serf_rows(transcript: str) -> list[list[str]]:
+    """The member rows of a `serf members` transcript: NAME ADDR STATUS [TAGS]."""
+    return [f for f in (line.split() for line in transcript.splitlines())
+            if len(f) >= 3 and f[2] in ("alive", "leaving", "left", "failed")]
+
+
+def test_lab_collect_from_the_compose_stack(stack: Stack, tmp_path: Path) -> None:
+    if shutil.which("chromium") is None:
+        pytest.fail("Chromium is not installed, and `lbsync lab collect` of a snapshot step "
+                    "screenshots the stats page with it: apt-get install -y chromium (or "
+                    "bash scripts/setup.sh)")
+    nodes = set(stack.node_names().values())
+    assert len(nodes) == 3
+    wait(lambda: stack.up_servers() == nodes, NODE_UP, "3 servers UP")
+    workdir = tmp_path / "lab"
+    lab("init", workdir)
+    t0 = time.monotonic()
+    out = lab("collect", "0", "--step", "up", "--mode", "docker", "--project", PROJECT,
+              "--dir", workdir).stdout
+    print(f"\nlab collect 0 --step up: {time.monotonic() - t0:.1f}s\n{out}")
+    step = workdir / "logs" / "task-0" / "up"
+    assert step.is_dir(), out
+
+    # Every container's log and docker inspect.
+    for name in ("lb-1", "node-1", "node-2", "node-3"):
+        assert (step / "logs" / f"{name}.log").is_file(), name
+        (inspected,) = json.loads((step / "inspect" / f"{name}.json").read_text())
+        image = "lbsync-lb" if name == "lb-1" else "lbsync-node"
+        assert image in inspected["Config"]["Image"], (name, inspected["Config"]["Image"])
+    assert (step / "logs" / "lb-1.log").stat().st_size > 0
+    # s6's view of each container, and the pids it reports.
+    assert "up (pid" in (step / "processes.txt").read_text()
+    processes = json.loads((step / "processes.json").read_text())
+    assert processes["track"] == "docker"
+    pids = processes["pids"]
+    assert pids.get("lb-1:haproxy", 0) > 0, pids
+    for i in (1, 2, 3):
+        assert pids.get(f"node-{i}:crossbar", 0) > 0, pids
+    # Serf: the load balancer and the 3 nodes, all alive.
+    members = serf_rows((step / "serf-members.txt").read_text())
+    assert len(members) == 4, members
+    assert all(m[2] == "alive" for m in members), members
+    assert nodes <= {m[0] for m in members}
+    assert (step / "serf.log").is_file()
+    # haproxy.cfg, the registry and the Runtime API agree on the 3 nodes.
+    assert config_servers((step / "haproxy.cfg").read_text()) == nodes
+    registry = {json.loads(p.read_text())["name"]: json.loads(p.read_text())
+                for p in (step / "registry").glob("*.json")}
+    assert nodes <= set(registry), sorted(registry)
+    assert all(registry[n]["status"] == "alive" for n in nodes)
+    assert (step / "registry.txt").is_file()
+    states = parse_servers_state((step / "servers-state.txt").read_text())
+    assert {s.name for s in states if s.backend == "nodes" and s.up} == nodes
+    stat = (step / "stat.csv").read_text()
+    assert stat.startswith("# pxname,svname,") and all(n in stat for n in nodes)
+    assert "Version:" in (step / "info.txt").read_text()
+    assert re.search(r"^\d+\s+master\s", (step / "show-proc.txt").read_text(), re.MULTILINE)
+    # The stats page: a real screenshot, and its HTML.
+    assert png_problem((step / "stats.png").read_bytes()) is None
+    assert "Statistics Report" in (step / "stats.html").read_text()
+    manifest = json.loads((step / "MANIFEST.json").read_text())
+    assert manifest["track"] == "docker"
+    assert manifest["stack"]["compose_project"] == PROJECT
+    assert manifest["collectors"] == list(SNAPSHOT)
+    assert {"logs/lb-1.log", "stats.png", "haproxy.cfg"} <= set(manifest["files"])
+
+    # The checker finds the step complete: only the questions are left.
+    r = lab("check", workdir, "--task", "0", "--json", check=False)
+    assert r.returncode == 1, r.stdout + r.stderr
+    (report,) = json.loads(r.stdout)
+    assert report["complete"] is False
+    assert [p for p in report["problems"] if p["item"].startswith("step")] == []
+    assert {p["problem"] for p in report["problems"]} == {"not answered"}
+
+    # Task 3's watcher does not run in this stack: a clear error, and nothing written.
+    r = lab("collect", "3", "--step", "handler", "--mode", "docker", "--project", PROJECT,
+            "--dir", workdir, check=False)
+    assert r.returncode == 1, r.stdout + r.stderr
+    errors = [line for line in r.stderr.splitlines() if line.startswith("lbsync: error:")]
+    assert len(errors) == 1 and "watcher" in errors[0], r.stderr
+    assert "Traceback" not in r.stderr
+    assert not (workdir / "logs" / "task-3" / "handler").exists()
+    task3 = workdir / "logs" / "task-3"
+    assert not task3.exists() or list(task3.iterdir()) == []  # no staging folder left
 
 
 def test_scale_to_5_then_1_under_load_loses_nothing_and_never_reloads(stack: Stack) -> None:
