@@ -26,7 +26,7 @@ from typing import Any
 
 import psutil
 
-from .. import __version__
+from .. import __version__, self_command
 from ..edge.crossbar import CrossbarConfigError, router_socket
 from ..files import atomic_write
 from ..model import LbsyncError
@@ -139,7 +139,7 @@ def render_supervisord(layout: Layout, nodes: list[int], proxies: int,
         "nodes": [layout.node(i) for i in nodes],
         "proxies": proxies,
         "drain_timeout": int(drain_timeout),
-        "lbsync": f"{sys.executable} -m lbsync",
+        "lbsync": " ".join(self_command()),
         "haproxy": _binary("haproxy", "apt-get install -y haproxy"),
         "serf": _binary("serf", "apt-get install -y serf"),
         "crossbar": _binary("crossbar", "pip install 'lbsync[edge]'"),

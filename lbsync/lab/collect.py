@@ -23,6 +23,7 @@ from typing import TextIO
 
 import requests
 
+from .. import self_command
 from ..haproxy.runtime import RuntimeAPI
 from ..model import LbsyncError
 from .screenshot import find_chromium, screenshot
@@ -185,7 +186,7 @@ def _render(c: Context) -> str:
            "LBSYNC_HAPROXY_CONFIG": str(work / "haproxy.cfg"),
            "LBSYNC_RUNTIME_SOCKET": str(work / "run" / "admin.sock"),
            "LBSYNC_MASTER_SOCKET": str(work / "run" / "master.sock")}
-    r = run([sys.executable, "-m", "lbsync", "render"], env=env)
+    r = run([*self_command(), "render"], env=env)
     # The transcript shows the command as a student would type it in the lab folder.
     r = Run(["lbsync", "render", "--template", "work/haproxy.cfg.j2", "--registry-dir",
              "REGISTRY-COPY", "--haproxy-config", "work/haproxy.cfg"], r.code, r.out)

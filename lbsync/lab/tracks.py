@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-from .. import __version__
+from .. import __version__, self_command
 from ..cluster.local import ENV_FILE, Layout, Supervisor, default_dir, read_state
 from ..haproxy.master import MasterCLI
 from .spec import LabError
@@ -170,7 +170,7 @@ class LocalTrack:
         if not (self.layout.dir / ENV_FILE).exists():
             raise LabError(f"{self.layout.dir / ENV_FILE} is missing: is the cluster up?")
         args = ["status", *(["--check"] if check else [])]
-        r = run([sys.executable, "-m", "lbsync", *args], env=env)
+        r = run([*self_command(), *args], env=env)
         return Run(["lbsync", *args], r.code, r.out)
 
 

@@ -45,3 +45,50 @@ def test_wheel_contains_templates_and_renders(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[0].startswith(str(target)), "imported the tree, not the wheel"
     assert "server n1 127.0.0.11:8080" in out.read_text()
+
+
+CROSSBAR = Path(sys.executable).parent / "crossbar"
+
+
+@pytest.fixture(scope="module")
+def wheel_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """lbsync installed from its wheel (not editable) into a folder of its own."""
+    tmp = tmp_path_factory.mktemp("wheel")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
+                    "-q", "-w", str(tmp / "dist"), str(ROOT)],
+                   check=True, capture_output=True, timeout=300)
+    (wheel,) = (tmp / "dist").glob("lbsync-*.whl")
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
+                    str(tmp / "site"), str(wheel)], check=True, capture_output=True, timeout=300)
+    return tmp / "site"
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(not (shutil.which("haproxy") and shutil.which("serf") and CROSSBAR.exists()),
+                    reason="needs haproxy, serf and the edge extra (crossbar)")
+def test_installed_lbsync_runs_the_cluster_from_inside_the_checkout(
+        wheel_site: Path, tmp_path: Path) -> None:
+    # The wheel's lbsync comes first on the path (as a non-editable install would), and
+    # the current folder is the source checkout, whose lbsync/ has no lbsync.templates:
+    # every process the cluster starts (supervisord's programs, Crossbar's workers, the
+    # sidecars, the agent) must import the installed package, not the tree.
+    env = {**os.environ, "PYTHONPATH": str(wheel_site)}
+    cluster = tmp_path / "c"
+    lbsync = [sys.executable, "-P", "-c", "import sys; from lbsync.cli import main; "
+              "sys.argv[0] = 'lbsync'; main()"]
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([*lbsync, *args], capture_output=True, text=True, cwd=ROOT,
+                              env=env, timeout=240, check=False)
+
+    try:
+        up = run("up", "--nodes", "1", "--proxies", "1", "--dir", str(cluster), "--net", "153")
+        logs = "".join(p.read_text(errors="replace")[-2000:]
+                       for p in sorted((cluster / "logs").glob("*.log")))
+        assert up.returncode == 0, up.stdout + up.stderr + logs
+        assert "No module named" not in logs
+        conf = (cluster / "supervisord.conf").read_text()
+        assert f"{sys.executable} -P -m lbsync" in conf
+    finally:
+        down = run("down", "--dir", str(cluster))
+        assert down.returncode == 0, down.stderr
