@@ -94,6 +94,12 @@ class Wrk:
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
         time.sleep(0.5)
 
+    def kill(self) -> None:
+        """Stop at once, results lost: a failed run leaves no load generator behind."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
     def stop(self) -> dict[str, object]:
         """No new requests, 2 s for those in flight, then SIGINT: wrk calls done(), which
         writes the JSON."""

@@ -114,6 +114,12 @@ class WampLoad:
                  "--timeout", str(self.timeout), "--out", str(self.out)],
                 stdout=log, stderr=subprocess.STDOUT)
 
+    def kill(self) -> None:
+        """Stop at once, results lost: a failed run leaves no load generator behind."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
     def stop(self) -> dict[str, Any]:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)

@@ -54,7 +54,7 @@ def scale_cycles(stack: DevStack, mode: str, cycles: int, tmp: Path,
         edges.start(i)
     crossbar_start_s = edges.wait(every)
     stack.add_member(KEPT, http=False)
-    wait_for(lambda: stack.up_servers() == {f"node{KEPT}"}, 30, "node1 UP")
+    wait_for(lambda: stack.up_servers() == {f"node{KEPT}"}, 90, "node1 UP")
     reloads_before = _reloads(stack)
     events: list[tuple[float, str]] = []
     leave_s: list[float] = []
@@ -68,32 +68,37 @@ def scale_cycles(stack: DevStack, mode: str, cycles: int, tmp: Path,
             Sampler(usage_probe, interval=0.5) as usage, \
             Sampler(lambda: haproxy_usage(config), interval=0.5) as haproxies, \
             Prober(f"{stack.frontend}/mydata") as prober:
-        wamp.start()
-        wrk.start()
-        time.sleep(HOLD_S)
-        for c in range(cycles):
-            joining = SETS[c % 2]
-            edges.wait(list(joining))
-            names = [f"c{c}n{i}" for i in joining]
-            events.append((time.time(), "scale 1 -> 5"))
-            for i, name in zip(joining, names, strict=True):
-                stack.add_member(i, name=name, http=False)
-            wait_for(lambda n=names: set(n) <= stack.up_servers(), 60, "5 UP")
+        try:
+            wamp.start()
+            wrk.start()
             time.sleep(HOLD_S)
-            events.append((time.time(), "scale 5 -> 1"))
-            leaving = [threading.Thread(target=_leave, args=(stack, edges, i, n, leave_s))
-                       for i, n in zip(joining, names, strict=True)]
-            for t in leaving:
-                t.start()
-            for t in leaving:
-                t.join()
-            wait_for(lambda: set(stack.servers()) == {"node1"}, 60, "back to 1 server")
-            for i in joining:  # serving again by the time this set is used again, on spare CPU
-                edges.start(i, nice=RESTART_NICE)
-            time.sleep(HOLD_S)
-            print(f"  {mode}: cycle {c + 1}/{cycles} done", flush=True)
-        load = wrk.stop()
-        sessions = wamp.stop()
+            for c in range(cycles):
+                joining = SETS[c % 2]
+                edges.wait(list(joining))
+                names = [f"c{c}n{i}" for i in joining]
+                events.append((time.time(), "scale 1 -> 5"))
+                for i, name in zip(joining, names, strict=True):
+                    stack.add_member(i, name=name, http=False)
+                wait_for(lambda n=names: set(n) <= stack.up_servers(), 60, "5 UP")
+                time.sleep(HOLD_S)
+                events.append((time.time(), "scale 5 -> 1"))
+                leaving = [threading.Thread(target=_leave, args=(stack, edges, i, n, leave_s))
+                           for i, n in zip(joining, names, strict=True)]
+                for t in leaving:
+                    t.start()
+                for t in leaving:
+                    t.join()
+                wait_for(lambda: set(stack.servers()) == {"node1"}, 60, "back to 1 server")
+                for i in joining:  # serving again by the time this set is used again, on spare CPU
+                    edges.start(i, nice=RESTART_NICE)
+                time.sleep(HOLD_S)
+                print(f"  {mode}: cycle {c + 1}/{cycles} done", flush=True)
+            load = wrk.stop()
+            sessions = wamp.stop()
+        except BaseException:
+            wrk.kill()
+            wamp.kill()
+            raise
     reloads = _reloads(stack) - reloads_before
     cpu = [v["cpu_pct"] for _, v in usage.samples if isinstance(v, dict)]
     reload_times = stack.reload_times() if isinstance(stack, BaselineStack) else []

@@ -224,6 +224,7 @@ def test_task_6_sticky_across_scaling_and_both_modes_measured(walk: Walk) -> Non
     nodes = [{a["node"] for a in json.loads((s / "sticky.json").read_text())["requests"]}
              for s in (before, after)]
     assert len(nodes[0]) == 1 and nodes[0] == nodes[1]
+    walk.scale(2)  # as the page says: the benchmark runs its own members beside the stack
     measure = walk.collect(6, "measure", timeout=1200)
     sides = json.loads((measure / "bench.json").read_text())["side_by_side"]
     assert sides["runtime-api"]["reloads"] == 0
@@ -231,33 +232,38 @@ def test_task_6_sticky_across_scaling_and_both_modes_measured(walk: Walk) -> Non
 
 
 def test_task_7_crash_leave_and_recovery(walk: Walk) -> None:
+    # As the page says: 2 nodes; node2's Serf agent and Crossbar (with its workers) die.
     api = Supervisor(walk.layout).rpc().supervisor
     frontend = f"http://{walk.layout.lb_ip}:8080"
     with HttpLoad(f"{frontend}/mydata") as load:
-        pid = api.getProcessInfo("node4:node4-crossbar")["pid"]
-        controller = psutil.Process(pid)
-        for p in [controller, *controller.children(recursive=True)]:
+        controller = psutil.Process(api.getProcessInfo("node2:node2-crossbar")["pid"])
+        victims = [psutil.Process(api.getProcessInfo("node2:node2-serf")["pid"]),
+                   controller, *controller.children(recursive=True)]
+        for p in victims:
             p.send_signal(signal.SIGKILL)
-        wait(lambda: "node4" not in walk.up(), 15, "node4 out of rotation")
+        wait(lambda: "node2" not in walk.up(), 15, "node2 out of rotation")
         walk.collect(7, "crash")
     assert load.failures == [], load.failures[:5]
-    wait(lambda: walk.up() == {"node1", "node2", "node3", "node4"}, 90, "node4 back")
+    wait(lambda: walk.up() == {"node1", "node2"}, 90, "node2 back")
     sessions = walk.lab / "work" / "sessions.txt"
     with sessions.open("w") as sink:
         holder = subprocess.Popen(
             [sys.executable, "-m", "lbsync", "lab", "sessions", "--url",
-             f"ws://{walk.layout.lb_ip}:8080/ws", "--count", "8", "--for", "20s"],
+             f"ws://{walk.layout.lb_ip}:8080/ws", "--count", "6", "--for", "20s"],
             stdout=sink, stderr=subprocess.STDOUT, text=True)
         try:
             time.sleep(3)
-            walk.scale(3)
+            walk.scale(1)
             assert holder.wait(60) == 0
         finally:
             if holder.poll() is None:
                 holder.kill()
     text = sessions.read_text()
-    assert "summary: 8 clients" in text, text
+    assert "summary: 6 clients" in text, text
+    assert "closed by the server" in text, text  # node2 held some until its drain ended
+    assert "Traceback" not in text and "ERROR" not in text, text
     walk.collect(7, "leave")
+    walk.scale(2)
     wait(lambda: lbsync("status", "--check", env={"LBSYNC_CLUSTER_DIR": str(walk.layout.dir)}
                         ).returncode == 0, 60, "status --check")
     walk.collect(7, "recovered")
