@@ -7,8 +7,8 @@
 #   2. start dockerd in the background when no engine answers (`docker info`); its pid goes
 #      to $CACHE/dockerd.pid so whoever asked for it can stop it;
 #   3. create debian:trixie-slim when the engine does not have it: debootstrap a minbase
-#      trixie, trim it like Debian's slim images, `docker import` it. The tarball is
-#      cached in $CACHE, so the next time is a plain import;
+#      trixie, trim it like Debian's slim images (scripts/trixie-rootfs.sh), `docker import`
+#      it. The tarball is cached in $CACHE, so the next time is a plain import;
 #   4. fill wheelhouse/ with Crossbar.io and its dependencies for the image's Python (3.13),
 #      since containers cannot reach PyPI: binary wheels from PyPI, plus wheels built here
 #      from the few pure-Python dependencies that only publish sdists;
@@ -69,37 +69,8 @@ fi
 if ! docker image inspect "$BASE_IMAGE" >/dev/null 2>&1; then
     if [[ ! -s $ROOTFS_TAR ]]; then
         step "$BASE_IMAGE cannot be pulled here: debootstrap trixie (minbase) from $DEBIAN_MIRROR"
-        rootfs=$CACHE/rootfs.tmp
-        rm -rf "$rootfs"
-        debootstrap --variant=minbase trixie "$rootfs" "$DEBIAN_MIRROR" >"$CACHE/debootstrap.log" 2>&1 \
-            || { say "debootstrap failed:"; tail -20 "$CACHE/debootstrap.log" >&2; exit 1; }
-        # What Debian's slim images do: no docs, man pages or translations from dpkg, no apt
-        # caches kept, and nothing downloaded that the image does not need.
-        cat >"$rootfs/etc/dpkg/dpkg.cfg.d/docker" <<'EOF'
-path-exclude /usr/share/doc/*
-path-include /usr/share/doc/*/copyright
-path-exclude /usr/share/man/*
-path-exclude /usr/share/groff/*
-path-exclude /usr/share/info/*
-path-exclude /usr/share/locale/*
-path-exclude /usr/share/lintian/*
-EOF
-        cat >"$rootfs/etc/apt/apt.conf.d/docker-clean" <<'EOF'
-DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
-APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
-Dir::Cache::pkgcache "";
-Dir::Cache::srcpkgcache "";
-EOF
-        printf 'Acquire::Languages "none";\n' >"$rootfs/etc/apt/apt.conf.d/docker-no-languages"
-        printf 'APT::AutoRemove::SuggestsImportant "false";\n' >"$rootfs/etc/apt/apt.conf.d/docker-autoremove-suggests"
-        rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/cache/apt/*.bin \
-            "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/log/* "$rootfs"/tmp/* \
-            "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* "$rootfs"/usr/share/locale/*
-        find "$rootfs/usr/share/doc" -mindepth 2 ! -name copyright -delete 2>/dev/null || true
-        : >"$rootfs/etc/hostname"
-        tar --numeric-owner -C "$rootfs" -cf "$ROOTFS_TAR.tmp" .
-        mv "$ROOTFS_TAR.tmp" "$ROOTFS_TAR"
-        rm -rf "$rootfs"
+        # The same tarball scripts/haproxy30.sh unpacks for HAProxy 3.0 (made once for both).
+        CACHE=$CACHE DEBIAN_MIRROR=$DEBIAN_MIRROR bash scripts/trixie-rootfs.sh >/dev/null
         done_
     fi
     step "docker import $ROOTFS_TAR as $BASE_IMAGE"

@@ -58,6 +58,8 @@ class DevStack:
     workdir: Path
     net: int = 0  # the N of 127.N.0.x, so parallel stacks do not collide
     handler_mode: bool = False  # classic wiring: serf -event-handler 'lbsync handle'
+    # The haproxy executable HAProxy runs from, and lbsync's --haproxy-bin (haproxy -c, -v).
+    haproxy_bin: str = "haproxy"
     agent_args: list[str] = field(default_factory=list)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     members: dict[str, Member] = field(default_factory=dict)
@@ -94,7 +96,7 @@ class DevStack:
             "--runtime-socket", str(p["admin"]), "--runtime-tcp", self.runtime_tcp,
             "--master-socket", str(p["master"]),
             "--frontend-bind", f"{self.lb_ip}:{HTTP_PORT}",
-            "--stats-bind", f"{self.lb_ip}:1936",
+            "--stats-bind", f"{self.lb_ip}:1936", "--haproxy-bin", self.haproxy_bin,
         ]
         if not self.handler_mode:
             flags += ["--serf-rpc", f"{self.lb_ip}:{SERF_RPC_PORT}"]
@@ -122,7 +124,7 @@ class DevStack:
 
     def start(self) -> None:
         """HAProxy, the load balancer's Serf agent and lbsync agent."""
-        for b in ("haproxy", "serf"):
+        for b in (self.haproxy_bin, "serf"):
             need(b)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.paths["registry"].mkdir(exist_ok=True)
@@ -136,7 +138,7 @@ class DevStack:
     def start_haproxy(self) -> None:
         self.paths["master"].unlink(missing_ok=True)
         self._track("haproxy", lambda log: start_master(
-            self.paths["config"], self.paths["master"], output=log))
+            self.paths["config"], self.paths["master"], binary=self.haproxy_bin, output=log))
         self.runtime().wait_ready(timeout=10)
 
     def start_lb_serf(self) -> None:

@@ -80,15 +80,17 @@ def config_alerts(output: str) -> list[str]:
 def start_master(
     config: str | os.PathLike[str],
     master_socket: str | os.PathLike[str],
+    *,
     pidfile: str | os.PathLike[str] | None = None,
     binary: str = "haproxy",
-    *,
     output: IO[bytes] | int | None = None,
 ) -> subprocess.Popen[bytes]:
     """Start HAProxy in master-worker mode in the foreground (for tests and development).
 
     Not daemonised (-D), so the caller owns the process: terminating it stops the workers.
     `output` receives both stdout and stderr (HAProxy's startup alerts and log).
+    Keyword-only after the socket: a binary's path passed as the third positional argument
+    used to land in `pidfile`, and HAProxy (-p) overwrote the binary with its pid.
     """
     args = [find_binary(binary), "-W", "-S", os.fspath(master_socket), "-f", os.fspath(config)]
     if pidfile is not None:

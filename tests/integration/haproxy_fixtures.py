@@ -3,12 +3,17 @@
 Every port is picked free at run time and every file lives in a fresh temp directory, so
 the tests never touch a user's HAProxy (8080, 9999, 1936) or each other. The whole
 process group HAProxy runs in is killed in the finalizer, also when a test fails.
+
+`haproxy_bin` runs every test that uses it twice, once per cookie path of lbsync:
+"2.6" is the system's haproxy (Debian 12: 2.6, dynamic cookies), "3.0" is the binary
+that LBSYNC_HAPROXY30 names (scripts/haproxy30.sh: trixie's 3.0, node-name cookies).
 """
 
 from __future__ import annotations
 
 import contextlib
 import http.client
+import ipaddress
 import os
 import shutil
 import signal
@@ -24,14 +29,117 @@ from pathlib import Path
 
 import pytest
 
-from lbsync.haproxy.binary import start_master
+from lbsync.haproxy.binary import haproxy_version, start_master
 from lbsync.haproxy.master import MasterCLI
 from lbsync.haproxy.runtime import RuntimeAPI, RuntimeAPIError
 
 BACKEND = "nodes"
-requires_haproxy = pytest.mark.skipif(
-    shutil.which("haproxy") is None, reason="haproxy is not on PATH"
-)
+COOKIE_KEY = "lbsync-test-key"  # the rig's dynamic-cookie-key
+HAPROXY30_ENV = "LBSYNC_HAPROXY30"  # path of an HAProxy 3.0 binary (scripts/haproxy30.sh)
+# Set by scripts/test.sh when scripts/haproxy30.sh failed: why 3.0 is not there.
+HAPROXY30_REASON_ENV = "LBSYNC_HAPROXY30_REASON"
+REQUIRE_HAPROXY30_ENV = "LBSYNC_REQUIRE_HAPROXY30"  # =1: no 3.0 is a failure, not a skip
+
+
+@dataclass(frozen=True)
+class HAProxyBin:
+    """One haproxy executable the tests run; `label` is the pytest id ("2.6" or "3.0")."""
+
+    label: str
+    path: str
+    version: tuple[int, int, int]
+
+    @property
+    def explicit_cookies(self) -> bool:
+        """3.0+: lbsync gives each server its node name as cookie (`add server ... cookie`)."""
+        return self.version >= (3, 0, 0)
+
+
+@pytest.fixture(scope="session", params=["2.6", "3.0"])
+def haproxy_bin(request: pytest.FixtureRequest) -> HAProxyBin:
+    """The haproxy binary under test: the system's (before 3.0), then HAProxy 3.0."""
+    label: str = request.param
+    if label == "2.6":
+        path = shutil.which("haproxy")
+        if path is None:
+            pytest.skip("haproxy is not on PATH")
+        version = haproxy_version(path)
+        if version >= (3, 0, 0):
+            pytest.skip(f"the system haproxy is {_dotted(version)}: no HAProxy before 3.0 "
+                        "here for the dynamic-cookie path")
+        return HAProxyBin(label, path, version)
+    path = os.environ.get(HAPROXY30_ENV, "")
+    if not path:
+        reason = (os.environ.get(HAPROXY30_REASON_ENV)
+                  or f"{HAPROXY30_ENV} is not set (bash scripts/haproxy30.sh prints a path for it)")
+        message = f"HAProxy 3.0 not available: {reason}"
+        if os.environ.get(REQUIRE_HAPROXY30_ENV) == "1":
+            pytest.fail(f"{message} ({REQUIRE_HAPROXY30_ENV}=1)", pytrace=False)
+        pytest.skip(message)
+    version = haproxy_version(path)
+    if version[:2] != (3, 0):
+        pytest.fail(f"{HAPROXY30_ENV}={path} is HAProxy {_dotted(version)}, not 3.0",
+                    pytrace=False)
+    return HAProxyBin(label, path, version)
+
+
+def _dotted(version: tuple[int, ...]) -> str:
+    return ".".join(map(str, version))
+
+
+# XXH64 (xxHash, 64 bits), which HAProxy hashes dynamic cookies with; pure Python so the
+# tests need no extra package.
+_P1, _P2, _P3 = 0x9E3779B185EBCA87, 0xC2B2AE3D27D4EB4F, 0x165667B19E3779F9
+_P4, _P5, _M64 = 0x85EBCA77C2B2AE63, 0x27D4EB2F165667C5, (1 << 64) - 1
+
+
+def _rotl(x: int, r: int) -> int:
+    return ((x << r) | (x >> (64 - r))) & _M64
+
+
+def _round(acc: int, lane: int) -> int:
+    return (_rotl((acc + lane * _P2) & _M64, 31) * _P1) & _M64
+
+
+def xxh64(data: bytes, seed: int = 0) -> int:
+    n, i = len(data), 0
+    if n >= 32:
+        v = [(seed + _P1 + _P2) & _M64, (seed + _P2) & _M64, seed, (seed - _P1) & _M64]
+        while i + 32 <= n:
+            v = [_round(v[k], int.from_bytes(data[i + 8 * k:i + 8 * k + 8], "little"))
+                 for k in range(4)]
+            i += 32
+        h = (_rotl(v[0], 1) + _rotl(v[1], 7) + _rotl(v[2], 12) + _rotl(v[3], 18)) & _M64
+        for lane in v:
+            h = ((h ^ _round(0, lane)) * _P1 + _P4) & _M64
+    else:
+        h = (seed + _P5) & _M64
+    h = (h + n) & _M64
+    while i + 8 <= n:
+        h ^= _round(0, int.from_bytes(data[i:i + 8], "little"))
+        h = (_rotl(h, 27) * _P1 + _P4) & _M64
+        i += 8
+    if i + 4 <= n:
+        h ^= (int.from_bytes(data[i:i + 4], "little") * _P1) & _M64
+        h = (_rotl(h, 23) * _P2 + _P3) & _M64
+        i += 4
+    while i < n:
+        h ^= (data[i] * _P5) & _M64
+        h = (_rotl(h, 11) * _P1) & _M64
+        i += 1
+    h ^= h >> 33
+    h = (h * _P2) & _M64
+    h ^= h >> 29
+    h = (h * _P3) & _M64
+    return h ^ (h >> 32)
+
+
+def dynamic_cookie(key: str, addr: str, port: int) -> str:
+    """The cookie HAProxy's `dynamic` cookies give a server: XXH64 of the key, the address
+    (network order) and the port (4 bytes, network order), as 16 hex digits. It depends on
+    nothing else, so every load balancer with the same key agrees, across reloads."""
+    packed = ipaddress.ip_address(addr).packed
+    return f"{xxh64(key.encode() + packed + port.to_bytes(4, 'big')):016x}"
 
 
 def free_port() -> int:
@@ -149,7 +257,7 @@ frontend fe_nodes
 backend {backend}
     balance roundrobin
     cookie SERVERID insert indirect nocache dynamic
-    dynamic-cookie-key lbsync-test-key
+    dynamic-cookie-key {cookie_key}
 
 frontend fe_static
     bind 127.0.0.1:{static_port}
@@ -172,6 +280,7 @@ class HAProxyRig:
     nodes_port: int  # frontend of the dynamic backend
     static_port: int  # frontend of a backend with a static server (survives reloads)
     process: subprocess.Popen[bytes]
+    haproxy: HAProxyBin
     nodes: list[HTTPNode] = field(default_factory=list)
 
     def runtime(self, kind: str = "unix") -> RuntimeAPI:
@@ -227,10 +336,9 @@ def http_nodes() -> Iterator[list[HTTPNode]]:
 
 
 @pytest.fixture
-def haproxy_rig(tmp_path: Path, http_nodes: list[HTTPNode]) -> Iterator[HAProxyRig]:
+def haproxy_rig(tmp_path: Path, http_nodes: list[HTTPNode],
+                haproxy_bin: HAProxyBin) -> Iterator[HAProxyRig]:
     """HAProxy -W with a dynamic backend `nodes` and a static one; killed afterwards."""
-    if shutil.which("haproxy") is None:
-        pytest.skip("haproxy is not on PATH")
     # Unix socket paths are limited to ~107 bytes; pytest's tmp_path can be longer.
     sock_dir = Path(tempfile.mkdtemp(prefix="lbsync-hx-"))
     static = HTTPNode("static")
@@ -244,14 +352,16 @@ def haproxy_rig(tmp_path: Path, http_nodes: list[HTTPNode]) -> Iterator[HAProxyR
     config = tmp_path / "haproxy.cfg"
     config.write_text(
         CONFIG.format(
-            sock_dir=sock_dir, backend=BACKEND, static_server_port=static.port, **ports
+            sock_dir=sock_dir, backend=BACKEND, static_server_port=static.port,
+            cookie_key=COOKIE_KEY, **ports
         )
     )
     log = tmp_path / "haproxy.log"
     process: subprocess.Popen[bytes] | None = None
     try:
         with log.open("wb") as out:
-            process = start_master(config, sock_dir / "master.sock", output=out)
+            process = start_master(config, sock_dir / "master.sock", binary=haproxy_bin.path,
+                                   output=out)
         rig = HAProxyRig(
             config=config,
             log=log,
@@ -261,6 +371,7 @@ def haproxy_rig(tmp_path: Path, http_nodes: list[HTTPNode]) -> Iterator[HAProxyR
             nodes_port=ports["nodes_port"],
             static_port=ports["static_port"],
             process=process,
+            haproxy=haproxy_bin,
             nodes=http_nodes,
         )
         _wait_started(rig)

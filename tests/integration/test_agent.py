@@ -1,7 +1,8 @@
 """lbsync agent against real haproxy and serf processes on loopback (lbsync.cluster.devstack).
 
 Every scenario ends with `lbsync status --check` and with HAProxy's own reload counter
-at zero: membership changes must never reload.
+at zero: membership changes must never reload. Each one runs against both HAProxy
+binaries of `haproxy_bin`: 2.6 (dynamic cookies) and 3.0 (node-name cookies).
 """
 
 from __future__ import annotations
@@ -16,20 +17,23 @@ from pathlib import Path
 
 import pytest
 import requests
+from haproxy_fixtures import HAProxyBin, dynamic_cookie
 
-from lbsync.cluster.devstack import DevStack, wait_for
+from lbsync.cluster.devstack import HTTP_PORT, DevStack, wait_for
+from lbsync.settings import Settings
 
 pytestmark = [
     pytest.mark.integration,
-    pytest.mark.skipif(not (shutil.which("haproxy") and shutil.which("serf")),
-                       reason="needs the haproxy and serf binaries"),
+    # haproxy_bin skips a missing haproxy binary
+    pytest.mark.skipif(not shutil.which("serf"), reason="needs the serf binary"),
 ]
 
 _nets = itertools.count(60)
 
 
-def make_stack(tmp_path: Path, **kw: object) -> Iterator[DevStack]:
-    stack = DevStack(tmp_path / "stack", net=next(_nets), **kw)  # type: ignore[arg-type]
+def make_stack(tmp_path: Path, haproxy_bin: HAProxyBin, **kw: object) -> Iterator[DevStack]:
+    stack = DevStack(tmp_path / "stack", net=next(_nets),  # type: ignore[arg-type]
+                     haproxy_bin=haproxy_bin.path, **kw)
     try:
         stack.start()
         yield stack
@@ -41,8 +45,8 @@ def make_stack(tmp_path: Path, **kw: object) -> Iterator[DevStack]:
 
 
 @pytest.fixture
-def stack(tmp_path: Path) -> Iterator[DevStack]:
-    yield from make_stack(tmp_path)
+def stack(tmp_path: Path, haproxy_bin: HAProxyBin) -> Iterator[DevStack]:
+    yield from make_stack(tmp_path, haproxy_bin)
 
 
 def status_check(stack: DevStack) -> subprocess.CompletedProcess[str]:
@@ -65,7 +69,32 @@ def nodes_answering(stack: DevStack, n: int) -> set[str]:
             for _ in range(n)}
 
 
-def test_join_serves_and_cookie_sticks(stack: DevStack) -> None:
+def expected_cookie(stack: DevStack, haproxy_bin: HAProxyBin, name: str) -> str:
+    """What lbsync makes a member's cookie: its name on 3.0+; on 2.6 HAProxy's dynamic
+    cookie, a hash of --cookie-key (the default here), the address and the port."""
+    if haproxy_bin.explicit_cookies:
+        return name
+    return dynamic_cookie(Settings().cookie_key, stack.members[name].ip, HTTP_PORT)
+
+
+def client_on(stack: DevStack, name: str) -> requests.Session:
+    """A client whose first request landed on `name`: its cookie now pins it there."""
+    for _ in range(60):
+        client = requests.Session()
+        if client.get(f"{stack.frontend}/info", timeout=5).headers["X-Node"] == name:
+            return client
+        client.close()
+    raise AssertionError(f"no new client landed on {name} in 60 tries")
+
+
+def served_by(client: requests.Session, stack: DevStack, n: int = 10) -> set[str]:
+    """The nodes that serve `client`'s next n requests. Its kept-alive connections are
+    closed first (after a reload they lead to the old worker): only its cookie is kept."""
+    client.close()
+    return {client.get(f"{stack.frontend}/info", timeout=5).headers["X-Node"] for _ in range(n)}
+
+
+def test_join_serves_and_cookie_sticks(stack: DevStack, haproxy_bin: HAProxyBin) -> None:
     stack.add_member(1)
     stack.add_member(2)
     wait_for(lambda: stack.up_servers() == {"node1", "node2"}, 15, "node1 and node2 UP")
@@ -73,12 +102,46 @@ def test_join_serves_and_cookie_sticks(stack: DevStack) -> None:
 
     client = requests.Session()
     first = client.get(f"{stack.frontend}/info", timeout=5)
-    assert "SERVERID" in client.cookies
     sticky = first.headers["X-Node"]
-    assert {client.get(f"{stack.frontend}/info", timeout=5).headers["X-Node"]
-            for _ in range(20)} == {sticky}
+    assert client.cookies.get("SERVERID") == expected_cookie(stack, haproxy_bin, sticky)
+    assert served_by(client, stack, 20) == {sticky}
     assert " node1 " in config_text(stack) and " node2 " in config_text(stack)
     assert_converged(stack)
+
+
+def test_cookies_keep_clients_on_their_node_across_a_join_and_a_reload(
+        stack: DevStack, haproxy_bin: HAProxyBin) -> None:
+    """The cookie of a server lbsync added at runtime is the one it has from haproxy.cfg
+    after a reload (node name on 3.0, dynamic hash on 2.6), so no client changes node."""
+    stack.add_member(1)
+    stack.add_member(2)
+    wait_for(lambda: stack.up_servers() == {"node1", "node2"}, 15, "node1 and node2 UP")
+    clients = {name: client_on(stack, name) for name in ("node1", "node2")}
+
+    stack.add_member(3)
+    wait_for(lambda: len(stack.up_servers()) == 3, 15, "node3 UP")
+    clients["node3"] = client_on(stack, "node3")
+    for name, client in clients.items():
+        assert client.cookies.get("SERVERID") == expected_cookie(stack, haproxy_bin, name)
+        assert served_by(client, stack) == {name}, f"{name}'s client moved after the join"
+    if haproxy_bin.explicit_cookies:
+        assert all(f" cookie node{i}" in config_text(stack) for i in (1, 2, 3))
+    else:
+        assert " cookie " not in config_text(stack).split("# lbsync:servers begin")[1]
+    assert stack.master().reload_count() == 0
+
+    # A structure change: lbsync saves the server state and reloads; the servers now
+    # come from haproxy.cfg, node3 included.
+    stack.agent_args = ["--check-rise", "2"]
+    stack.restart_agent()
+    wait_for(lambda: stack.master().reload_count() == 1, 15, "one reload")
+    wait_for(lambda: len(stack.up_servers()) == 3, 15, "3 UP after the reload")
+    for name, client in clients.items():
+        assert served_by(client, stack) == {name}, f"{name}'s client moved after the reload"
+        # A newcomer on the same node gets the same cookie as before the reload.
+        fresh = client_on(stack, name)
+        assert fresh.cookies.get("SERVERID") == client.cookies.get("SERVERID")
+    assert stack.master().reload_count() == 1
 
 
 def test_graceful_leave_drains_then_removes(stack: DevStack) -> None:
@@ -202,8 +265,8 @@ def test_unsafe_member_input_never_reaches_haproxy(stack: DevStack) -> None:
 
 
 @pytest.fixture
-def handler_stack(tmp_path: Path) -> Iterator[DevStack]:
-    yield from make_stack(tmp_path, handler_mode=True)
+def handler_stack(tmp_path: Path, haproxy_bin: HAProxyBin) -> Iterator[DevStack]:
+    yield from make_stack(tmp_path, haproxy_bin, handler_mode=True)
 
 
 def test_event_handler_wiring(handler_stack: DevStack) -> None:

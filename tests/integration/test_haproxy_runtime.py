@@ -1,4 +1,7 @@
-"""lbsync.haproxy against a real HAProxy (master-worker) on loopback."""
+"""lbsync.haproxy against a real HAProxy (master-worker) on loopback, 2.6 and 3.0.
+
+Every test that starts HAProxy (`haproxy_rig`) runs once per binary of `haproxy_bin`.
+"""
 
 from __future__ import annotations
 
@@ -10,11 +13,12 @@ from pathlib import Path
 import pytest
 from haproxy_fixtures import (
     BACKEND,
+    COOKIE_KEY,
     HAProxyRig,
     HeldRequest,
+    dynamic_cookie,
     free_port,
     http_get,
-    requires_haproxy,
 )
 
 from lbsync.haproxy import runtime as runtime_module
@@ -28,7 +32,7 @@ from lbsync.haproxy.runtime import (
 )
 from lbsync.model import ADMIN_FDRAIN, ServerState
 
-pytestmark = [pytest.mark.integration, requires_haproxy]
+pytestmark = [pytest.mark.integration]  # haproxy_bin skips when a binary is missing
 
 
 def wait_for(what: str, check: Callable[[], bool], timeout: float = 5.0) -> None:
@@ -143,14 +147,33 @@ def test_refusals_carry_haproxy_text(haproxy_rig: HAProxyRig) -> None:
     assert "(and 4 more)" in str(failed.value)
 
 
-def test_cookie_on_add_server_is_refused_before_3_0(haproxy_rig: HAProxyRig) -> None:
+def test_cookie_on_add_server_refused_before_3_0_and_used_from_3_0(
+        haproxy_rig: HAProxyRig) -> None:
+    """Why lbsync has two cookie paths: `add server ... cookie NAME` only works on 3.0+."""
     rt = haproxy_rig.runtime()
-    if rt.version() >= (3, 0, 0):
-        pytest.skip("HAProxy 3.0+ accepts 'cookie' on add server")
-    (answer,) = rt.execute([f"add server {BACKEND}/c1 127.0.0.1:1 cookie c1"])
-    assert response_error("add server", answer) == (
-        "'cookie' option is not accepted for dynamic server"
-    )
+    assert rt.version() == haproxy_rig.haproxy.version
+    port = haproxy_rig.nodes[0].port
+    command = f"add server {BACKEND}/c1 127.0.0.1:{port} check inter 1s weight 5 cookie c1"
+    if not haproxy_rig.haproxy.explicit_cookies:
+        (answer,) = rt.execute([command])
+        assert response_error("add server", answer) == (
+            "'cookie' option is not accepted for dynamic server"
+        )
+        return
+    rt.run([command, f"enable health {BACKEND}/c1", f"enable server {BACKEND}/c1"])
+    add_and_enable(rt, "c2", haproxy_rig.nodes[1].port)  # no cookie: a dynamic one
+    rt.run([f"enable dynamic-cookie backend {BACKEND}"])
+    wait_for("c1 and c2 up", lambda: all((s := server(rt, n)) is not None and s.up
+                                         for n in ("c1", "c2")))
+    # The explicit cookie wins over the backend's dynamic ones, and pins the client.
+    cookies = {}
+    for _ in range(6):  # round robin, equal weights
+        response = http_get(haproxy_rig.nodes_port)
+        cookies[response.body] = [c.split(";")[0] for c in response.set_cookie]
+    dynamic = dynamic_cookie(COOKIE_KEY, "127.0.0.1", haproxy_rig.nodes[1].port)
+    assert cookies == {"node0": ["SERVERID=c1"], "node1": [f"SERVERID={dynamic}"]}
+    assert {http_get(haproxy_rig.nodes_port, cookie="SERVERID=c1").body
+            for _ in range(4)} == {"node0"}
 
 
 def test_servers_state_counts_sessions_of_held_requests(haproxy_rig: HAProxyRig) -> None:
@@ -234,14 +257,15 @@ def test_failed_reload_raises_and_old_worker_keeps_serving(haproxy_rig: HAProxyR
 
 
 def test_check_config_returns_haproxys_alerts(haproxy_rig: HAProxyRig, tmp_path: Path) -> None:
-    check_config(haproxy_rig.config)  # the running config is valid
+    binary = haproxy_rig.haproxy.path
+    check_config(haproxy_rig.config, binary)  # the running config is valid
 
     broken = tmp_path / "broken.cfg"
     broken.write_text(
         "defaults\n    mode http\nbackend b\n    server s 127.0.0.1:80 chek\n    bogus_kw 1\n"
     )
     with pytest.raises(ConfigInvalid) as invalid:
-        check_config(broken)
+        check_config(broken, binary)
     alerts = invalid.value.alerts
     assert any("unknown keyword 'chek'" in a and "broken.cfg:4" in a for a in alerts), alerts
     assert any("bogus_kw" in a for a in alerts), alerts
@@ -250,7 +274,9 @@ def test_check_config_returns_haproxys_alerts(haproxy_rig: HAProxyRig, tmp_path:
 
 
 def test_version_matches_the_binary(haproxy_rig: HAProxyRig) -> None:
-    assert haproxy_rig.runtime().version() == haproxy_version()
+    version = haproxy_version(haproxy_rig.haproxy.path)
+    assert haproxy_rig.runtime().version() == version == haproxy_rig.haproxy.version
+    assert haproxy_rig.haproxy.explicit_cookies == (haproxy_rig.haproxy.label == "3.0")
 
 
 def test_dynamic_cookie_needs_enable_after_add(haproxy_rig: HAProxyRig) -> None:
@@ -272,7 +298,9 @@ def test_dynamic_cookie_needs_enable_after_add(haproxy_rig: HAProxyRig) -> None:
             match = re.match(r"SERVERID=([0-9a-f]{16});", header)
             if match:
                 cookies[response.body] = match[1]
-    assert set(cookies) == {"node0", "node1"} and len(set(cookies.values())) == 2
+    # The hash of key, address and port, on either version: the same on every load balancer.
+    assert cookies == {node.name: dynamic_cookie(COOKIE_KEY, "127.0.0.1", node.port)
+                       for node in haproxy_rig.nodes[:2]}
 
     sticky = {http_get(haproxy_rig.nodes_port, cookie=f"SERVERID={cookies['node1']}").body
               for _ in range(4)}
