@@ -19,6 +19,7 @@ from watchdog.observers import Observer
 from .haproxy.binary import check_config, haproxy_version
 from .haproxy.master import MasterCLI
 from .haproxy.runtime import RuntimeAPI, response_error
+from .metrics import Metrics, MetricsServer, Views
 from .model import LbsyncError, Member, MemberEvent, Refusal
 from .reconcile import Reconciler
 from .registry import Registry
@@ -88,7 +89,26 @@ def check_serf(host: str, port: int, auth_key: str | None) -> None:
         log.warning("%s; will keep trying", e)
 
 
-def run_agent(settings: Settings, stop: threading.Event) -> None:
+class LatestMembers:
+    """Serf's latest member list as the follower delivered it, for the scrape-time gauges
+    (no extra RPC connection per scrape). Written by the follower's thread, read by the
+    metrics server's: one reference swap, no lock needed."""
+
+    def __init__(self) -> None:
+        self.members: list[Member] | None = None
+        self.follower: Follower | None = None
+
+    def get(self) -> dict[str, Member]:
+        if self.follower is None or not self.follower.connected or self.members is None:
+            raise LbsyncError("not connected to the Serf agent")
+        return {m.name: m for m in self.members}
+
+
+def run_agent(settings: Settings, stop: threading.Event, metrics: Metrics | None = None,
+              metrics_server: MetricsServer | None = None) -> None:
+    """Follow and reconcile until `stop` is set. `metrics_server` (already bound, serving
+    `metrics.registry`) is started here and closed on the way out."""
+    metrics = metrics or Metrics()
     registry = Registry(settings.registry_dir)
     settings.registry_dir.mkdir(parents=True, exist_ok=True)
     runtime = RuntimeAPI(settings.runtime_socket)
@@ -100,35 +120,54 @@ def run_agent(settings: Settings, stop: threading.Event) -> None:
         check_config=lambda p: check_config(p, settings.haproxy_bin),
         response_error=response_error,
     )
-    log.info("start version=haproxy-%s registry=%s runtime=%s serf=%s",
+    log.info("start version=haproxy-%s registry=%s runtime=%s serf=%s metrics=%s",
              ".".join(map(str, version)), settings.registry_dir, settings.runtime_socket,
              f"{settings.serf_rpc[0]}:{settings.serf_rpc[1]}" if settings.serf_rpc
-             else "off (registry only)")
+             else "off (registry only)",
+             f"http://{settings.metrics_bind}/metrics" if metrics_server else "off")
+    metrics.set_build(version)
+    latest = LatestMembers()
+    metrics.watch(Views(
+        members=latest.get if settings.serf_rpc else registry.load,
+        servers=lambda: runtime.servers_state(settings.backend),
+        config_text=lambda: settings.haproxy_config.read_text(encoding="utf-8"),
+        settings=settings, version=version,
+        members_source="serf" if settings.serf_rpc else "registry"))
 
     q: queue.Queue[object] = queue.Queue()
+
+    def on_members(members: list[Member]) -> None:
+        latest.members = members
+        q.put(Snapshot(members))
+
     observer = Observer()
     observer.schedule(RegistryWatch(q), str(settings.registry_dir), recursive=False)
     observer.start()
     follower: Follower | None = None
-    if settings.serf_rpc:
-        host, port = settings.serf_rpc
-        check_serf(host, port, settings.serf_auth_key)
-        follower = Follower(host, port, on_event=q.put,
-                            on_members=lambda ms: q.put(Snapshot(ms)),
-                            auth_key=settings.serf_auth_key, poll_interval=settings.poll_interval)
-        follower.start()
     try:
-        _loop(settings, registry, reconciler, q, stop)
+        if metrics_server is not None:
+            metrics_server.start()
+        if settings.serf_rpc:
+            host, port = settings.serf_rpc
+            check_serf(host, port, settings.serf_auth_key)
+            follower = Follower(host, port, on_event=q.put, on_members=on_members,
+                                auth_key=settings.serf_auth_key,
+                                poll_interval=settings.poll_interval)
+            latest.follower = follower
+            follower.start()
+        _loop(settings, registry, reconciler, q, stop, metrics)
     finally:
         if follower is not None:
             follower.stop()
         observer.stop()
         observer.join(timeout=5)
+        if metrics_server is not None:
+            metrics_server.stop()
         log.info("stop reloads=%d", reconciler.mem.reloads)
 
 
 def _loop(settings: Settings, registry: Registry, reconciler: Reconciler,
-          q: queue.Queue[object], stop: threading.Event) -> None:
+          q: queue.Queue[object], stop: threading.Event, metrics: Metrics) -> None:
     last_key: object = None
     next_resync = 0.0  # reconcile at once on start
     busy = False
@@ -153,7 +192,10 @@ def _loop(settings: Settings, registry: Registry, reconciler: Reconciler,
                     # The poll usually saw it first; repeat it only when it is news.
                     log.log(logging.INFO if m.name in names else logging.DEBUG,
                             "%s member=%s addr=%s source=stream", item.kind, m.name, m.addr)
+                    if m.name in names:
+                        metrics.member_event(str(item.kind))
                 _log_refused(refused)
+                metrics.refused(refused)
                 changed |= bool(names)
                 last_key = None  # the stream lags the poll: let the next poll correct it
             elif isinstance(item, Snapshot):
@@ -167,24 +209,31 @@ def _loop(settings: Settings, registry: Registry, reconciler: Reconciler,
             if key != last_key or resync:
                 names, refused = registry.sync(snapshot.members, time.time())
                 _log_refused(refused)
+                metrics.refused(refused)
                 for name in names:
                     stored = registry.get(name)
-                    log.info("%s member=%s addr=%s source=members",
-                             stored.last_event if stored else "member-reap", name,
+                    kind = stored.last_event if stored else "member-reap"
+                    log.info("%s member=%s addr=%s source=members", kind, name,
                              stored.addr if stored else "-")
+                    metrics.member_event(kind)
                 changed |= bool(names)
                 last_key = key
         if changed or busy or resync:
+            started = time.monotonic()
             try:
-                busy = reconciler.tick(now).busy
+                result = reconciler.tick(now)
+                busy = result.busy
+                metrics.observe_pass(result, time.monotonic() - started, time.time())
             except LbsyncError as e:
                 log.error("reconcile failed: %s", e)
                 busy = True
+                metrics.failed_pass(time.monotonic() - started)
             except Exception:
                 # A bug must not stop the load balancer from following the fleet: log it
                 # with its traceback and try again on the next pass.
                 log.exception("reconcile crashed; retrying")
                 busy = True
+                metrics.failed_pass(time.monotonic() - started)
         if resync:
             next_resync = now + settings.resync_interval
 

@@ -55,6 +55,8 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--haproxy-bin", "haproxy_bin", str, "haproxy binary"),
     ("--serf-rpc", "serf_rpc", str, "Serf agent RPC address HOST:PORT ('' = registry only)"),
     ("--serf-auth-key", "serf_auth_key", str, "Serf RPC auth key"),
+    ("--metrics-bind", "metrics_bind", str,
+     "agent: serve Prometheus metrics on HOST:PORT/metrics ('' = off)"),
 ]
 _DURATIONS = {"check_inter", "drain_timeout", "failed_grace", "resync_interval",
               "poll_interval", "reload_min_interval"}
@@ -194,9 +196,14 @@ def agent(**kw: Any) -> None:
     """The daemon: follow Serf and the registry, keep HAProxy and haproxy.cfg in step."""
     from .agent import run_agent
     from .haproxy.binary import find_binary
+    from .metrics import Metrics, MetricsServer
 
     settings = build_settings(kw)
     find_binary(settings.haproxy_bin)  # before anything is written
+    metrics = Metrics()
+    server = None
+    if settings.metrics_bind:  # bound now, served by the agent: a port in use fails here
+        server = MetricsServer(settings.metrics_bind, metrics.registry)
     _prepare_dirs(settings)
     stop = threading.Event()
 
@@ -206,7 +213,7 @@ def agent(**kw: Any) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    run_agent(settings, stop)
+    run_agent(settings, stop, metrics, server)
 
 
 @main.command()

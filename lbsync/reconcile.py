@@ -45,8 +45,16 @@ class Memory:
 
 @dataclass(frozen=True)
 class TickResult:
+    """What one pass did: the loop's cue (busy) and what lbsync.metrics counts."""
+
     plan: Plan
     busy: bool  # drains in progress, a reload waiting or a del to retry: come back soon
+    outcomes: tuple[Outcome, ...] = ()
+    refused: tuple[Refusal, ...] = ()
+    reloaded: bool = False
+    # Why this pass was not a good one (HAProxy unreachable, a candidate config rejected,
+    # a reload or a command refused); None when it was.
+    problem: str | None = None
 
 
 class Reconciler:
@@ -68,6 +76,9 @@ class Reconciler:
         self.check_config = check_config
         self.response_error = response_error
         self.mem = Memory()
+        # Per pass, for TickResult: set by write_config() and reload().
+        self._problem: str | None = None
+        self._reloaded = False
         self.template_label, self.template_source = load_template(settings.template)
         cfg = settings.haproxy_config
         if cfg.exists():
@@ -83,6 +94,8 @@ class Reconciler:
 
     def tick(self, now: float | None = None) -> TickResult:
         now = time.monotonic() if now is None else now
+        self._problem = None
+        self._reloaded = False
         desired = self.desired()
         try:
             actual = self.runtime.servers_state(self.settings.backend)
@@ -92,7 +105,8 @@ class Reconciler:
                 self.mem.runtime_down = True
             # HAProxy is down or restarting: the file is what it will start from.
             self.write_config(list(desired.servers.values()), desired.explicit_cookies, now)
-            return TickResult(Plan(), busy=False)
+            return TickResult(Plan(), busy=False, refused=desired.refused,
+                              problem=self._problem or "runtime API unreachable")
         if self.mem.runtime_down:
             log.info("runtime API reachable again")
             self.mem.runtime_down = False
@@ -115,8 +129,13 @@ class Reconciler:
         servers = servers_after(plan, actual, desired, self.mem.applied_weights)
         reload_waiting = self.write_config(servers, desired.explicit_cookies, now)
         draining = bool(plan.waiting or plan.drain or plan.suspect)
+        refusals = [o for o in outcomes if o.error is not None and not still_attached(o)]
+        problem = self._problem or (
+            f"HAProxy refused {len(refusals)} command(s)" if refusals else None)
         return TickResult(plan, busy=draining or reload_waiting
-                          or any(still_attached(o) for o in outcomes))
+                          or any(still_attached(o) for o in outcomes),
+                          outcomes=tuple(outcomes), refused=desired.refused,
+                          reloaded=self._reloaded, problem=problem)
 
     def _record(self, plan: Plan, outcomes: list[Outcome], now: float) -> None:
         """Remember what HAProxy accepted: the weights lbsync gave, the drains it set."""
@@ -166,6 +185,7 @@ class Reconciler:
                     self.check_config(candidate)
                 except LbsyncError as e:
                     log.error("render rejected by haproxy -c, keeping %s: %s", cfg, e)
+                    self._problem = "haproxy -c rejected the rendered config"
                     return False
             atomic_write(cfg, text)
             log.info("write config=%s servers=%d took=%.1fms", cfg, len(servers),
@@ -182,6 +202,7 @@ class Reconciler:
         except LbsyncError as e:
             log.error("reload failed, will retry: %s", e)
             self.mem.last_reload = now
+            self._problem = "reload failed"
             return True
         self.mem.running_structure = wanted
         return False
@@ -193,6 +214,7 @@ class Reconciler:
         self.master.reload()
         self.mem.last_reload = now
         self.mem.reloads += 1
+        self._reloaded = True
         log.info("reload reason=structure-changed took=%.1fms",
                  (time.monotonic() - started) * 1000)
 

@@ -95,6 +95,8 @@ class Settings:
     haproxy_bin: str = "haproxy"
     serf_rpc: tuple[str, int] | None = None
     serf_auth_key: str | None = field(default=None, repr=False)
+    # The agent's own Prometheus endpoint (/metrics); "" serves none. Not structure.
+    metrics_bind: str = ""
 
     @property
     def state_file(self) -> Path:
@@ -134,6 +136,8 @@ class Settings:
         parse_hostport(self.stats_bind, "--stats-bind", host_required=False)
         if self.runtime_tcp:
             parse_hostport(self.runtime_tcp, "--runtime-tcp")
+        if self.metrics_bind:
+            parse_hostport(self.metrics_bind, "--metrics-bind", host_required=False)
         if not is_unix_socket(self.runtime_socket):
             parse_hostport(self.runtime_socket, "--runtime-socket")
         for what, path in (("--runtime-socket", self.runtime_socket),

@@ -6,9 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # wrk: the load generator of bench/run.py. chromium: the lab's stats page screenshots
-# (lbsync lab collect).
+# (lbsync lab collect). prometheus: the server tests/integration/test_metrics.py starts on
+# loopback to scrape lbsync's and HAProxy's /metrics.
 APT_PACKAGES=(haproxy serf python3 python3-venv python3-pip curl netcat-openbsd procps wrk
-              chromium)
+              chromium prometheus)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
@@ -23,9 +24,14 @@ if ((${#missing[@]})); then
     echo "setup: apt-get install ${missing[*]}"
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    # policy-rc.d-less machines would start the packaged haproxy on :80; lbsync runs its own.
+    # policy-rc.d-less machines would start the packaged haproxy on :80 and prometheus on
+    # :9090; lbsync and its tests run their own.
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-    if systemctl is-active --quiet haproxy 2>/dev/null; then systemctl stop haproxy || true; fi
+    for service in haproxy prometheus; do
+        if systemctl is-active --quiet "$service" 2>/dev/null; then
+            systemctl stop "$service" || true
+        fi
+    done
 fi
 
 PYTHON=${PYTHON:-python3}

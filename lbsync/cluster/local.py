@@ -1,9 +1,9 @@
 """`lbsync up / scale / down`: the whole system on one machine, under supervisord.
 
-The load balancer is 127.N.0.1 (frontend :8080, stats :1936, runtime API :9999, Serf
-:7946/:7373); edge node i is 127.N.0.(10+i) (Crossbar :8080, the sidecar's agent-check
-:8081, Serf :7946/:7373; its router has a unix socket only). N is 0 unless `--net` says
-otherwise.
+The load balancer is 127.N.0.1 (frontend :8080, stats :1936 with HAProxy's /metrics,
+runtime API :9999, Serf :7946/:7373, lbsync agent's /metrics :9180); edge node i is
+127.N.0.(10+i) (Crossbar :8080, the sidecar's agent-check :8081, Serf :7946/:7373; its
+router has a unix socket only). N is 0 unless `--net` says otherwise.
 
 Everything the cluster writes lives in one folder (`--dir`): supervisord.conf, sockets,
 haproxy.cfg, the registry, each node's Crossbar folder, logs, and `lbsync.env`, which
@@ -34,6 +34,9 @@ from ..render import load_template, render_text
 
 HTTP_PORT = 8080
 AGENT_PORT = 8081
+# lbsync agent's /metrics on the load balancer (9100, node_exporter's, would clash with one
+# running on the host).
+METRICS_PORT = 9180
 MAX_NODES = 200
 ENV_FILE = "lbsync.env"
 STATE_FILE = "cluster.json"
@@ -106,12 +109,15 @@ class Layout:
             "LBSYNC_STATS_BIND": f"{self.lb_ip}:1936",
             "LBSYNC_SERF_RPC": f"{self.lb_ip}:7373",
             "LBSYNC_DRAIN_TIMEOUT": f"{drain_timeout:g}s",
+            "LBSYNC_METRICS_BIND": f"{self.lb_ip}:{METRICS_PORT}",
         }
 
     def endpoints(self) -> str:
         ip = self.lb_ip
         return (f"frontend  http://{ip}:{HTTP_PORT}/info   (WAMP: ws://{ip}:{HTTP_PORT}/ws)\n"
                 f"stats     http://{ip}:1936/\n"
+                f"metrics   http://{ip}:1936/metrics (HAProxy)  "
+                f"http://{ip}:{METRICS_PORT}/metrics (lbsync)\n"
                 f"runtime   echo \"show servers state\" | nc {ip} 9999\n"
                 f"status    lbsync status\n"
                 f"logs      {self.dir}/logs/")

@@ -133,6 +133,12 @@ def test_up_two_nodes_serves_from_both_with_sticky_cookies(cluster: Layout) -> N
     assert {node_of(client.get(f"{frontend}/mydata", timeout=5)) for _ in range(20)} == {first}
     info = requests.get(f"{frontend}/info", timeout=5)
     assert info.status_code == 200 and "text/html" in info.headers["Content-Type"]
+    # Both Prometheus endpoints the README names for the local cluster.
+    assert f"http://{cluster.lb_ip}:9180/metrics (lbsync)" in r.stdout
+    agent = requests.get(f"http://{cluster.lb_ip}:9180/metrics", timeout=5).text
+    assert 'lbsync_servers{state="UP"} 2.0' in agent
+    haproxy = requests.get(f"http://{cluster.lb_ip}:1936/metrics", timeout=5).text
+    assert 'haproxy_backend_active_servers{proxy="nodes"} 2' in haproxy
 
 
 def test_status_works_with_no_flags(cluster: Layout) -> None:

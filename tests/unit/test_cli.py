@@ -25,6 +25,7 @@ _CLEAN_ENV: dict[str, str | None] = {
         "LBSYNC_ALLOW_CIDR", "LBSYNC_REGISTRY_DIR", "LBSYNC_HAPROXY_CONFIG", "LBSYNC_TEMPLATE",
         "LBSYNC_RUNTIME_SOCKET", "LBSYNC_MASTER_SOCKET", "LBSYNC_RUNTIME_TCP",
         "LBSYNC_FRONTEND_BIND", "LBSYNC_STATS_BIND", "LBSYNC_ROLE", "LBSYNC_LOG_LEVEL",
+        "LBSYNC_METRICS_BIND",
         "SERF_EVENT",
     )
 }
@@ -80,6 +81,8 @@ def test_help_lists_env_vars_for_settings() -> None:
     for var in ("LBSYNC_DEFAULT_PORT", "LBSYNC_REGISTRY_DIR", "LBSYNC_ALLOW_CIDR",
                 "LBSYNC_CHECK_INTER", "LBSYNC_SERF_RPC"):
         assert var in out
+    agent_help = run(["agent", "--help"]).output
+    assert "--metrics-bind" in agent_help and "LBSYNC_METRICS_BIND" in agent_help
 
 
 def test_version() -> None:
@@ -112,6 +115,8 @@ def test_unknown_command_is_a_usage_error() -> None:
         (["--role", "a;b"], "--role"),
         (["--stats-bind", "nope"], "--stats-bind"),
         (["--check-path", "no-slash"], "--check-path"),
+        (["--metrics-bind", "nope"], "--metrics-bind"),
+        (["--metrics-bind", "127.0.0.1:70000"], "--metrics-bind"),
     ],
 )
 @pytest.mark.parametrize("command", ["render", "agent"])
@@ -140,6 +145,79 @@ def test_wrongly_typed_flag_is_a_usage_error(tmp_path: Path, flags: list[str]) -
     assert result.exit_code == 2
     assert "Traceback" not in result.output
     assert "Invalid value" in result.stderr
+
+
+def _agent_must_not_run(monkeypatch: pytest.MonkeyPatch) -> None:
+    import lbsync.agent
+
+    def must_not_run(*_args: object) -> None:
+        raise AssertionError("the daemon started despite a bad flag")
+
+    monkeypatch.setattr(lbsync.agent, "run_agent", must_not_run)
+
+
+@pytest.mark.parametrize("via", ["flag", "env"])
+def test_agent_metrics_port_in_use_is_one_error_line_and_writes_nothing(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, via: str) -> None:
+    import socket
+    import sys
+
+    _agent_must_not_run(monkeypatch)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        bind = f"127.0.0.1:{busy.getsockname()[1]}"
+        flags = [*tmp_flags(tmp_path), "--haproxy-bin", sys.executable]
+        result = run(["agent", *flags, *(["--metrics-bind", bind] if via == "flag" else [])],
+                     env={"LBSYNC_METRICS_BIND": bind} if via == "env" else None)
+    assert_one_error_line(result, f"--metrics-bind: cannot listen on {bind}", "in use")
+    assert not (tmp_path / "run").exists()
+    assert not (tmp_path / "etc").exists()
+
+
+def test_agent_hands_a_bound_metrics_server_to_the_daemon(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+    import sys
+    import urllib.request
+
+    import lbsync.agent
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    seen: dict[str, object] = {}
+
+    def fake_run_agent(settings: object, stop: object, metrics: object, server: object) -> None:
+        from lbsync.metrics import Metrics, MetricsServer
+
+        assert isinstance(metrics, Metrics) and isinstance(server, MetricsServer)
+        server.start()
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+                seen["text"] = r.read().decode()
+        finally:
+            server.stop()
+
+    monkeypatch.setattr(lbsync.agent, "run_agent", fake_run_agent)
+    result = run(["agent", *tmp_flags(tmp_path), "--haproxy-bin", sys.executable,
+                  "--metrics-bind", f"127.0.0.1:{port}"])
+    assert result.exit_code == 0, result.output
+    assert "lbsync_reconcile_passes_total" in str(seen["text"])
+
+
+def test_agent_without_metrics_bind_serves_none(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    import lbsync.agent
+
+    seen: list[object] = []
+    monkeypatch.setattr(lbsync.agent, "run_agent",
+                        lambda settings, stop, metrics, server: seen.append(server))
+    result = run(["agent", *tmp_flags(tmp_path), "--haproxy-bin", sys.executable])
+    assert result.exit_code == 0, result.output
+    assert seen == [None]
 
 
 def test_members_with_bad_serf_rpc() -> None:

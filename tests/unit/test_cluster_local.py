@@ -30,6 +30,9 @@ def test_layout_addresses() -> None:
     assert env["LBSYNC_RUNTIME_TCP"] == "127.7.0.1:9999"
     assert env["LBSYNC_FRONTEND_BIND"] == "127.7.0.1:8080"
     assert env["LBSYNC_DRAIN_TIMEOUT"] == "5s"
+    assert env["LBSYNC_METRICS_BIND"] == "127.7.0.1:9180"
+    assert "http://127.7.0.1:9180/metrics" in layout.endpoints()
+    assert "http://127.7.0.1:1936/metrics" in layout.endpoints()
 
 
 @pytest.mark.parametrize("bad", ["/tmp/a b", "/tmp/a%b", "/tmp/a'b", "/tmp/a;b", "/tmp/a=b"])

@@ -251,3 +251,56 @@ def test_structure_change_reloads_once_rate_limited(setup: Rig) -> None:
     assert master.reloads == 1
     r2.tick(15.5)
     assert master.reloads == 2
+
+
+# --- what a pass reports (TickResult, counted by lbsync.metrics) --------------------------
+
+
+def test_tick_result_reports_outcomes_and_a_good_pass(setup: Rig) -> None:
+    _, registry, _, _ = setup
+    registry.put(edge("n1", "10.0.0.1"))
+    result = reconciler(*setup).tick(0.0)
+    assert [(o.step.action, o.step.server, o.error) for o in result.outcomes] == [
+        ("add", "n1", None)]
+    assert result.problem is None and not result.reloaded
+
+
+def test_tick_result_problem_when_haproxy_is_unreachable(setup: Rig) -> None:
+    _, registry, haproxy, _ = setup
+    haproxy.down = True
+    registry.put(edge("n1", "10.0.0.1"))
+    result = reconciler(*setup).tick(0.0)
+    assert result.problem == "runtime API unreachable"
+    assert result.outcomes == ()
+
+
+def test_tick_result_problem_when_the_config_is_rejected(setup: Rig) -> None:
+    settings, registry, haproxy, master = setup
+
+    def reject(path: Path) -> None:
+        raise LbsyncError("[ALERT] parsing error")
+
+    registry.put(edge("n1", "10.0.0.1"))
+    result = reconciler(settings, registry, haproxy, master, reject).tick(0.0)
+    assert result.problem == "haproxy -c rejected the rendered config"
+
+
+def test_tick_result_problem_when_haproxy_refuses_a_command(setup: Rig) -> None:
+    settings, registry, haproxy, master = setup
+    r = Reconciler(settings, registry, haproxy, master, (2, 6, 12), ok_check,
+                   lambda command, answer: "No such backend." if command.startswith(
+                       "add server") else None)
+    registry.put(edge("n1", "10.0.0.1"))
+    result = r.tick(0.0)
+    assert result.problem == "HAProxy refused 1 command(s)"
+    assert result.outcomes[0].error is not None
+
+
+def test_tick_result_refusals_and_reload(setup: Rig) -> None:
+    settings, registry, haproxy, master = setup
+    registry.put(Member("n1", "10.0.0.1", {"role": "edge", "port": "99999"}))
+    first = reconciler(*setup).tick(0.0)
+    assert [r.member for r in first.refused] == ["n1"]
+    changed = Settings(**{**settings.__dict__, "check_rise": 3})
+    result = reconciler(changed, registry, haproxy, master).tick(10.0)
+    assert result.reloaded and result.problem is None

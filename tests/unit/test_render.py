@@ -110,6 +110,15 @@ def test_stats_listen_section_binds_stats() -> None:
     assert ls[start + 1] == "bind 127.0.0.1:1936"
 
 
+def test_stats_listener_serves_haproxys_prometheus_exporter() -> None:
+    ls = lines(render())
+    section = ls[ls.index("listen stats"):ls.index(f"backend {S.backend}")]
+    assert "http-request use-service prometheus-exporter if { path /metrics }" in section
+    # Before the stats page, which would otherwise answer every path under its `/` uri.
+    assert section.index("http-request use-service prometheus-exporter if { path /metrics }"
+                         ) < section.index("stats enable")
+
+
 def test_dynamic_cookies_on_2_6() -> None:
     text = render(explicit=False)
     ls = lines(text)

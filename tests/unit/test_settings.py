@@ -167,6 +167,10 @@ def _bad(**changes: Any) -> str:
         ({"stats_bind": "127.0.0.1"}, "--stats-bind"),
         ({"runtime_tcp": ":9999"}, "--runtime-tcp"),
         ({"runtime_tcp": "127.0.0.1:99999"}, "--runtime-tcp"),
+        ({"metrics_bind": "nope"}, "--metrics-bind"),
+        ({"metrics_bind": "127.0.0.1:0"}, "--metrics-bind"),
+        ({"metrics_bind": "127.0.0.1"}, "--metrics-bind"),
+        ({"metrics_bind": "http://127.0.0.1:9180"}, "--metrics-bind"),
         ({"runtime_socket": "relative/path.sock"}, "--runtime-socket"),
         ({"runtime_socket": "/run/my sock"}, "--runtime-socket"),
         ({"runtime_socket": "/run/a;b"}, "--runtime-socket"),
@@ -197,6 +201,11 @@ def test_check_refuses_backend_and_cookie_name_with_trailing_newline(name: str) 
         {"runtime_socket": "unix@/run/x.sock"},
         {"frontend_bind": ":80"},
         {"stats_bind": "*:1936"},
+        {"metrics_bind": ""},  # off, the default
+        {"metrics_bind": "127.0.0.1:9180"},
+        {"metrics_bind": "*:9180"},
+        {"metrics_bind": ":9180"},
+        {"metrics_bind": "[::1]:9180"},
         {"drain_timeout": 0.0, "reload_min_interval": 0.0, "failed_grace": 0.0},
         {"default_weight": 0},
         {"default_port": 65535},
@@ -238,3 +247,7 @@ def test_state_file_sits_beside_the_config(config: str, state: str) -> None:
                                               ("127.0.0.1:9999", False), ("x.sock", False)])
 def test_is_unix_socket(address: str, unix: bool) -> None:
     assert is_unix_socket(address) is unix
+
+
+def test_metrics_are_off_by_default() -> None:
+    assert Settings().metrics_bind == ""
