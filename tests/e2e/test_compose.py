@@ -2,8 +2,10 @@
 starting Docker when it must), then docker-compose.yml runs `lb` and N `node` containers.
 
 One compose project (`lbsynce2e`) serves the whole module; the tests run in file order,
-each leaving the stack as the next one expects. The project is always taken down, also on
-failure, and a dockerd that the preparation started is stopped.
+each leaving the stack as the next one expects. The project is always taken down (with its
+key volume), also on failure, and a dockerd that the preparation started is stopped. It
+runs with no SERF_ENCRYPT_KEY and no .env, as a fresh clone does: the lb makes the gossip
+key; the last test sets SERF_ENCRYPT_KEY to check that it overrides the made one.
 
 Select with `pytest -m e2e tests/e2e`. LBSYNC_COMPOSE picks the compose command
 (default: `docker compose` when the plugin answers, else `docker-compose`).
@@ -12,21 +14,31 @@ Select with `pytest -m e2e tests/e2e`. LBSYNC_COMPOSE picks the compose command
 from __future__ import annotations
 
 import base64
-import contextlib
 import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import requests
+from e2e_docker import (
+    FRONTEND,
+    NODE_UP,
+    SHOW_PROC,
+    logs,
+    node_in_info,
+    parse_show_proc,
+    prepared_engine,
+    run,
+    utc_now,
+    wait,
+)
 from loadgen import HttpLoad
 
 from lbsync.haproxy.runtime import RuntimeAPI, parse_servers_state
@@ -35,30 +47,12 @@ from lbsync.lab.spec import SNAPSHOT
 from lbsync.model import ServerState
 from lbsync.status import config_servers
 
-ROOT = Path(__file__).resolve().parents[2]
 PROJECT = "lbsynce2e"
-FRONTEND = "http://127.0.0.1:8080"
 INTRUDER_LABEL = "lbsync-e2e=intruder"
-NODE_UP = 180.0  # Crossbar nodes starting side by side on 2 cores take a while
+KEY_VOLUME = f"{PROJECT}_lbsync-keys"
+KEY_FILE = "/var/lib/lbsync-keys/serf.key"
 
 pytestmark = pytest.mark.e2e
-
-
-def run(*cmd: str, timeout: float = 120, check: bool = True,
-        env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run(list(cmd), cwd=ROOT, capture_output=True, text=True, timeout=timeout,
-                       env=env, check=False)
-    if check and r.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} exited {r.returncode}:\n"
-                             f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
-    return r
-
-
-def engine_answers() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    return subprocess.run(["docker", "info"], capture_output=True, timeout=60,
-                          check=False).returncode == 0
 
 
 def compose_command() -> list[str]:
@@ -67,26 +61,6 @@ def compose_command() -> list[str]:
     plugin = subprocess.run(["docker", "compose", "version"], capture_output=True,
                             timeout=30, check=False)
     return ["docker", "compose"] if plugin.returncode == 0 else ["docker-compose"]
-
-
-def wait(cond: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            if cond():
-                return
-        except Exception as e:  # noqa: BLE001  (the world is still settling)
-            last = e
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}"
-                         + (f" (last error: {last!r})" if last else ""))
-
-
-def node_in_info(html: str) -> str:
-    m = re.search(r"<h1>node ([^<]+)</h1>", html)
-    assert m, f"no node name in /info: {html[:200]!r}"
-    return m.group(1)
 
 
 @dataclass
@@ -125,17 +99,7 @@ class Stack:
 
     def show_proc(self) -> tuple[int, list[str]]:
         """The master's reload count and its workers' pids (master CLI `show proc`)."""
-        out = self.exec(self.lb(), "sh", "-c",
-                        'echo "show proc" | nc -U -w 3 "$LBSYNC_MASTER_SOCKET"').stdout
-        reloads, workers = -1, []
-        for line in out.splitlines():
-            f = line.split()
-            if len(f) > 2 and f[1] == "master":
-                reloads = int(f[2])
-            elif len(f) > 2 and f[1] == "worker":
-                workers.append(f[0])
-        assert reloads >= 0, f"no master line in show proc: {out!r}"
-        return reloads, workers
+        return parse_show_proc(self.exec(self.lb(), "sh", "-c", SHOW_PROC).stdout)
 
     def status_check(self) -> bool:
         return self.exec(self.lb(), "lbsync", "status", "--check", check=False).returncode == 0
@@ -152,55 +116,23 @@ class Stack:
         self.compose("--profile", "ha", "down", "-v", "--remove-orphans", "--timeout", "30")
 
 
-def _stop_dockerd(pid_file: Path) -> None:
-    try:
-        pid = int(pid_file.read_text())
-    except (OSError, ValueError):
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(pid, signal.SIGTERM)
-        for _ in range(60):
-            os.kill(pid, 0)
-            time.sleep(0.5)
-        os.kill(pid, signal.SIGKILL)
-    pid_file.unlink(missing_ok=True)
-
-
 @pytest.fixture(scope="module")
-def stack() -> Iterator[Stack]:
-    was_up = engine_answers()
-    if not was_up and os.geteuid() != 0:
-        pytest.skip("no Docker engine answers, and only root can install and start one")
-    pid_file = ROOT / ".cache" / "dockerd.pid"
-    if not was_up:
-        pid_file.unlink(missing_ok=True)
-    t0 = time.monotonic()
-    prep = subprocess.run(["bash", "scripts/docker-prepare.sh"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=1800, check=False)
-    started_dockerd = not was_up and pid_file.exists()
-    s: Stack | None = None
-    try:
-        if prep.returncode != 0:
-            tail = (prep.stdout + prep.stderr)[-3000:]
-            if not engine_answers():
-                pytest.skip(f"Docker is unavailable here (scripts/docker-prepare.sh):\n{tail}")
-            pytest.fail(f"scripts/docker-prepare.sh failed:\n{tail}")
-        print(f"\ndocker-prepare: {time.monotonic() - t0:.0f}s\n{prep.stderr}")
-        env = {**os.environ,
-               "SERF_ENCRYPT_KEY": base64.b64encode(os.urandom(32)).decode(),
-               # One proxy worker per node: five Crossbar nodes on two cores start faster.
-               "LBSYNC_PROXIES": "1", "LBSYNC_DRAIN_TIMEOUT": "10s"}
-        s = Stack(compose_command(), env)
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    with prepared_engine():
+        # No SERF_ENCRYPT_KEY at all, and no .env of this checkout: the stack runs on the
+        # key its lb makes (test_serf_encrypt_key_overrides_the_made_key sets one).
+        env_file = tmp_path_factory.mktemp("compose") / "empty.env"
+        env_file.write_text("")
+        env = {k: v for k, v in os.environ.items() if k != "SERF_ENCRYPT_KEY"}
+        # One proxy worker per node: five Crossbar nodes on two cores start faster.
+        env.update(LBSYNC_PROXIES="1", LBSYNC_DRAIN_TIMEOUT="10s")
+        s = Stack([*compose_command(), "--env-file", str(env_file)], env)
         s.down()  # what an interrupted run may have left
-        s.compose("up", "-d", "--scale", "node=3")
-        yield s
-    finally:
         try:
-            if s is not None:
-                s.down()
+            s.compose("up", "-d", "--scale", "node=3")
+            yield s
         finally:
-            if started_dockerd:
-                _stop_dockerd(pid_file)
+            s.down()
 
 
 def test_three_nodes_are_up_and_all_serve(stack: Stack) -> None:
@@ -220,6 +152,36 @@ def test_three_nodes_are_up_and_all_serve(stack: Stack) -> None:
         if seen == set(nodes.values()):
             break
     assert seen == set(nodes.values())
+
+
+def serf_keys(stack: Stack, cid: str) -> str:
+    """`serf keys -list` of a container's agent: the keys its keyring holds."""
+    return stack.exec(cid, "serf", "keys", "-list").stdout
+
+
+def test_the_gossip_key_is_made_once_and_shared_with_the_project_alone(stack: Stack) -> None:
+    lb = stack.lb()
+    nodes = stack.node_names()
+    assert nodes
+    # The lb made it, once, in the volume; mode 0600 in a 0700 folder.
+    made = [line for line in logs(lb).splitlines() if "made a new gossip key" in line]
+    assert len(made) == 1 and KEY_FILE in made[0], made
+    assert stack.exec(lb, "stat", "-c", "%a %U", KEY_FILE).stdout.split() == ["600", "root"]
+    assert stack.exec(lb, "stat", "-c", "%a", os.path.dirname(KEY_FILE)).stdout.strip() == "700"
+    key = stack.exec(lb, "lbsync-serf-key").stdout.strip()
+    assert len(base64.b64decode(key)) == 32
+    # Every node read the same one (they joined: the servers are UP), and nothing else has
+    # it: the volume is mounted by the lb and the nodes alone, the environment holds no
+    # key, and it is on no command line (serf reads it from a 0600 config file).
+    assert stack.exec(sorted(nodes)[0], "lbsync-serf-key").stdout.strip() == key
+    mounting = run("docker", "ps", "-q", "--no-trunc", "--filter",
+                   f"volume={KEY_VOLUME}").stdout.split()
+    assert set(mounting) == {lb, *nodes}
+    for cid in (lb, *nodes):
+        env = run("docker", "inspect", "-f", "{{json .Config.Env}}", cid).stdout
+        assert key not in env and "SERF_ENCRYPT_KEY=" in env
+        assert key not in stack.exec(cid, "ps", "-eo", "args").stdout
+        assert key in serf_keys(stack, cid)
 
 
 def lab(*args: str | Path, check: bool = True,
@@ -317,7 +279,7 @@ def test_lab_collect_from_the_compose_stack(stack: Stack, tmp_path: Path) -> Non
 
 def test_scale_to_5_then_1_under_load_loses_nothing_and_never_reloads(stack: Stack) -> None:
     reloads, workers = stack.show_proc()
-    since = run("date", "-u", "+%Y-%m-%dT%H:%M:%S").stdout.strip()
+    since = utc_now()
     with HttpLoad(f"{FRONTEND}/info") as load:
         stack.compose("up", "-d", "--scale", "node=5")
         five = stack.node_names()
@@ -335,8 +297,7 @@ def test_scale_to_5_then_1_under_load_loses_nothing_and_never_reloads(stack: Sta
     assert stack.show_proc() == (reloads, workers), "HAProxy reloaded"
     # They left: deleted once drained (the agent-check drains them first), never treated
     # as failed.
-    logs = run("docker", "logs", "--since", since, stack.lb())
-    log = logs.stdout + logs.stderr
+    log = logs(stack.lb(), since)
     for name in set(five.values()) - set(one.values()):
         assert f"del server={name} drained" in log
         assert f"kill server={name}" not in log
@@ -348,7 +309,7 @@ def test_docker_stop_of_a_node_is_a_graceful_leave_within_the_stop_timeout(
     nodes = stack.node_names()
     wait(lambda: stack.up_servers() == set(nodes.values()), NODE_UP, "3 servers UP")
     victim = sorted(nodes)[0]
-    since = run("date", "-u", "+%Y-%m-%dT%H:%M:%S").stdout.strip()
+    since = utc_now()
     t0 = time.monotonic()
     run("docker", "stop", "-t", "30", victim, timeout=60)
     took = time.monotonic() - t0
@@ -356,14 +317,12 @@ def test_docker_stop_of_a_node_is_a_graceful_leave_within_the_stop_timeout(
     assert took < 25
     # s6-svscan exited by itself (0), not killed by Docker (137) at the timeout.
     assert run("docker", "inspect", "-f", "{{.State.ExitCode}}", victim).stdout.strip() == "0"
-    logs = run("docker", "logs", victim)
-    log = logs.stdout + logs.stderr
+    log = logs(victim)
     for step in ("stop requested: draining", "left the serf cluster",
                  "serf: left the cluster; not restarting", "stop command 's6-svc"):
         assert step in log, f"{step!r} missing from the node's log"
     assert set(stack.servers()) == set(nodes.values()) - {nodes[victim]}
-    lb_logs = run("docker", "logs", "--since", since, stack.lb())
-    assert f"del server={nodes[victim]} drained" in lb_logs.stdout + lb_logs.stderr
+    assert f"del server={nodes[victim]} drained" in logs(stack.lb(), since)
     # Else a later `--scale` may start this container again and stop a running one.
     run("docker", "rm", victim)
 
@@ -438,16 +397,45 @@ def test_container_without_the_gossip_key_does_not_become_a_server(stack: Stack)
             "-bind", "0.0.0.0:7946", "-rpc-addr", "127.0.0.1:7373",
             "-tag", "role=edge", "-tag", "port=8080", "-tag", "ready=1",
             "-retry-join", "lb:7946", "-retry-interval", "1s", *extra)
+    serf_intruders = run("docker", "ps", "-aq", "--filter", f"label={INTRUDER_LABEL}").stdout
+    # The lb image itself, on the network but with no key source (no SERF_ENCRYPT_KEY, no
+    # key volume): its serf run script says so in one line and keeps Serf down.
+    keyless = run("docker", "run", "-d", "--label", INTRUDER_LABEL, "--network", net,
+                  "-e", "SERF_JOIN=lb:7946", "lbsync-lb").stdout.strip()
     time.sleep(8)  # a member with these tags would be a server within a second or two
     members = stack.exec(stack.lb(), "serf", "members").stdout
     for name in intruders:
         assert name not in members
+    assert keyless[:12] not in members
     assert set(stack.servers()) == before
-    for cid in run("docker", "ps", "-aq", "--filter", f"label={INTRUDER_LABEL}").stdout.split():
+    for cid in serf_intruders.split():
         log = run("docker", "logs", cid)  # they reached the load balancer, were turned away
         assert "Failed to join" in log.stdout + log.stderr
+    refusals = [line for line in logs(keyless).splitlines() if "gossip key" in line]
+    assert len(refusals) == 1, refusals
+    assert "no gossip key" in refusals[0] and "SERF_ENCRYPT_KEY" in refusals[0], refusals
+    assert "down" in stack.exec(keyless, "s6-svstat", "/etc/s6/lb/serf").stdout
+    assert stack.exec(keyless, "pgrep", "-x", "serf", check=False).returncode == 1
     # Nor can a container of the network use HAProxy's Runtime API: only the host can.
     probe = run("docker", "run", "--rm", "--label", INTRUDER_LABEL, "--network", net,
                 "--entrypoint", "sh", "lbsync-node", "-c",
                 'echo "show servers state" | nc -w 3 lb 9999', check=False)
     assert "nodes" not in probe.stdout
+
+
+def test_serf_encrypt_key_overrides_the_made_key(stack: Stack) -> None:
+    made = stack.exec(stack.lb(), "cat", KEY_FILE).stdout.strip()
+    key = base64.b64encode(os.urandom(32)).decode()
+    # A changed environment: compose recreates the lb and the node with the key.
+    overridden = Stack(stack.compose_cmd, {**stack.env, "SERF_ENCRYPT_KEY": key})
+    overridden.compose("up", "-d", "--scale", "node=1")
+    nodes = overridden.node_names()
+    assert len(nodes) == 1
+    wait(lambda: overridden.up_servers() == set(nodes.values()), NODE_UP, "the node UP")
+    lb = overridden.lb()
+    for cid in (lb, *nodes):
+        keyring = serf_keys(overridden, cid)
+        assert key in keyring and made not in keyring, keyring
+    # The made key is still in the volume, unused: an empty SERF_ENCRYPT_KEY brings it back.
+    assert overridden.exec(lb, "cat", KEY_FILE).stdout.strip() == made
+    assert "made a new gossip key" not in logs(lb)

@@ -1,0 +1,123 @@
+"""What the Docker end-to-end modules share: commands, waiting, the prepared engine, and
+what the lb container says (test_compose.py, test_swarm.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import shutil
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+FRONTEND = "http://127.0.0.1:8080"
+NODE_UP = 180.0  # Crossbar nodes starting side by side on 2 cores take a while
+
+
+def run(*cmd: str, timeout: float = 120, check: bool = True, env: dict[str, str] | None = None,
+        input: str | None = None) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run(list(cmd), cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+                       env=env, input=input, check=False)
+    if check and r.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} exited {r.returncode}:\n"
+                             f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
+    return r
+
+
+def engine_answers() -> bool:
+    if shutil.which("docker") is None:
+        return False
+    return subprocess.run(["docker", "info"], capture_output=True, timeout=60,
+                          check=False).returncode == 0
+
+
+def wait(cond: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    last: object = None
+    while time.monotonic() < deadline:
+        try:
+            if cond():
+                return
+        except Exception as e:  # noqa: BLE001  (the world is still settling)
+            last = e
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}"
+                         + (f" (last error: {last!r})" if last else ""))
+
+
+def node_in_info(html: str) -> str:
+    m = re.search(r"<h1>node ([^<]+)</h1>", html)
+    assert m, f"no node name in /info: {html[:200]!r}"
+    return m.group(1)
+
+
+def parse_show_proc(out: str) -> tuple[int, list[str]]:
+    """The master's reload count and its workers' pids, from the master CLI's `show proc`."""
+    reloads, workers = -1, []
+    for line in out.splitlines():
+        f = line.split()
+        if len(f) > 2 and f[1] == "master":
+            reloads = int(f[2])
+        elif len(f) > 2 and f[1] == "worker":
+            workers.append(f[0])
+    assert reloads >= 0, f"no master line in show proc: {out!r}"
+    return reloads, workers
+
+
+SHOW_PROC = 'echo "show proc" | nc -U -w 3 "$LBSYNC_MASTER_SOCKET"'
+
+
+def logs(cid: str, since: str | None = None) -> str:
+    r = run("docker", "logs", *(["--since", since] if since else []), cid)
+    return r.stdout + r.stderr
+
+
+def utc_now() -> str:
+    return run("date", "-u", "+%Y-%m-%dT%H:%M:%S").stdout.strip()
+
+
+def _stop_dockerd(pid_file: Path) -> None:
+    try:
+        pid = int(pid_file.read_text())
+    except (OSError, ValueError):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        for _ in range(60):
+            os.kill(pid, 0)
+            time.sleep(0.5)
+        os.kill(pid, signal.SIGKILL)
+    pid_file.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def prepared_engine() -> Iterator[None]:
+    """scripts/docker-prepare.sh: an engine that answers, with lbsync-lb and lbsync-node
+    built. Skips when Docker cannot run here; a dockerd it started is stopped at the end."""
+    was_up = engine_answers()
+    if not was_up and os.geteuid() != 0:
+        pytest.skip("no Docker engine answers, and only root can install and start one")
+    pid_file = ROOT / ".cache" / "dockerd.pid"
+    if not was_up:
+        pid_file.unlink(missing_ok=True)
+    t0 = time.monotonic()
+    prep = subprocess.run(["bash", "scripts/docker-prepare.sh"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=1800, check=False)
+    started_dockerd = not was_up and pid_file.exists()
+    try:
+        if prep.returncode != 0:
+            tail = (prep.stdout + prep.stderr)[-3000:]
+            if not engine_answers():
+                pytest.skip(f"Docker is unavailable here (scripts/docker-prepare.sh):\n{tail}")
+            pytest.fail(f"scripts/docker-prepare.sh failed:\n{tail}")
+        print(f"\ndocker-prepare: {time.monotonic() - t0:.0f}s\n{prep.stderr}")
+        yield
+    finally:
+        if started_dockerd:
+            _stop_dockerd(pid_file)
