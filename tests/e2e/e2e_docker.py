@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import requests
 
 ROOT = Path(__file__).resolve().parents[2]
 FRONTEND = "http://127.0.0.1:8080"
@@ -55,6 +56,18 @@ def node_in_info(html: str) -> str:
     m = re.search(r"<h1>node ([^<]+)</h1>", html)
     assert m, f"no node name in /info: {html[:200]!r}"
     return m.group(1)
+
+
+def assert_every_node_serves(frontend: str, names: set[str], tries: int = 60) -> None:
+    """GET /info through HAProxy until every node has answered once (all answers 200)."""
+    seen: set[str] = set()
+    for _ in range(tries):
+        r = requests.get(f"{frontend}/info", timeout=5)
+        assert r.status_code == 200
+        seen.add(node_in_info(r.text))
+        if seen == names:
+            break
+    assert seen == names
 
 
 def parse_show_proc(out: str) -> tuple[int, list[str]]:

@@ -31,6 +31,7 @@ from e2e_docker import (
     FRONTEND,
     NODE_UP,
     SHOW_PROC,
+    assert_every_node_serves,
     logs,
     node_in_info,
     parse_show_proc,
@@ -144,14 +145,7 @@ def test_three_nodes_are_up_and_all_serve(stack: Stack) -> None:
     rows = [line.split() for line in out.splitlines() if not line.startswith("#")]
     up = sorted(r[3] for r in rows if len(r) > 6 and r[1] == "nodes" and r[5] == "2")
     assert up == sorted(nodes.values()), out
-    seen: set[str] = set()
-    for _ in range(60):
-        r = requests.get(f"{FRONTEND}/info", timeout=5)
-        assert r.status_code == 200
-        seen.add(node_in_info(r.text))
-        if seen == set(nodes.values()):
-            break
-    assert seen == set(nodes.values())
+    assert_every_node_serves(FRONTEND, set(nodes.values()))
 
 
 def serf_keys(stack: Stack, cid: str) -> str:

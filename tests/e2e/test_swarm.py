@@ -32,6 +32,7 @@ from e2e_docker import (
     NODE_UP,
     ROOT,
     SHOW_PROC,
+    assert_every_node_serves,
     logs,
     node_in_info,
     parse_show_proc,
@@ -188,14 +189,7 @@ def test_nodes_join_through_tasks_lb_and_are_up(swarm: Swarm) -> None:
     wait(lambda: len(swarm.node_names()) == 3, 60, "3 node tasks running")
     nodes = swarm.node_names()
     wait(lambda: swarm.up_servers() == set(nodes.values()), NODE_UP, "3 servers UP")
-    seen: set[str] = set()
-    for _ in range(60):
-        r = requests.get(f"{FRONTEND}/info", timeout=5)
-        assert r.status_code == 200
-        seen.add(node_in_info(r.text))
-        if seen == set(nodes.values()):
-            break
-    assert seen == set(nodes.values())
+    assert_every_node_serves(FRONTEND, set(nodes.values()))
     # Everyone advertises its overlay address (not docker_gwbridge's), and HAProxy sends
     # to it.
     lb = swarm.lb()
