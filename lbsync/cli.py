@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 
 import click
 
+from .edge.links import DEFAULT_LINK_PORT, REALM
 from .files import atomic_write, candidate_file
 from .model import LbsyncError
 from .settings import Settings, SettingsError, parse_cidrs, parse_duration, parse_hostport
@@ -365,12 +366,25 @@ def status(check: bool, **kw: Any) -> None:
               help="IP:PORT the proxy workers share (WebSocket /ws, /info, /mydata)")
 @click.option("--proxies", type=int, default=None, envvar="LBSYNC_PROXIES", show_envvar=True,
               help="proxy workers  [default: 2 x logical CPUs]")
-def crossbar_config(cbdir: Path, node: str, listen: str, proxies: int | None) -> None:
+@click.option("--link-port", type=int, default=DEFAULT_LINK_PORT, envvar="LBSYNC_LINK_PORT",
+              show_default=True, show_envvar=True,
+              help="port (on the --listen address) where the other edge nodes' router links "
+                   "connect")
+@click.option("--link-secret-file", type=click.Path(path_type=Path), default=None,
+              envvar="LBSYNC_LINK_SECRET_FILE", show_envvar=True,
+              help="file holding the fleet secret (base64, e.g. the Serf gossip key); turns "
+                   "the router links on. LBSYNC_LINK_SECRET may hold the secret itself")
+def crossbar_config(cbdir: Path, node: str, listen: str, proxies: int | None, link_port: int,
+                    link_secret_file: Path | None) -> None:
     """Write CBDIR/config.json: a router worker and N proxy workers on one shared port.
 
     The proxies reach the router over the unix socket CBDIR/run/router.sock (CBDIR/run is
-    made private to this user); no router port is opened.
+    made private to this user). With a fleet secret, the router also links to every other
+    edge node's router (one realm across the fleet): it takes their links on --link-port,
+    keeps its own to the peers the sidecar lists in CBDIR/links.json, and the node's
+    Crossbar key (CBDIR/key.priv) becomes the fleet key derived from the secret.
     """
+    from .edge import links
     from .edge.crossbar import (
         check_inputs,
         default_proxies,
@@ -384,11 +398,38 @@ def crossbar_config(cbdir: Path, node: str, listen: str, proxies: int | None) ->
     count = default_proxies() if proxies is None else proxies
     check_inputs(node, host, port, count)  # before anything is written
     router_socket(cbdir)
-    text = render_crossbar_config(node, host, port, count)
+    secret = _link_secret(link_secret_file)
+    fleet_key = links.fleet_public_key(secret) if secret is not None else None
+    text = render_crossbar_config(node, host, port, count,
+                                  link_port=link_port if secret is not None else None,
+                                  fleet_key=fleet_key)
     prepare_cbdir(cbdir)
+    (cbdir / links.STATE_FILE).unlink(missing_ok=True)  # the last router's report
+    if secret is not None:
+        links.write_key_files(cbdir, secret, node)
+        if not (cbdir / links.WANTED_FILE).exists():  # the sidecar fills it in
+            links.write_wanted(cbdir, REALM, {})
+    else:
+        (cbdir / links.WANTED_FILE).unlink(missing_ok=True)
     changed = write_config(cbdir, text)
+    where = (f"router links on {host}:{link_port} (fleet key {fleet_key[:12]}...)"
+             if fleet_key else "router links off (no fleet secret)")
     click.echo(f"{cbdir / 'config.json'}: node {node}, {count} proxy workers on {listen}, "
-               f"{'written' if changed else 'unchanged'}")
+               f"{where}, {'written' if changed else 'unchanged'}")
+
+
+def _link_secret(path: Path | None) -> bytes | None:
+    """The fleet secret from LBSYNC_LINK_SECRET or --link-secret-file, or None."""
+    from .edge.links import read_secret
+
+    if text := os.environ.get("LBSYNC_LINK_SECRET", "").strip():
+        return read_secret(text, "LBSYNC_LINK_SECRET")
+    if path is None:
+        return None
+    try:
+        return read_secret(path.read_text(), str(path))
+    except OSError as e:
+        raise LbsyncError(f"--link-secret-file {path}: {e.strerror}") from None
 
 
 @main.command()
@@ -408,10 +449,18 @@ def crossbar_config(cbdir: Path, node: str, listen: str, proxies: int | None) ->
 @click.option("--stop-command", default="", envvar="LBSYNC_STOP_COMMAND", show_envvar=True,
               help="/bin/sh command run last, e.g. supervisorctl stop NODE-crossbar")
 @click.option("--serf-auth-key", default="", envvar="LBSYNC_SERF_AUTH_KEY", show_envvar=True)
+@click.option("--cbdir", type=click.Path(path_type=Path), default=None, envvar="LBSYNC_CBDIR",
+              show_envvar=True,
+              help="the node's Crossbar folder: keep its router links to the other edge nodes "
+                   "(when `lbsync crossbar-config` turned them on)")
+@click.option("--link-port", type=int, default=DEFAULT_LINK_PORT, envvar="LBSYNC_LINK_PORT",
+              show_default=True, show_envvar=True,
+              help="the router's link port, as `lbsync crossbar-config` was given it")
 def node(name: str, serf_rpc: str, listen: str, agent_port: int, weight: int | None,
-         drain_timeout: str, stop_command: str, serf_auth_key: str) -> None:
-    """Edge-node sidecar: tag this node in Serf, answer agent-check, drain and leave on
-    SIGTERM."""
+         drain_timeout: str, stop_command: str, serf_auth_key: str, cbdir: Path | None,
+         link_port: int) -> None:
+    """Edge-node sidecar: tag this node in Serf, answer agent-check, keep the router links
+    to the other edge nodes, drain and leave on SIGTERM."""
     from .edge.agentcheck import AgentCheck
     from .edge.sidecar import NodeConfig, Sidecar, check_config, real_effects
 
@@ -420,7 +469,8 @@ def node(name: str, serf_rpc: str, listen: str, agent_port: int, weight: int | N
         name=name, serf_rpc=parse_hostport(serf_rpc, "--serf-rpc"), host=host, port=port,
         agent_port=agent_port, weight=weight,
         drain_timeout=parse_duration(drain_timeout, "--drain-timeout"),
-        stop_command=stop_command, serf_auth_key=serf_auth_key or None))
+        stop_command=stop_command, serf_auth_key=serf_auth_key or None, cbdir=cbdir,
+        link_port=link_port))
     stop = threading.Event()
     # The handler only sets the flag; the sidecar's loop does the draining.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -429,16 +479,73 @@ def node(name: str, serf_rpc: str, listen: str, agent_port: int, weight: int | N
     sys.exit(Sidecar(config, effects, stop).run())
 
 
+@main.command()
+@click.option("--cbdir", "cbdirs", multiple=True, type=click.Path(path_type=Path),
+              help="a node's Crossbar folder (again for more; default: LBSYNC_CBDIR, else "
+                   "every node of the local cluster)")
+@_DIR_OPTION
+@click.option("--check", is_flag=True, help="exit 1 when a wanted link is not up")
+def links(cbdirs: tuple[Path, ...], dir_: Path | None, check: bool) -> None:
+    """Each edge node's router links to the other nodes, and their state."""
+    from .edge import links as L
+    from .edge.sidecar import LinkFiles
+
+    folders = list(cbdirs)
+    if not folders and (env := os.environ.get("LBSYNC_CBDIR")):
+        folders = [Path(env)]
+    if not folders:
+        from .cluster.local import Layout, check_dir, default_dir, read_state
+
+        layout = Layout(check_dir(dir_ or default_dir()))
+        state = read_state(layout)
+        layout = Layout(layout.dir, int(state.get("net", 0)))
+        folders = [layout.node(i).cbdir for i in state.get("nodes", [])]
+    down = 0
+    now = time.time()
+    for cbdir in folders:
+        files = LinkFiles(cbdir)
+        if not files.enabled():
+            click.echo(f"{cbdir}: router links off")
+            continue
+        try:
+            _, wanted = L.parse_wanted((cbdir / L.WANTED_FILE).read_text())
+        except OSError as e:
+            raise LbsyncError(f"{cbdir / L.WANTED_FILE}: {e.strerror}") from None
+        report = files.read_state()
+        up = set(wanted) & report.up if report is not None else set()
+        down += len(set(wanted) - up)
+        router = f"router pid {report.pid}" if report is not None else "no running router"
+        click.echo(f"{cbdir}: {len(up)}/{len(wanted)} links up ({router})")
+        for line in L.describe(report, wanted, now):
+            click.echo(f"  {line}")
+    if check and down:
+        click.echo(f"lbsync: {down} wanted link(s) not up", err=True)
+        sys.exit(1)
+
+
 @main.command("probe")
-@click.argument("url")
+@click.argument("urls", nargs=-1, required=True, metavar="URL...")
 @click.option("--realm", default="realm1", show_default=True, envvar="LBSYNC_REALM",
               show_envvar=True)
 @click.option("--timeout", default="10s", show_default=True, help="for all steps together")
-def probe_(url: str, realm: str, timeout: str) -> None:
-    """WAMP round trip to URL (ws://HOST:PORT/ws): join, call, publish; print the node."""
-    from .edge.probe import probe
+def probe_(urls: tuple[str, ...], realm: str, timeout: str) -> None:
+    """WAMP round trip to URL (ws://HOST:PORT/ws): join, call, publish; print the node.
 
-    click.echo(probe(url, realm, parse_duration(timeout, "--timeout")).line())
+    With several URLs (the same one again counts: through HAProxy, sessions open at once
+    land on different nodes), every session also calls a procedure registered by each of
+    the others and receives each one's events exactly once: the fleet is one realm.
+    """
+    from .edge.probe import probe, probe_across
+
+    seconds = parse_duration(timeout, "--timeout")
+    if len(urls) == 1:
+        click.echo(probe(urls[0], realm, seconds).line())
+        return
+    result = probe_across(list(urls), realm, seconds)
+    for line in result.lines():
+        click.echo(line)
+    if not result.ok:
+        sys.exit(1)
 
 
 @main.command("bench", context_settings={"ignore_unknown_options": True,

@@ -27,6 +27,7 @@ class Row:
     in_config: bool
     note: str  # what lbsync is doing, or the drift
     drift: bool
+    links: str = "-"  # the node's router links, UP/WANTED (its `links` tag), or "-"
 
 
 def config_servers(text: str) -> set[str]:
@@ -89,13 +90,15 @@ def status_rows(
             note, drift = (where if note == "ok" else f"{note}; {where}"), True
         m = members.get(name)
         state = have[name].state_word if name in have else "-"
-        rows.append(Row(name, str(m.status) if m else "-", state, name in in_config, note, drift))
+        links = m.tags.get("links", "-") if m else "-"
+        rows.append(Row(name, str(m.status) if m else "-", state, name in in_config, note, drift,
+                        links))
     return rows
 
 
 def format_table(rows: Sequence[Row]) -> str:
-    header = ("MEMBER", "SERF", "HAPROXY", "CONFIG", "NOTE")
-    body = [(r.name, r.serf, r.haproxy, "yes" if r.in_config else "no",
+    header = ("MEMBER", "SERF", "HAPROXY", "CONFIG", "LINKS", "NOTE")
+    body = [(r.name, r.serf, r.haproxy, "yes" if r.in_config else "no", r.links,
              ("DRIFT: " if r.drift else "") + r.note) for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=False)]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=False)).rstrip()

@@ -2,11 +2,12 @@
 
 The load balancer is 127.N.0.1 (frontend :8080, stats :1936 with HAProxy's /metrics,
 runtime API :9999, Serf :7946/:7373, lbsync agent's /metrics :9180); edge node i is
-127.N.0.(10+i) (Crossbar :8080, the sidecar's agent-check :8081, Serf :7946/:7373; its
-router has a unix socket only). N is 0 unless `--net` says otherwise.
+127.N.0.(10+i) (Crossbar :8080, the sidecar's agent-check :8081, Serf :7946/:7373, its
+router's links to the other nodes :8082). N is 0 unless `--net` says otherwise.
 
 Everything the cluster writes lives in one folder (`--dir`): supervisord.conf, sockets,
-haproxy.cfg, the registry, each node's Crossbar folder, logs, and `lbsync.env`, which
+haproxy.cfg, the registry, each node's Crossbar folder, logs, the fleet secret of the
+router links (`fleet.secret`, 0600), and `lbsync.env`, which
 lets `lbsync status` and `lbsync members` find the cluster with no flags.
 """
 
@@ -28,12 +29,14 @@ import psutil
 
 from .. import __version__, self_command
 from ..edge.crossbar import CrossbarConfigError, router_socket
+from ..edge.links import DEFAULT_LINK_PORT, new_secret
 from ..files import atomic_write
 from ..model import LbsyncError
 from ..render import load_template, render_text
 
 HTTP_PORT = 8080
 AGENT_PORT = 8081
+LINK_PORT = DEFAULT_LINK_PORT
 # lbsync agent's /metrics on the load balancer (9100, node_exporter's, would clash with one
 # running on the host).
 METRICS_PORT = 9180
@@ -64,6 +67,7 @@ class Node:
     cbdir: Path
     port: int = HTTP_PORT
     agent_port: int = AGENT_PORT
+    link_port: int = LINK_PORT
 
 
 @dataclass(frozen=True)
@@ -80,6 +84,11 @@ class Layout:
     def node(self, index: int) -> Node:
         return Node(index, f"node{index}", f"127.{self.net}.0.{10 + index}",
                     self.dir / f"node{index}" / "cbdir")
+
+    @property
+    def fleet_secret(self) -> Path:
+        """The secret the nodes' router links authenticate with (lbsync.edge.links)."""
+        return self.dir / "fleet.secret"
 
     @property
     def conf(self) -> Path:
@@ -267,6 +276,8 @@ def write_files(layout: Layout, nodes: list[int], proxies: int, drain_timeout: f
         (layout.dir / sub).mkdir(parents=True, exist_ok=True)
     for i in nodes:
         layout.node(i).cbdir.mkdir(parents=True, exist_ok=True)
+    if not layout.fleet_secret.exists():  # made once: the running nodes hold it
+        atomic_write(layout.fleet_secret, new_secret() + "\n", mode=0o600)
     atomic_write(layout.conf, render_supervisord(layout, nodes, proxies, drain_timeout))
     atomic_write(layout.dir / STATE_FILE, json.dumps(
         {"net": layout.net, "nodes": nodes, "proxies": proxies,

@@ -21,6 +21,7 @@ from ..files import atomic_write
 from ..model import LbsyncError
 from ..render import load_template, render_text
 from ..validate import name_problem
+from .links import LINK_PATH, LINK_ROLE
 
 TEMPLATE = "crossbar.json.j2"
 # Crossbar's rule for every configuration item ID, the controller (node) id included.
@@ -105,11 +106,26 @@ def _endpoint(host: str, port: int) -> dict[str, object]:
 
 
 def render_crossbar_config(node: str, host: str, port: int, proxies: int,
-                           realm: str = "realm1") -> str:
-    """CBDIR/config.json for an edge node, as text."""
+                           realm: str = "realm1", link_port: int | None = None,
+                           fleet_key: str | None = None) -> str:
+    """CBDIR/config.json for an edge node, as text.
+
+    With `link_port` and `fleet_key` (the fleet's public key, hex), the router also takes
+    the other edge nodes' links on HOST:LINK_PORT and keeps its own (lbsync.edge.links).
+    """
     check_inputs(node, host, port, proxies, realm)
+    links = None
+    if link_port is not None:
+        _check_port(link_port, "--link-port")
+        if link_port == port:
+            raise CrossbarConfigError(f"--link-port: {link_port} is also the --listen port")
+        if fleet_key is None or not re.fullmatch(r"[0-9a-f]{64}", fleet_key):
+            raise CrossbarConfigError("the router links need the fleet key (--link-secret)")
+        links = {"endpoint": _endpoint(host, link_port), "path": LINK_PATH, "role": LINK_ROLE,
+                 "pubkey": fleet_key}
     label, source = load_template(None, TEMPLATE)
     text = render_text(label, source, {
+        "links": links,
         "node": node,
         "realm": realm,
         "proxies": proxies,

@@ -9,8 +9,17 @@ connection is left on the service port (or `--drain-timeout`); `serf leave`; giv
 balancer a second to remove the server; then run `--stop-command` (how the supervisor
 stops Crossbar). One log line per step, with its duration.
 
+With `--cbdir` (and router links turned on by `lbsync crossbar-config`), the sidecar also
+keeps this node's router linked to every other live edge node (lbsync.edge.links): twice a
+second it writes the other linkable Serf members to CBDIR/links.json, reads the links'
+state back, logs each link that comes up or goes down, and tags the node `link-port=...`
+and `links=UP/WANTED`. The first ready=1 waits for the links to every peer that already
+serves clients, so HAProxy never sends a client to a node cut off from the rest of the realm.
+Afterwards a link going down is logged, not a reason to stop serving.
+
 Every effect (Serf, the agent-check server, the HTTP probe, the connection count, the stop
-command, the clock) comes in through `Effects`, so tests drive the sequence with fakes.
+command, the link files, the clock) comes in through `Effects`, so tests drive the
+sequence with fakes.
 """
 
 from __future__ import annotations
@@ -23,20 +32,24 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 import psutil
 
 from .. import __version__
-from ..model import LbsyncError
+from ..model import LbsyncError, Member
 from ..serf.rpc import SerfAuthError, SerfError, SerfRPC
 from ..validate import name_problem
+from . import links as L
 
 log = logging.getLogger(__name__)
 
 POLL = 0.2  # how often waiting loops look at the stop flag and the world
 SERF_BACKOFF_MAX = 2.0
 LB_GRACE = 1.0  # after `leave`: the load balancer removes the server meanwhile
+LINK_POLL = 0.5  # how often the members and the links' state are looked at
+WAITING_LOG_EVERY = 10.0  # seconds between "still waiting for links" lines
 
 
 @dataclass(frozen=True)
@@ -50,6 +63,8 @@ class NodeConfig:
     drain_timeout: float = 30.0
     stop_command: str = ""
     serf_auth_key: str | None = None
+    cbdir: Path | None = None
+    link_port: int = L.DEFAULT_LINK_PORT
 
     @property
     def where(self) -> str:
@@ -77,6 +92,7 @@ class Serf(Protocol):
              delete: Iterable[str] | None = None) -> None: ...
     def leave(self, timeout: float = 30.0) -> None: ...
     def close(self) -> None: ...
+    def members(self) -> list[Member]: ...
 
 
 class Agent(Protocol):
@@ -87,6 +103,14 @@ class Agent(Protocol):
     def close(self) -> None: ...
 
 
+class Links(Protocol):
+    """The node's link files in CBDIR (lbsync.edge.links)."""
+
+    def enabled(self) -> bool: ...  # did crossbar-config turn the router links on?
+    def write_wanted(self, peers: Mapping[str, L.Peer]) -> bool: ...
+    def read_state(self) -> L.LinksReport | None: ...  # None: no live router has reported
+
+
 @dataclass
 class Effects:
     connect_serf: Callable[[], Serf]  # raises SerfError while the agent is unreachable
@@ -95,6 +119,7 @@ class Effects:
     connections: Callable[[], int]  # ESTABLISHED connections on the service port
     run_command: Callable[[str], int]  # exit status of a /bin/sh command
     clock: Clock
+    links: Links | None = None  # None: no --cbdir, no router links
 
 
 class Sidecar:
@@ -105,6 +130,13 @@ class Sidecar:
         self._serf: Serf | None = None
         self._ready = False
         self._tags_failing = False
+        self._link_tags: dict[str, str] = {}
+        self._links_next = 0.0  # when to look at the links again
+        self._links_up: set[str] = set()
+        self._links_wanted: dict[str, L.Peer] = {}
+        self._links_ok = True  # are the links to the serving peers up?
+        self._links_waiting_logged = -WAITING_LOG_EVERY
+        self._links_failing = False
 
     # --- the whole life -----------------------------------------------------------------
 
@@ -167,15 +199,65 @@ class Sidecar:
                 if not self._connect(startup=False):
                     return
                 tagged = False
+            if self._look_at_links():
+                tagged = False  # the link tags changed
             if not tagged:
                 tagged = self._try_tags()
             # ready=0 goes out first: the member is known before it takes traffic.
-            if tagged and not self._ready and fx.ready():
+            if tagged and not self._ready and self._links_ok and fx.ready():
                 log.info("http://%s/info answers 200 after %.1f s", self.config.where,
                          fx.clock.now() - t0)
                 self._ready = True
                 tagged = self._try_tags()
             self._sleep_unless_stopped(POLL)
+
+    def _look_at_links(self) -> bool:
+        """Every LINK_POLL: tell the router which peers to link to, read back which links
+        are up, log the changes. True when the link tags changed."""
+        fx, links = self.fx, self.fx.links
+        if links is None or fx.clock.now() < self._links_next:
+            return False
+        self._links_next = fx.clock.now() + LINK_POLL
+        if not links.enabled():
+            self._links_ok = True
+            return self._set_link_tags({})
+        assert self._serf is not None
+        try:
+            members = self._serf.members()
+            wanted = L.wanted_peers(members, self.config.name)
+            links.write_wanted(wanted)
+            report = links.read_state()
+        except (SerfError, L.LinkError, OSError) as e:
+            if not self._links_failing:
+                log.warning("router links: cannot look at them (retrying): %s", e)
+            self._links_failing = True
+            return False
+        self._links_failing = False
+        up = report.up & set(wanted) if report is not None else set()
+        for name in sorted(up - self._links_up):
+            log.info("router link to %s up (%s)", name, wanted[name].url)
+        for name in sorted(self._links_up - up):
+            if name in wanted:
+                log.warning("router link to %s down (%s)", name, wanted[name].url)
+            else:
+                log.info("router link to %s removed: %s left the cluster", name, name)
+        for name in sorted(set(self._links_wanted) - set(wanted) - self._links_up):
+            log.info("router link to %s removed before it came up", name)
+        self._links_up, self._links_wanted = up, wanted
+        missing = L.ready_peers(members, self.config.name) - up
+        self._links_ok = not missing
+        if missing and not self._ready:
+            now = fx.clock.now()
+            if now - self._links_waiting_logged >= WAITING_LOG_EVERY:
+                self._links_waiting_logged = now
+                log.info("ready=1 waits for the router links to %s", ", ".join(sorted(missing)))
+        return self._set_link_tags({L.LINK_TAG: str(self.config.link_port),
+                                    L.LINKS_TAG: L.links_tag(report, wanted)})
+
+    def _set_link_tags(self, tags: dict[str, str]) -> bool:
+        changed = tags != self._link_tags
+        self._link_tags = tags
+        return changed
 
     def _try_tags(self) -> bool:
         """Set the tags; on failure warn (once in a row) and return False to retry."""
@@ -191,9 +273,10 @@ class Sidecar:
 
     def _set_tags(self, what: str) -> None:
         assert self._serf is not None
-        tags = self.config.tags(self._ready)
+        tags = {**self.config.tags(self._ready), **self._link_tags}
         t0 = self.fx.clock.now()
-        self._serf.tags(set=tags)
+        gone = [t for t in (L.LINK_TAG, L.LINKS_TAG) if t not in tags]
+        self._serf.tags(set=tags, delete=gone)
         log.info("%s: %s (%.0f ms)", what, " ".join(f"{k}={v}" for k, v in tags.items()),
                  1000 * (self.fx.clock.now() - t0))
 
@@ -332,6 +415,26 @@ def run_shell(command: str) -> int:
     return subprocess.run(["/bin/sh", "-c", command], check=False).returncode
 
 
+class LinkFiles:
+    """The real Links: CBDIR/links.json and CBDIR/links-state.json."""
+
+    def __init__(self, cbdir: Path) -> None:
+        self.cbdir = cbdir
+
+    def enabled(self) -> bool:
+        return (self.cbdir / L.WANTED_FILE).exists()
+
+    def write_wanted(self, peers: Mapping[str, L.Peer]) -> bool:
+        return L.write_wanted(self.cbdir, L.REALM, peers)
+
+    def read_state(self) -> L.LinksReport | None:
+        report = L.read_state(self.cbdir)
+        # A report left by a router that is gone says nothing about the links now.
+        if report is None or not psutil.pid_exists(report.pid):
+            return None
+        return report
+
+
 def real_effects(config: NodeConfig, agent: Agent) -> Effects:
     def connect() -> Serf:
         rpc = SerfRPC(*config.serf_rpc, config.serf_auth_key)
@@ -345,6 +448,7 @@ def real_effects(config: NodeConfig, agent: Agent) -> Effects:
         connections=lambda: established(config.host, config.port),
         run_command=run_shell,
         clock=RealClock(),
+        links=LinkFiles(config.cbdir) if config.cbdir is not None else None,
     )
 
 
@@ -364,4 +468,9 @@ def check_config(config: NodeConfig) -> NodeConfig:
         raise LbsyncError(f"--weight: {config.weight} is outside 0-256")
     if config.drain_timeout < 0:
         raise LbsyncError("--drain-timeout cannot be negative")
+    if not 1 <= config.link_port <= 65535:
+        raise LbsyncError(f"--link-port: {config.link_port} is outside 1-65535")
+    if config.link_port in (config.port, config.agent_port):
+        raise LbsyncError(f"--link-port: {config.link_port} is also the --listen or "
+                          "--agent-port port")
     return config

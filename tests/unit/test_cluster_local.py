@@ -65,9 +65,13 @@ def test_supervisord_config_has_every_program(tmp_path: Path) -> None:
     config_call = shlex.split(crossbar[2].partition(" && ")[0])
     assert config_call[config_call.index("crossbar-config"):] == [
         "crossbar-config", "--cbdir", f"{tmp_path}/node2/cbdir", "--node", "node2",
-        "--listen", "127.9.0.12:8080", "--proxies", "2"]
+        "--listen", "127.9.0.12:8080", "--proxies", "2", "--link-port", "8082",
+        "--link-secret-file", f"{tmp_path}/fleet.secret"]
     sidecar = shlex.split(cp.get("program:node2-sidecar", "command"))
     assert sidecar[sidecar.index("--listen") + 1] == "127.9.0.12:8080"
+    # The sidecar keeps the router links of the folder crossbar-config wrote.
+    assert sidecar[sidecar.index("--cbdir") + 1] == f"{tmp_path}/node2/cbdir"
+    assert sidecar[sidecar.index("--link-port") + 1] == "8082"
     assert sidecar[sidecar.index("--drain-timeout") + 1] == "7s"
     stop = sidecar[sidecar.index("--stop-command") + 1]
     assert stop.endswith(f"-c {tmp_path}/supervisord.conf stop node2:node2-crossbar")

@@ -158,17 +158,23 @@ def test_other_roles_are_not_listed() -> None:
 
 
 def test_format_table() -> None:
-    table = format_table([Row("a", "alive", "UP", True, "ok", False),
+    table = format_table([Row("a", "alive", "UP", True, "ok", False, "2/2"),
                           Row("long-name", "-", "-", False, "member is alive", True)])
     assert table.splitlines() == [
-        "MEMBER     SERF   HAPROXY  CONFIG  NOTE",
-        "a          alive  UP       yes     ok",
-        "long-name  -      -        no      DRIFT: member is alive",
+        "MEMBER     SERF   HAPROXY  CONFIG  LINKS  NOTE",
+        "a          alive  UP       yes     2/2    ok",
+        "long-name  -      -        no      -      DRIFT: member is alive",
     ]
 
 
+def test_the_links_column_is_the_members_links_tag() -> None:
+    a = Member("a", "10.0.0.1", {"role": "edge", "port": "8080", "links": "1/2"})
+    assert rows([a], [st("a")], {"a"})["a"].links == "1/2"
+    assert rows([member("b")], [st("b")], {"b"})["b"].links == "-"
+
+
 def test_format_table_no_rows() -> None:
-    assert format_table([]) == "MEMBER  SERF  HAPROXY  CONFIG  NOTE"
+    assert format_table([]) == "MEMBER  SERF  HAPROXY  CONFIG  LINKS  NOTE"
 
 
 # --- config_servers ----------------------------------------------------------------------
