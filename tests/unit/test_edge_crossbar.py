@@ -27,7 +27,8 @@ from lbsync.edge.crossbar import (
 )
 
 ENV = {name: None for name in ("LBSYNC_CBDIR", "LBSYNC_NODE_NAME", "LBSYNC_LISTEN",
-                               "LBSYNC_PROXIES", "LBSYNC_LOG_LEVEL")}
+                               "LBSYNC_PROXIES", "LBSYNC_LOG_LEVEL", "LBSYNC_LINK_PORT",
+                               "LBSYNC_LINK_SECRET", "LBSYNC_LINK_SECRET_FILE")}
 
 
 def render(**kw: Any) -> dict[str, Any]:
@@ -233,6 +234,8 @@ def test_command_reads_lbsync_variables(tmp_path: Path) -> None:
     (["--listen", "nohost"], "--listen"),
     (["--listen", "127.0.0.1:99999"], "--listen"),
     (["--proxies", "0"], "--proxies"),
+    (["--link-secret-file", "/nonexistent/secret"], "--link-secret-file"),
+    (["--link-secret-file", "/etc/hostname"], "not base64"),
 ])
 def test_command_bad_input_writes_nothing(tmp_path: Path, args: list[str], fragment: str) -> None:
     cbdir = tmp_path / "cb"

@@ -7,6 +7,7 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -14,7 +15,7 @@ from click.testing import CliRunner
 
 from lbsync import __version__
 from lbsync.cli import main
-from lbsync.edge import sidecar
+from lbsync.edge import links, sidecar
 from lbsync.edge.sidecar import (
     Effects,
     NodeConfig,
@@ -23,7 +24,7 @@ from lbsync.edge.sidecar import (
     established,
     info_answers,
 )
-from lbsync.model import LbsyncError
+from lbsync.model import LbsyncError, Member, MemberStatus
 from lbsync.serf.rpc import SerfAuthError, SerfError
 
 CONFIG = NodeConfig(name="node1", serf_rpc=("127.0.0.1", 7373), host="127.0.0.11", port=8080,
@@ -330,3 +331,115 @@ def test_info_answers_200_only() -> None:
         server.shutdown()
         server.server_close()
     assert info_answers("127.0.0.1", server.server_address[1]) is False
+
+
+# --- the router links ------------------------------------------------------------------------
+
+
+def edge(name: str, ready: str = "1", status: MemberStatus = MemberStatus.ALIVE,
+         **tags: str) -> Member:
+    n = int(name.removeprefix("node"))
+    return Member(name, f"127.0.0.{10 + n}", {"role": "edge", "port": "8080", "ready": ready,
+                                             "link-port": "8082", **tags}, status)
+
+
+class LinkWorld(World):
+    """A World whose Serf lists members and whose router reports links (fake files)."""
+
+    def __init__(self, members: list[Member]) -> None:
+        super().__init__()
+        self.members = members
+        self.enabled = True
+        self.up_at: dict[str, float] = {}  # peer -> when its link comes up
+        self.down_at: dict[str, float] = {}  # peer -> when its link goes down
+        self.wanted: list[dict[str, links.Peer]] = []
+
+    def write_wanted(self, peers: Mapping[str, links.Peer]) -> bool:
+        if not self.wanted or self.wanted[-1] != peers:
+            self.wanted.append(dict(peers))
+            return True
+        return False
+
+    def read_state(self) -> links.LinksReport | None:
+        wanted = self.wanted[-1] if self.wanted else {}
+        return links.LinksReport(1, self.t, {
+            name: links.LinkState(name, p.url,
+                                  self.up_at.get(name, 1e9) <= self.t < self.down_at.get(name, 1e9),
+                                  0.0, 0, 0)
+            for name, p in wanted.items()})
+
+    def effects(self) -> Effects:
+        fx = super().effects()
+        fx.links = SimpleNamespace(enabled=lambda: self.enabled, write_wanted=self.write_wanted,
+                                   read_state=self.read_state)  # type: ignore[assignment]
+        return fx
+
+    def connect_serf(self) -> FakeSerf:
+        serf = super().connect_serf()
+        serf.members = lambda: list(self.members)  # type: ignore[attr-defined]
+        return serf
+
+
+LINKED = replace(CONFIG, cbdir=Path("/cbdir"))
+
+
+def test_ready_waits_for_the_links_to_the_serving_peers(caplog: pytest.LogCaptureFixture) -> None:
+    # node2 serves, node3 is still starting (ready=0), node4 left: only node2 gates.
+    w = LinkWorld([edge("node1", "0"), edge("node2"), edge("node3", "0"),
+                   edge("node4", status=MemberStatus.LEFT)])
+    w.ready_at, w.stop_at = 1.0, 10.0
+    w.up_at = {"node2": 4.0, "node3": 50.0}
+    caplog.set_level(logging.INFO, "lbsync.edge.sidecar")
+    assert run(w, LINKED) == 0
+    assert set(w.wanted[-1]) == {"node2", "node3"}  # never itself, never a departed one
+    assert w.wanted[-1]["node2"].url == "ws://127.0.0.12:8082/ws"
+    assert 4.0 <= w.time_of("tags ready=1") < 4.0 + sidecar.LINK_POLL + 0.5
+    assert "ready=1 waits for the router links to node2" in caplog.text
+    assert "router link to node2 up (ws://127.0.0.12:8082/ws)" in caplog.text
+    assert w.serf is not None
+    ready = next(t for t in w.serf.tags_seen if t["ready"] == "1")
+    assert ready["link-port"] == "8082" and ready["links"] == "1/2"
+
+
+def test_a_link_going_down_later_is_logged_but_ready_stays(
+        caplog: pytest.LogCaptureFixture) -> None:
+    w = LinkWorld([edge("node1", "0"), edge("node2")])
+    w.stop_at = 10.0
+    w.up_at, w.down_at = {"node2": 0.0}, {"node2": 5.0}
+    caplog.set_level(logging.INFO, "lbsync.edge.sidecar")
+    assert run(w, LINKED) == 0
+    assert "router link to node2 down (ws://127.0.0.12:8082/ws)" in caplog.text
+    # ready=1 once, then ready=0 only for the drain at the stop.
+    assert [t for t, what in w.events if what == "tags ready=1"][0] < 2.0
+    assert w.time_of("tags ready=0") == 0.0 and w.time_of("agent drain") >= 10.0
+    assert w.serf is not None
+    assert [t["links"] for t in w.serf.tags_seen if t["ready"] == "1"][-1] == "0/1"
+
+
+def test_a_peer_that_leaves_is_unlinked(caplog: pytest.LogCaptureFixture) -> None:
+    w = LinkWorld([edge("node1"), edge("node2"), edge("node3")])
+    w.stop_at = 8.0
+    w.up_at = {"node2": 0.0, "node3": 0.0}
+    w.actions.append((4.0, lambda: setattr(
+        w, "members", [edge("node1"), edge("node2"), edge("node3", status=MemberStatus.LEFT)])))
+    caplog.set_level(logging.INFO, "lbsync.edge.sidecar")
+    assert run(w, LINKED) == 0
+    assert set(w.wanted[-1]) == {"node2"}
+    assert "router link to node3 removed: node3 left the cluster" in caplog.text
+
+
+def test_links_off_means_no_link_tags_and_no_wait() -> None:
+    w = LinkWorld([edge("node1", "0"), edge("node2")])
+    w.enabled = False
+    w.stop_at = 5.0
+    assert run(w, LINKED) == 0
+    assert w.wanted == [] and w.time_of("tags ready=1") < 0.5
+    assert w.serf is not None
+    assert all("links" not in t and "link-port" not in t for t in w.serf.tags_seen)
+
+
+def test_link_port_must_differ_from_the_service_ports() -> None:
+    with pytest.raises(LbsyncError, match="--link-port: 8081 is also"):
+        check_config(replace(CONFIG, link_port=8081))
+    with pytest.raises(LbsyncError, match="--link-port: 0 is outside"):
+        check_config(replace(CONFIG, link_port=0))
