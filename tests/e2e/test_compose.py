@@ -148,6 +148,29 @@ def test_three_nodes_are_up_and_all_serve(stack: Stack) -> None:
     assert_every_node_serves(FRONTEND, set(nodes.values()))
 
 
+def test_the_nodes_are_one_realm_through_their_router_links(stack: Stack) -> None:
+    nodes = stack.node_names()
+    wait(lambda: stack.up_servers() == set(nodes.values()), NODE_UP, "3 servers UP")
+    # Each node links to the two others (the fleet key comes from the gossip key).
+    for cid, name in nodes.items():
+        wait(lambda cid=cid: stack.exec(cid, "lbsync", "links", "--check",
+                                        check=False).returncode == 0, 60,
+             f"{name}'s router links up")
+        out = stack.exec(cid, "lbsync", "links").stdout
+        assert "2/2 links up" in out, out
+        assert "router link to" in logs(cid)
+    table = stack.exec(stack.lb(), "lbsync", "status").stdout
+    assert all(re.search(rf"^{n}\s.*\s2/2\s", table, re.M) for n in nodes.values()), table
+    # Sessions opened at once through HAProxy land on the three nodes, and every one of
+    # them calls the others' procedures and gets their events exactly once.
+    probe = subprocess.run([sys.executable, "-m", "lbsync", "probe",
+                            *["ws://127.0.0.1:8080/ws"] * 3],
+                           capture_output=True, text=True, timeout=120, check=False)
+    print(probe.stdout)
+    assert probe.returncode == 0, probe.stdout + probe.stderr
+    assert "ok: 3 sessions on 3 node(s) are one realm" in probe.stdout
+
+
 def serf_keys(stack: Stack, cid: str) -> str:
     """`serf keys -list` of a container's agent: the keys its keyring holds."""
     return stack.exec(cid, "serf", "keys", "-list").stdout
