@@ -13,9 +13,10 @@ With `--cbdir` (and router links turned on by `lbsync crossbar-config`), the sid
 keeps this node's router linked to every other live edge node (lbsync.edge.links): twice a
 second it writes the other linkable Serf members to CBDIR/links.json, reads the links'
 state back, logs each link that comes up or goes down, and tags the node `link-port=...`
-and `links=UP/WANTED`. The first ready=1 waits for the links to every peer that already
-serves clients, so HAProxy never sends a client to a node cut off from the rest of the realm.
-Afterwards a link going down is logged, not a reason to stop serving.
+and `links=UP/WANTED` (at most every LINKS_TAG_EVERY seconds: tags are gossiped to all).
+The first ready=1 waits for the links to every peer that already serves clients, so
+HAProxy never sends a client to a node cut off from the rest of the realm. Afterwards a
+link going down is logged, not a reason to stop serving.
 
 Every effect (Serf, the agent-check server, the HTTP probe, the connection count, the stop
 command, the link files, the clock) comes in through `Effects`, so tests drive the
@@ -50,6 +51,9 @@ SERF_BACKOFF_MAX = 2.0
 LB_GRACE = 1.0  # after `leave`: the load balancer removes the server meanwhile
 LINK_POLL = 0.5  # how often the members and the links' state are looked at
 WAITING_LOG_EVERY = 10.0  # seconds between "still waiting for links" lines
+# The `links` tag changes at most this often: every tag change is gossiped to the whole
+# cluster, and while n nodes join, each node's count would change n times.
+LINKS_TAG_EVERY = 10.0
 
 
 @dataclass(frozen=True)
@@ -137,6 +141,7 @@ class Sidecar:
         self._links_ok = True  # are the links to the serving peers up?
         self._links_waiting_logged = -WAITING_LOG_EVERY
         self._links_failing = False
+        self._links_tag_at = -LINKS_TAG_EVERY  # when the `links` tag last changed
 
     # --- the whole life -----------------------------------------------------------------
 
@@ -251,11 +256,16 @@ class Sidecar:
             if now - self._links_waiting_logged >= WAITING_LOG_EVERY:
                 self._links_waiting_logged = now
                 log.info("ready=1 waits for the router links to %s", ", ".join(sorted(missing)))
-        return self._set_link_tags({L.LINK_TAG: str(self.config.link_port),
-                                    L.LINKS_TAG: L.links_tag(report, wanted)})
+        count = L.links_tag(report, wanted)
+        if (self._link_tags.get(L.LINKS_TAG) not in (None, count)
+                and fx.clock.now() - self._links_tag_at < LINKS_TAG_EVERY):
+            count = self._link_tags[L.LINKS_TAG]  # later
+        return self._set_link_tags({L.LINK_TAG: str(self.config.link_port), L.LINKS_TAG: count})
 
     def _set_link_tags(self, tags: dict[str, str]) -> bool:
         changed = tags != self._link_tags
+        if changed:
+            self._links_tag_at = self.fx.clock.now()
         self._link_tags = tags
         return changed
 

@@ -387,7 +387,7 @@ def test_ready_waits_for_the_links_to_the_serving_peers(caplog: pytest.LogCaptur
     # node2 serves, node3 is still starting (ready=0), node4 left: only node2 gates.
     w = LinkWorld([edge("node1", "0"), edge("node2"), edge("node3", "0"),
                    edge("node4", status=MemberStatus.LEFT)])
-    w.ready_at, w.stop_at = 1.0, 10.0
+    w.ready_at, w.stop_at = 1.0, 25.0
     w.up_at = {"node2": 4.0, "node3": 50.0}
     caplog.set_level(logging.INFO, "lbsync.edge.sidecar")
     assert run(w, LINKED) == 0
@@ -398,20 +398,28 @@ def test_ready_waits_for_the_links_to_the_serving_peers(caplog: pytest.LogCaptur
     assert "router link to node2 up (ws://127.0.0.12:8082/ws)" in caplog.text
     assert w.serf is not None
     ready = next(t for t in w.serf.tags_seen if t["ready"] == "1")
-    assert ready["link-port"] == "8082" and ready["links"] == "1/2"
+    assert ready["link-port"] == "8082"
+    # The count is gossiped to everyone: it changes at most every LINKS_TAG_EVERY seconds.
+    counts = [(t, tags["links"]) for t, tags in zip(
+        [t for t, what in w.events if what.startswith("tags ")], w.serf.tags_seen,
+        strict=True)]
+    assert counts[0] == (0.0, "0/2") and counts[-1][1] == "1/2"
+    changes = [t for (t, c), (_, before) in zip(counts[1:], counts, strict=False) if c != before]
+    assert changes and all(b - a >= sidecar.LINKS_TAG_EVERY
+                           for a, b in zip([0.0, *changes], changes, strict=False))
 
 
 def test_a_link_going_down_later_is_logged_but_ready_stays(
         caplog: pytest.LogCaptureFixture) -> None:
     w = LinkWorld([edge("node1", "0"), edge("node2")])
-    w.stop_at = 10.0
+    w.stop_at = 20.0
     w.up_at, w.down_at = {"node2": 0.0}, {"node2": 5.0}
     caplog.set_level(logging.INFO, "lbsync.edge.sidecar")
     assert run(w, LINKED) == 0
     assert "router link to node2 down (ws://127.0.0.12:8082/ws)" in caplog.text
     # ready=1 once, then ready=0 only for the drain at the stop.
     assert [t for t, what in w.events if what == "tags ready=1"][0] < 2.0
-    assert w.time_of("tags ready=0") == 0.0 and w.time_of("agent drain") >= 10.0
+    assert w.time_of("tags ready=0") == 0.0 and w.time_of("agent drain") >= 20.0
     assert w.serf is not None
     assert [t["links"] for t in w.serf.tags_seen if t["ready"] == "1"][-1] == "0/1"
 
