@@ -16,6 +16,10 @@ real Crossbar.io nodes and autobahn WAMP clients hold sessions through HAProxy b
      sessions (bench/wampload.py), lbsync's runtime-API mode vs the reload-per-change
      baseline (bench/baseline_handler.sh)
   5. scale: a join storm of N members -> all UP, an N-server plan, the agent's RSS/CPU
+  6. one realm across the fleet (bench/realm.py), on the real local cluster (`lbsync up`,
+     Crossbar nodes with router links): call and event latency across nodes vs on one
+     node, events lost/duplicated and calls failed through scale cycles 3 -> 5 -> 3, how
+     soon a new node's clients reach callees on the old nodes, the n² cost of the links
 Writes the JSON to --out, bench/results/latest.md and PNG plots under bench/results/.
 """
 
@@ -43,8 +47,8 @@ def parse_parts(p: argparse.ArgumentParser, text: str) -> set[int]:
         parts = {int(x) for x in text.split(",")}
     except ValueError:
         parts = set()
-    if not parts or not parts <= {1, 2, 3, 4, 5}:
-        p.error(f"--only {text!r}: a comma-separated list of parts 1-5, e.g. 4,5")
+    if not parts or not parts <= {1, 2, 3, 4, 5, 6}:
+        p.error(f"--only {text!r}: a comma-separated list of parts 1-6, e.g. 4,5")
     return parts
 
 
@@ -52,8 +56,9 @@ def preflight(p: argparse.ArgumentParser, parts: set[int]) -> None:
     """Fail in the first second, not after minutes of measuring, when a part is missing."""
     need = ["haproxy", "serf"] + (["wrk"] if parts & {2, 3, 4} else [])
     missing = [b for b in need if shutil.which(b) is None]
-    if 4 in parts and not (Path(sys.executable).parent / "crossbar").exists():
-        missing.append("crossbar (pip install -e '.[edge]')")
+    for binary, part in (("crossbar", {4, 6}), ("supervisord", {6})):
+        if parts & part and not (Path(sys.executable).parent / binary).exists():
+            missing.append(f"{binary} (pip install -e '.[edge]')")
     for module, extra in (("matplotlib", "bench"), ("autobahn", "edge")):
         if importlib.util.find_spec(module) is None:
             missing.append(f"{module} (pip install -e '.[{extra}]')")
@@ -72,17 +77,20 @@ def main() -> None:
                    help="part 4: WAMP clients holding one session for the whole run")
     p.add_argument("--wamp-rotating", type=int, default=20,
                    help="part 4: WAMP clients renewing their session every 2-6 s")
-    p.add_argument("--only", default="1,2,3,4,5", help="parts to run, e.g. 4,5")
+    p.add_argument("--only", default="1,2,3,4,5,6", help="parts to run, e.g. 4,5")
     p.add_argument("--results", type=Path, default=RESULTS,
                    help="folder of latest.md and the plots (default bench/results)")
     # 127.150 is the local-cluster test's, 127.60-79 the agent tests': stay clear of them.
-    p.add_argument("--net", type=int, default=200, help="first N of 127.N.0.x (uses N..N+4)")
+    p.add_argument("--net", type=int, default=200,
+                   help="first N of 127.N.0.x (uses N..N+4, and N+10..N+13 in part 6)")
     args = p.parse_args()
     parts = parse_parts(p, args.only)
     if args.rate < 100:
         p.error(f"--rate {args.rate}: at least 100 req/s")
     if not 1 <= args.net <= 250:
         p.error(f"--net {args.net}: must be 1-250 (the run uses 127.N.0.x to 127.N+4.0.x)")
+    if 6 in parts and args.net + 13 > 255:
+        p.error(f"--net {args.net}: part 6 uses 127.N+10.0.x to 127.N+13.0.x: at most 242")
     if args.wamp_held < 0 or args.wamp_rotating < 0 or args.wamp_held + args.wamp_rotating == 0:
         p.error("--wamp-held and --wamp-rotating must be >= 0, and not both 0")
     preflight(p, parts)
@@ -90,9 +98,17 @@ def main() -> None:
     cfg = {"join_runs": 10 if q else 20, "leave_runs": 1 if q else 5,
            "crash_runs": 1 if q else 5, "cycles": 3 if q else 10,
            "scale_sizes": [50] if q else [100, 200], "rate_req_s": args.rate,
-           "wamp_held": args.wamp_held, "wamp_rotating": args.wamp_rotating}
+           "wamp_held": args.wamp_held, "wamp_rotating": args.wamp_rotating,
+           # part 6: calls and events per latency series, scale cycles 3 -> 5 -> 3, joins
+           # 3 -> 4, cluster sizes of the n² cost; rates per publisher / caller
+           "realm_calls": 300 if q else 1000, "realm_warmup": 30 if q else 100,
+           "realm_cycles": 1 if q else 2, "realm_joins": 1 if q else 3,
+           "realm_sizes": [2, 4] if q else [2, 4, 8], "realm_rate": 50,
+           "realm_call_rate": 20, "realm_hold_s": 3.0 if q else 4.0,
+           "realm_idle_s": 3.0 if q else 5.0}
 
     from churn import crash_under_load, join_latency, leave_under_load
+    from realm import realm
     from scale import storm
     from sidebyside import side_by_side
 
@@ -142,6 +158,9 @@ def main() -> None:
             print("5. scale", flush=True)
             result["scale"] = [storm(tmp, n, args.net + 3 + i)
                                for i, n in enumerate(cfg["scale_sizes"])]
+        if 6 in parts:
+            print("6. one realm across the fleet (router links)", flush=True)
+            result["realm"] = realm(tmp, cfg, [args.net + 10 + i for i in range(4)])
     result["finished_utc"] = datetime.now(UTC).isoformat(timespec="seconds")
     result["duration_s"] = round(time.time() - started, 1)
 
