@@ -456,9 +456,13 @@ def _link_secret(path: Path | None) -> bytes | None:
 @click.option("--link-port", type=int, default=DEFAULT_LINK_PORT, envvar="LBSYNC_LINK_PORT",
               show_default=True, show_envvar=True,
               help="the router's link port, as `lbsync crossbar-config` was given it")
+@click.option("--links-wait", default="30s", envvar="LBSYNC_LINKS_WAIT", show_default=True,
+              show_envvar=True,
+              help="longest wait of the first ready=1 for the router links to the serving "
+                   "nodes")
 def node(name: str, serf_rpc: str, listen: str, agent_port: int, weight: int | None,
          drain_timeout: str, stop_command: str, serf_auth_key: str, cbdir: Path | None,
-         link_port: int) -> None:
+         link_port: int, links_wait: str) -> None:
     """Edge-node sidecar: tag this node in Serf, answer agent-check, keep the router links
     to the other edge nodes, drain and leave on SIGTERM."""
     from .edge.agentcheck import AgentCheck
@@ -470,7 +474,7 @@ def node(name: str, serf_rpc: str, listen: str, agent_port: int, weight: int | N
         agent_port=agent_port, weight=weight,
         drain_timeout=parse_duration(drain_timeout, "--drain-timeout"),
         stop_command=stop_command, serf_auth_key=serf_auth_key or None, cbdir=cbdir,
-        link_port=link_port))
+        link_port=link_port, links_wait=parse_duration(links_wait, "--links-wait")))
     stop = threading.Event()
     # The handler only sets the flag; the sidecar's loop does the draining.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())

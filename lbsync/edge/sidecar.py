@@ -15,8 +15,9 @@ second it writes the other linkable Serf members to CBDIR/links.json, reads the 
 state back, logs each link that comes up or goes down, and tags the node `link-port=...`
 and `links=UP/WANTED` (at most every LINKS_TAG_EVERY seconds: tags are gossiped to all).
 The first ready=1 waits for the links to every peer that already serves clients, so
-HAProxy never sends a client to a node cut off from the rest of the realm. Afterwards a
-link going down is logged, not a reason to stop serving.
+HAProxy never sends a client to a node cut off from the rest of the realm (at most
+`--links-wait`: a peer whose router never answers must not stop the fleet from growing).
+Afterwards a link going down is logged, not a reason to stop serving.
 
 Every effect (Serf, the agent-check server, the HTTP probe, the connection count, the stop
 command, the link files, the clock) comes in through `Effects`, so tests drive the
@@ -69,6 +70,7 @@ class NodeConfig:
     serf_auth_key: str | None = None
     cbdir: Path | None = None
     link_port: int = L.DEFAULT_LINK_PORT
+    links_wait: float = 30.0  # the longest ready=1 waits for the links
 
     @property
     def where(self) -> str:
@@ -142,6 +144,7 @@ class Sidecar:
         self._links_waiting_logged = -WAITING_LOG_EVERY
         self._links_failing = False
         self._links_tag_at = -LINKS_TAG_EVERY  # when the `links` tag last changed
+        self._links_wait_from: float | None = None  # when ready=1 began to wait for links
 
     # --- the whole life -----------------------------------------------------------------
 
@@ -253,9 +256,18 @@ class Sidecar:
         self._links_ok = not missing
         if missing and not self._ready:
             now = fx.clock.now()
-            if now - self._links_waiting_logged >= WAITING_LOG_EVERY:
+            if self._links_wait_from is None:
+                self._links_wait_from = now
+            names = ", ".join(sorted(missing))
+            if now - self._links_wait_from >= self.config.links_wait:
+                # A peer whose router never answers must not keep the fleet from growing;
+                # its own clients cannot be served anyway.
+                log.warning("ready=1 without the router links to %s: not up after %g s "
+                            "(--links-wait)", names, self.config.links_wait)
+                self._links_ok = True
+            elif now - self._links_waiting_logged >= WAITING_LOG_EVERY:
                 self._links_waiting_logged = now
-                log.info("ready=1 waits for the router links to %s", ", ".join(sorted(missing)))
+                log.info("ready=1 waits for the router links to %s", names)
         count = L.links_tag(report, wanted)
         if (self._link_tags.get(L.LINKS_TAG) not in (None, count)
                 and fx.clock.now() - self._links_tag_at < LINKS_TAG_EVERY):
@@ -480,6 +492,8 @@ def check_config(config: NodeConfig) -> NodeConfig:
         raise LbsyncError("--drain-timeout cannot be negative")
     if not 1 <= config.link_port <= 65535:
         raise LbsyncError(f"--link-port: {config.link_port} is outside 1-65535")
+    if config.links_wait < 0:
+        raise LbsyncError("--links-wait cannot be negative")
     if config.link_port in (config.port, config.agent_port):
         raise LbsyncError(f"--link-port: {config.link_port} is also the --listen or "
                           "--agent-port port")

@@ -436,6 +436,17 @@ def test_a_peer_that_leaves_is_unlinked(caplog: pytest.LogCaptureFixture) -> Non
     assert "router link to node3 removed: node3 left the cluster" in caplog.text
 
 
+def test_a_peer_whose_router_never_answers_delays_ready_by_links_wait_only(
+        caplog: pytest.LogCaptureFixture) -> None:
+    w = LinkWorld([edge("node1", "0"), edge("node2"), edge("node3")])
+    w.stop_at = 30.0
+    w.up_at = {"node2": 1.0}  # node3's router never takes the link
+    caplog.set_level(logging.INFO, "lbsync.edge.sidecar")
+    assert run(w, replace(LINKED, links_wait=12.0)) == 0
+    assert 12.0 <= w.time_of("tags ready=1") < 12.0 + sidecar.LINK_POLL + 0.5
+    assert "ready=1 without the router links to node3: not up after 12 s" in caplog.text
+
+
 def test_links_off_means_no_link_tags_and_no_wait() -> None:
     w = LinkWorld([edge("node1", "0"), edge("node2")])
     w.enabled = False
@@ -451,3 +462,5 @@ def test_link_port_must_differ_from_the_service_ports() -> None:
         check_config(replace(CONFIG, link_port=8081))
     with pytest.raises(LbsyncError, match="--link-port: 0 is outside"):
         check_config(replace(CONFIG, link_port=0))
+    with pytest.raises(LbsyncError, match="--links-wait cannot be negative"):
+        check_config(replace(CONFIG, links_wait=-1))
