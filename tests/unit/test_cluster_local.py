@@ -6,13 +6,21 @@ import configparser
 import io
 import shlex
 import shutil
+import stat
 import sys
 from pathlib import Path
 
 import pytest
 
 from lbsync.cluster.lifecycle import NodeView, Progress
-from lbsync.cluster.local import ClusterError, Layout, check_dir, render_supervisord
+from lbsync.cluster.local import (
+    ClusterError,
+    Layout,
+    check_dir,
+    render_supervisord,
+    write_files,
+)
+from lbsync.edge.links import read_secret
 
 NEEDS_BINARIES = pytest.mark.skipif(
     not all(shutil.which(b) for b in ("haproxy", "serf"))
@@ -92,3 +100,17 @@ def test_progress_prints_changes_only_when_not_a_terminal() -> None:
     lines = out.getvalue().splitlines()
     assert len(lines) == 2
     assert lines[1].endswith("node1: serf=alive crossbar=serving ready=1 haproxy=UP")
+
+
+@NEEDS_BINARIES
+def test_the_fleet_secret_is_made_once_private_and_kept_across_scales(tmp_path: Path) -> None:
+    layout = Layout(tmp_path)
+    write_files(layout, [1, 2], proxies=1, drain_timeout=5)
+    secret = layout.fleet_secret.read_text()
+    assert len(read_secret(secret, "fleet.secret")) == 32
+    assert stat.S_IMODE(layout.fleet_secret.stat().st_mode) == 0o600
+    write_files(layout, [1, 2, 3], proxies=1, drain_timeout=5)  # `lbsync scale 3`
+    assert layout.fleet_secret.read_text() == secret  # the running nodes hold it
+    other = Layout(tmp_path / "other")
+    write_files(other, [1], proxies=1, drain_timeout=5)
+    assert other.fleet_secret.read_text() != secret  # one secret per cluster
