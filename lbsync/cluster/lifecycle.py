@@ -7,11 +7,13 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TextIO
 
 import psutil
 import requests
 
+from ..edge import links as L
 from ..haproxy.runtime import RuntimeAPI
 from ..model import LbsyncError
 from ..serf.rpc import SerfRPC
@@ -34,6 +36,7 @@ class NodeView:
     crossbar: str  # "serving" when /info answers, else "-"
     ready: str  # the node's ready tag
     haproxy: str  # UP, DOWN, DRAIN, MAINT or "-"
+    links: str = "-"  # the node's router links up / wanted, from its own folder
 
 
 def observe(layout: Layout, names: list[str]) -> dict[str, NodeView]:
@@ -53,8 +56,19 @@ def observe(layout: Layout, names: list[str]) -> dict[str, NodeView]:
             if requests.get(f"http://{node.ip}:{node.port}/info", timeout=0.5).ok:
                 serving = "serving"
         serf, ready = members.get(name, ("-", "-"))
-        views[name] = NodeView(name, serf, serving, ready, servers.get(name, "-"))
+        views[name] = NodeView(name, serf, serving, ready, servers.get(name, "-"),
+                               _links(node.cbdir))
     return views
+
+
+def _links(cbdir: Path) -> str:
+    """UP/WANTED of the node's router links, read from its Crossbar folder, or "-"."""
+    try:
+        _, wanted = L.parse_wanted((cbdir / L.WANTED_FILE).read_text())
+        report = L.read_state(cbdir)
+    except (OSError, L.LinkError):
+        return "-"
+    return L.links_tag(report, wanted)
 
 
 class Progress:
@@ -68,9 +82,10 @@ class Progress:
 
     def show(self, views: dict[str, NodeView], elapsed: float) -> None:
         if self.tty:
-            lines = [f"{'NODE':8} {'SERF':8} {'CROSSBAR':9} {'READY':6} {'HAPROXY':8}"]
-            lines += [f"{v.name:8} {v.serf:8} {v.crossbar:9} {v.ready:6} {v.haproxy:8}"
-                      for v in views.values()]
+            lines = [f"{'NODE':8} {'SERF':8} {'CROSSBAR':9} {'READY':6} {'LINKS':6} "
+                     f"{'HAPROXY':8}"]
+            lines += [f"{v.name:8} {v.serf:8} {v.crossbar:9} {v.ready:6} {v.links:6} "
+                      f"{v.haproxy:8}" for v in views.values()]
             lines.append(f"{elapsed:5.1f}s")
             if self.drawn:
                 self.out.write(f"\x1b[{self.drawn}F")
@@ -80,7 +95,8 @@ class Progress:
             for name, v in views.items():
                 if self.last.get(name) != v:
                     self.out.write(f"{elapsed:6.1f}s {v.name}: serf={v.serf} "
-                                   f"crossbar={v.crossbar} ready={v.ready} haproxy={v.haproxy}\n")
+                                   f"crossbar={v.crossbar} ready={v.ready} links={v.links} "
+                                   f"haproxy={v.haproxy}\n")
             self.last = dict(views)
         self.out.flush()
 

@@ -93,13 +93,13 @@ def test_supervisord_config_has_every_program(tmp_path: Path) -> None:
 def test_progress_prints_changes_only_when_not_a_terminal() -> None:
     out = io.StringIO()
     p = Progress(out)
-    up = NodeView("node1", "alive", "serving", "1", "UP")
+    up = NodeView("node1", "alive", "serving", "1", "UP", "2/2")
     p.show({"node1": NodeView("node1", "alive", "-", "0", "-")}, 0.5)
     p.show({"node1": NodeView("node1", "alive", "-", "0", "-")}, 0.7)
     p.show({"node1": up}, 1.2)
     lines = out.getvalue().splitlines()
     assert len(lines) == 2
-    assert lines[1].endswith("node1: serf=alive crossbar=serving ready=1 haproxy=UP")
+    assert lines[1].endswith("node1: serf=alive crossbar=serving ready=1 links=2/2 haproxy=UP")
 
 
 @NEEDS_BINARIES
