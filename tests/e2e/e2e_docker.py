@@ -9,6 +9,7 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -68,6 +69,29 @@ def assert_every_node_serves(frontend: str, names: set[str], tries: int = 60) ->
         if seen == names:
             break
     assert seen == names
+
+
+def wait_links_up(exec_in: Callable[..., subprocess.CompletedProcess[str]],
+                  nodes: dict[str, str]) -> dict[str, str]:
+    """Wait until every node's router links are up (`lbsync links --check` in it); return
+    each container's `lbsync links` table."""
+    tables = {}
+    for cid, name in nodes.items():
+        wait(lambda cid=cid: exec_in(cid, "lbsync", "links", "--check",
+                                     check=False).returncode == 0, 60,
+             f"{name}'s router links up")
+        tables[cid] = exec_in(cid, "lbsync", "links").stdout
+    return tables
+
+
+def assert_one_realm(ws_url: str, sessions: int) -> None:
+    """`lbsync probe` with SESSIONS sessions at once through HAProxy: they land on as many
+    nodes, and every one calls the others and gets their events exactly once."""
+    probe = subprocess.run([sys.executable, "-m", "lbsync", "probe", *[ws_url] * sessions],
+                           capture_output=True, text=True, timeout=120, check=False)
+    print(probe.stdout)
+    assert probe.returncode == 0, probe.stdout + probe.stderr
+    assert f"ok: {sessions} sessions on {sessions} node(s) are one realm" in probe.stdout
 
 
 def parse_show_proc(out: str) -> tuple[int, list[str]]:

@@ -21,7 +21,6 @@ import json
 import os
 import stat
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -34,6 +33,7 @@ from e2e_docker import (
     ROOT,
     SHOW_PROC,
     assert_every_node_serves,
+    assert_one_realm,
     logs,
     node_in_info,
     parse_show_proc,
@@ -41,6 +41,7 @@ from e2e_docker import (
     run,
     utc_now,
     wait,
+    wait_links_up,
 )
 from loadgen import HttpLoad
 
@@ -213,21 +214,11 @@ def test_nodes_join_through_tasks_lb_and_are_up(swarm: Swarm) -> None:
 def test_the_nodes_are_one_realm_over_the_overlay(swarm: Swarm) -> None:
     nodes = swarm.node_names()
     wait(lambda: swarm.up_servers() == set(nodes.values()), NODE_UP, "3 servers UP")
-    for cid, name in nodes.items():
-        wait(lambda cid=cid: swarm.exec(cid, "lbsync", "links", "--check",
-                                        check=False).returncode == 0, 60,
-             f"{name}'s router links up")
-        # Each link goes to a peer's overlay address, where its Serf agent gossips from.
-        out = swarm.exec(cid, "lbsync", "links").stdout
-        for peer_cid, peer in nodes.items():
-            if peer != name:
-                assert f"ws://{swarm.overlay_ip(peer_cid)}:8082/ws" in out, out
-    probe = subprocess.run([sys.executable, "-m", "lbsync", "probe",
-                            *[f"ws://127.0.0.1:{HTTP_PORT}/ws"] * 3],
-                           capture_output=True, text=True, timeout=120, check=False)
-    print(probe.stdout)
-    assert probe.returncode == 0, probe.stdout + probe.stderr
-    assert "ok: 3 sessions on 3 node(s) are one realm" in probe.stdout
+    # Each link goes to a peer's overlay address, where its Serf agent gossips from.
+    for cid, table in wait_links_up(swarm.exec, nodes).items():
+        peers = [p for p in nodes if p != cid]
+        assert all(f"ws://{swarm.overlay_ip(p)}:8082/ws" in table for p in peers), table
+    assert_one_realm(f"ws://127.0.0.1:{HTTP_PORT}/ws", 3)
 
 
 def test_scale_to_5_then_1_under_load_loses_nothing_and_never_reloads(
