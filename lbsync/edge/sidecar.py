@@ -244,13 +244,10 @@ class Sidecar:
         up = report.up & set(wanted) if report is not None else set()
         for name in sorted(up - self._links_up):
             log.info("router link to %s up (%s)", name, wanted[name].url)
-        for name in sorted(self._links_up - up):
-            if name in wanted:
-                log.warning("router link to %s down (%s)", name, wanted[name].url)
-            else:
-                log.info("router link to %s removed: %s left the cluster", name, name)
-        for name in sorted(set(self._links_wanted) - set(wanted) - self._links_up):
-            log.info("router link to %s removed before it came up", name)
+        for name in sorted((self._links_up - up) & set(wanted)):
+            log.warning("router link to %s down (%s)", name, wanted[name].url)
+        for name in sorted(set(self._links_wanted) - set(wanted)):
+            log.info("router link to %s removed: %s left the cluster", name, name)
         self._links_up, self._links_wanted = up, wanted
         missing = L.ready_peers(members, self.config.name) - up
         self._links_ok = not missing
