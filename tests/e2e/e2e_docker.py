@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from cluster_rig import wait
 
 ROOT = Path(__file__).resolve().parents[2]
 FRONTEND = "http://127.0.0.1:8080"
@@ -39,18 +40,6 @@ def engine_answers() -> bool:
                           check=False).returncode == 0
 
 
-def wait(cond: Callable[[], object], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
-        try:
-            if cond():
-                return
-        except Exception as e:  # noqa: BLE001  (the world is still settling)
-            last = e
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout:g}s waiting for {what}"
-                         + (f" (last error: {last!r})" if last else ""))
 
 
 def node_in_info(html: str) -> str:

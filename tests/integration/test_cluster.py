@@ -7,19 +7,17 @@ run in file order, each leaving the cluster as the next one expects.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
-import shutil
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import psutil
 import pytest
 import requests
+from cluster_rig import NEEDS_CLUSTER, lbsync, stop_cluster, wait
 from loadgen import HttpLoad
 
 from lbsync.cluster.local import Layout, Supervisor, leftovers
@@ -27,19 +25,8 @@ from lbsync.haproxy.runtime import RuntimeAPI
 
 NET = 150
 DRAIN = 6.0
-CROSSBAR = Path(sys.executable).parent / "crossbar"
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not (shutil.which("haproxy") and shutil.which("serf")
-                            and CROSSBAR.exists()),
-                       reason="needs haproxy, serf and the edge extra (crossbar)"),
-]
-
-
-def lbsync(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "lbsync", *args], capture_output=True,
-                          text=True, timeout=timeout, check=False)
+pytestmark = NEEDS_CLUSTER
 
 
 @pytest.fixture(scope="module")
@@ -48,10 +35,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Layout]:
     try:
         yield layout
     finally:
-        lbsync("down", "--dir", str(layout.dir))
-        for p in leftovers(layout):  # a failed test must not leave processes behind
-            with contextlib.suppress(psutil.Error):
-                p.kill()
+        stop_cluster(layout)
 
 
 def runtime(layout: Layout) -> RuntimeAPI:
@@ -64,17 +48,6 @@ def up_servers(layout: Layout) -> set[str]:
 
 def node_of(response: requests.Response) -> str:
     return str(response.json()["node"])
-
-
-def wait(cond: object, timeout: float, what: str) -> None:
-    assert callable(cond)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(Exception):
-            if cond():
-                return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 class WampSessions:

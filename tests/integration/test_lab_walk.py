@@ -17,15 +17,16 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
 import pytest
+from cluster_rig import NEEDS_CLUSTER, lbsync, stop_cluster, wait
 from loadgen import HttpLoad
 
-from lbsync.cluster.local import Layout, Supervisor, leftovers
+from lbsync.cluster.local import Layout, Supervisor
 from lbsync.haproxy.master import parse_proc
 from lbsync.haproxy.runtime import RuntimeAPI
 from lbsync.lab.check import answers
@@ -33,34 +34,8 @@ from lbsync.lab.spec import load_lab
 
 NET = 152
 DRAIN = 4.0
-CROSSBAR = Path(sys.executable).parent / "crossbar"
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(not (shutil.which("haproxy") and shutil.which("serf")
-                            and CROSSBAR.exists()),
-                       reason="needs haproxy, serf and the edge extra (crossbar)"),
-]
-
-
-def lbsync(*args: str, timeout: float = 300, cwd: Path | None = None,
-           env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "lbsync", *args], capture_output=True,
-                          text=True, timeout=timeout, check=False, cwd=cwd,
-                          env={**os.environ, **(env or {})})
-
-
-def wait(cond: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            if cond():
-                return
-        except (OSError, ValueError, KeyError) as e:  # not there yet
-            last = e
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}" + (f" ({last!r})" if last else ""))
+pytestmark = NEEDS_CLUSTER
 
 
 @dataclass
@@ -105,10 +80,7 @@ def walk(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Walk]:
             with contextlib.suppress(OSError):
                 p.kill()
             p.wait(10)
-        lbsync("down", "--dir", str(w.layout.dir))
-        for q in leftovers(w.layout):
-            with contextlib.suppress(psutil.Error):
-                q.kill()
+        stop_cluster(w.layout)
 
 
 def ip(w: Walk, host: int) -> str:
@@ -264,8 +236,8 @@ def test_task_7_crash_leave_and_recovery(walk: Walk) -> None:
     assert "Traceback" not in text and "ERROR" not in text, text
     walk.collect(7, "leave")
     walk.scale(2)
-    wait(lambda: lbsync("status", "--check", env={"LBSYNC_CLUSTER_DIR": str(walk.layout.dir)}
-                        ).returncode == 0, 60, "status --check")
+    env = {**os.environ, "LBSYNC_CLUSTER_DIR": str(walk.layout.dir)}
+    wait(lambda: lbsync("status", "--check", env=env).returncode == 0, 60, "status --check")
     walk.collect(7, "recovered")
 
 
