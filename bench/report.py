@@ -27,6 +27,8 @@ def write_report(r: dict[str, Any], results: Path, json_path: Path) -> None:
         plots += [plot_latency(r, results / "latency.png")]
     if "scale" in r:
         plots += [plot_scale(r["scale"], results / "scale.png")]
+    if "realm" in r:
+        plots += [plot_realm(r["realm"], results / "realm.png")]
     (results / "latest.md").write_text(markdown(r, json_path, plots))
 
 
@@ -59,6 +61,14 @@ def markdown(r: dict[str, Any], json_path: Path, plots: list[Path]) -> str:
                    f"haproxy.cfg p50 {c['removed_from_cfg_s_p50']:.2f} s | 0 failed GETs |")
     if "churn_reloads" in r:
         out.append(f"| HAProxy reloads during parts 1-3 | {r['churn_reloads']} | 0 |")
+    if "realm" in r:
+        cy = r["realm"]["cycles"]
+        t = cy["staying_total"]
+        met = "met" if t["lost"] == t["duplicated"] == cy["calls"]["failed"] == 0 else "MISSED"
+        out.append(f"| one realm: {cy['cycles']} scale cycle(s) 3 → 5 → 3, staying members | "
+                   f"{t['lost']} events lost, {t['duplicated']} duplicated of {t['expected']}; "
+                   f"{cy['calls']['failed']} calls failed of "
+                   f"{cy['calls']['ok'] + cy['calls']['failed']} | 0 / 0 / 0: {met} |")
     if "side_by_side" in r:
         sb = r["side_by_side"]
         a = sb["runtime-api"]
@@ -107,8 +117,174 @@ def markdown(r: dict[str, Any], json_path: Path, plots: list[Path]) -> str:
                 f"{max(i0.get('rss_mb_max', 0), st.get('rss_mb_max', 0), i1.get('rss_mb_max', 0))}"
                 " MB |")
         out += ["", "CPU % is of one core (psutil), sampled every 0.5 s."]
+    if "realm" in r:
+        out += realm_section(r["realm"], r["machine"])
     out += ["", "Plots: " + ", ".join(f"![{p.stem}]({p.name})" for p in plots), ""]
     return "\n".join(out)
+
+
+def _failed_joins(sample: dict[str, Any]) -> int:
+    return sum(1 for f in sample.get("connect_failures", []) if "reason" in f)
+
+
+def _ms(x: object) -> str:
+    return "–" if x is None else f"{x:.2f} ms"
+
+
+def _s(x: float | None) -> str:
+    return "–" if x is None else f"{x:+.2f} s" if x < 0 else f"{x:.2f} s"
+
+
+REALM_SERIES = (("call_same_node", "call, same node", "node1 → callee on node1"),
+                ("call_cross_node", "call, across nodes", "node2 → callee on node1"),
+                ("event_same_node", "event (publish → event), same node",
+                 "node1 → subscriber on node1"),
+                ("event_cross_node", "event (publish → event), across nodes",
+                 "node2 → subscriber on node1"))
+
+
+def realm_section(rm: dict[str, Any], machine: dict[str, Any]) -> list[str]:
+    lat, cy, jn, sq = rm["latency"], rm["cycles"], rm["join"], rm["n_squared"]
+    rt = lat["ratio_cross_over_same_p50"]
+    out = ["", "## One realm across the fleet: router links between the edge nodes", "",
+           f"Real local cluster (`lbsync up --nodes {rm['nodes']} --proxies 1`: HAProxy, Serf, "
+           "lbsync, Crossbar nodes of 1 router + 1 proxy worker, each router linked to every "
+           f"other), up in {rm['up_s']:.1f} s. Clients: {rm['clients']}; the WELCOME's "
+           "`x_cb_node` confirms each session's node.", "",
+           f"### Latency, same node vs across nodes ({lat['n_per_series']} sequential round "
+           f"trips per series after {lat['warmup_per_series']} warm-up, the 4 series "
+           "interleaved)", "",
+           "| series | client → peer | n | p50 | p99 | max | failed |",
+           "|---|---|---|---|---|---|---|"]
+    for key, label, path in REALM_SERIES:
+        x = lat[key]
+        out.append(f"| {label} | {path} | {x['n']} | {_ms(x['p50'])} | {_ms(x['p99'])} | "
+                   f"{_ms(x['max'])} | {x['failed']} |")
+    out += ["", f"Across nodes / same node, p50: calls {_f(rt['call'], 2)}×, events "
+            f"{_f(rt['event'], 2)}×. Across nodes a message crosses one more router and one "
+            "router link (node1's link to node2 mirrors node1's callee and subscription onto "
+            "node2). An event is timed from the publish to its arrival at the subscriber, in "
+            "one process (one clock)."]
+    t = cy["staying_total"]
+    ups = [s["s"] for s in cy["scales"] if s["to"] == 5]
+    downs = [s["s"] for s in cy["scales"] if s["to"] == 3]
+    met = "met" if t["lost"] == t["duplicated"] == cy["calls"]["failed"] == 0 else "MISSED"
+    out += ["", f"### Through {cy['cycles']} scale cycle{'s' if cy['cycles'] > 1 else ''} "
+            f"3 → 5 → 3 ({cy['duration_s']:.0f} s under load)", "",
+            f"Publishers on node1 and node2 (the nodes that stay) publish numbered, acknowledged "
+            f"events, {cy['publish_rate_per_publisher']:g}/s each, from before the first "
+            f"scale-up to after the last scale-down; subscribers on node1 and node2 count them "
+            f"per (publisher, subscriber) pair. Callers on node1 and node2 call a procedure "
+            f"registered on the other one, {cy['call_rate_per_caller']:g}/s each. `lbsync scale "
+            f"5` took {', '.join(f'{x:.1f}' for x in ups)} s (until both new nodes are UP in "
+            f"HAProxy), `lbsync scale 3` {', '.join(f'{x:.1f}' for x in downs)} s; "
+            f"{cy['hold_s']:g} s at each size.", "",
+            "| publisher → subscriber | acknowledged | received | lost | duplicated | "
+            "reordered | unacknowledged yet received |", "|---|---|---|---|---|---|---|"]
+    for pair, x in cy["pairs_staying"].items():
+        a, b = pair.split("->")
+        where = "same node" if a == b else "across nodes"
+        out.append(f"| {a} → {b} ({where}) | {x['expected']} | {x['received']} | {x['lost']} | "
+                   f"{x['duplicated']} | {x['reordered']} | {x['unexpected']} |")
+    out.append(f"| **staying members, total** | {t['expected']} | {t['received']} | "
+               f"**{t['lost']}** | **{t['duplicated']}** | {t['reordered']} | "
+               f"{t['unexpected']} |")
+    jt = cy["joining_total"]
+    firsts = [x["first_event_after_subscribe_s"] for x in cy["pairs_joining"].values()]
+    firsts = [f for f in firsts if f is not None]
+    c = cy["calls"]
+    el = cy["event_latency_ms"]
+    out += ["", f"Subscribers on the joining nodes (node4, node5, subscribed once their node is "
+            f"UP, closed before it leaves; {len(cy['pairs_joining'])} (publisher, subscriber) "
+            f"pairs): {jt['received']} events received, {jt['lost']} lost between each pair's "
+            f"first and last event, {jt['duplicated']} duplicated"
+            + (f"; first event {min(firsts):.3f}-{max(firsts):.3f} s after the subscribe"
+               if firsts else "") + ".", "",
+            "| calls across nodes during the cycles | failed | p50 | p99 | max |",
+            "|---|---|---|---|---|",
+            f"| {c['ok'] + c['failed']} | **{c['failed']}** | {_ms(c['latency_ms']['p50'])} | "
+            f"{_ms(c['latency_ms']['p99'])} | {_ms(c['latency_ms']['max'])} |", "",
+            f"Events during the cycles, publish → event: same node p50 "
+            f"{_ms(el['same_node']['p50'])} / p99 {_ms(el['same_node']['p99'])}, across nodes "
+            f"p50 {_ms(el['cross_node']['p50'])} / p99 {_ms(el['cross_node']['p99'])}. "
+            f"Publishes failed: {cy['publish_failed']}; sessions dropped: "
+            f"{len(cy['sessions_dropped'])}. Latencies here include the CPU the joining "
+            "Crossbar nodes take while they start (2 CPUs, see the plot's timeline); the "
+            "quiet-cluster figures are the table above.", "",
+            f"Target for the members that stay: 0 lost, 0 duplicated, 0 failed calls: {met}."]
+    md = jn["medians"]
+    out += ["", f"### Join reach: `lbsync scale 4` from 3 nodes, medians of {jn['runs']} run(s)",
+            "", "A client connects to the new node as soon as its /info answers 200 and calls a "
+            "procedure registered on node1 until it answers (wamp.error.no_such_procedure until "
+            "node1's router link to the new node has mirrored the registration).", "",
+            "| from → to | median |", "|---|---|",
+            f"| new node's /info 200 → its client's first successful call to node1 | "
+            f"{_s(md['info_200_to_call_s'])} |",
+            f"| new node UP in HAProxy (Runtime API) → first successful call | "
+            f"{_s(md['up_in_haproxy_to_call_s'])} |",
+            f"| sidecar's ready=1 (its log) → first successful call | "
+            f"{_s(md['ready_1_to_call_s'])} |",
+            f"| `lbsync scale 4` started → /info 200 | {_s(md['info_200_s'])} |",
+            f"| `lbsync scale 4` started → node1's link to the new node up | "
+            f"{_s(md['node1_link_to_new_up_s'])} |",
+            f"| `lbsync scale 4` started → first successful call | {_s(md['first_call_ok_s'])} |",
+            f"| `lbsync scale 4` started → ready=1 | {_s(md['sidecar_ready_1_s'])} |",
+            f"| `lbsync scale 4` started → UP in HAProxy | {_s(md['up_in_haproxy_s'])} |",
+            f"| ready=1 → node1's link to the new node up (its links-state.json) | "
+            f"{_s(md['ready_1_to_node1_link_up_s'])} |", "",
+            "A negative time: the new node's clients reached node1's callees before the node "
+            "was UP (or ready=1), i.e. before HAProxy sends it clients. The call needs node1's "
+            "link to the new node (it mirrors node1's registrations there); the new node's "
+            "ready=1 waits for the new node's own links to the serving peers (which carry "
+            "the other direction), so what keeps the new node from taking clients before "
+            "node1's link to it is up is the time HAProxy takes to mark it UP after ready=1. "
+            "node1's link `since` is when its router's 0.1 s look noticed the link up, so a call "
+            "can succeed a little before it. Per run (since `lbsync scale 4` started): "
+            + "; ".join(f"/info {_s(x['info_200_s'])}, session on the new node "
+                        f"{_s(x['session_on_new_node_s'])}"
+                        + (f" (after {_failed_joins(x)} failed join attempt(s))"
+                           if _failed_joins(x) else "")
+                        + f", call {_s(x['first_call_ok_s'])}, node1's link "
+                        f"{_s(x['node1_link_to_new_up_s'])}, ready=1 "
+                        f"{_s(x['sidecar_ready_1_s'])}, UP {_s(x['up_in_haproxy_s'])}"
+                        for x in jn["samples"]) + "."]
+    reasons = sorted({f["reason"] for x in jn["samples"] for f in x.get("connect_failures", [])
+                      if "reason" in f})
+    if reasons:
+        out += ["", "Join attempts to the new node that failed after its /info answered 200 "
+                "(each attempt waits at most 2 s): " + "; ".join(f"`{r}`" for r in reasons)
+                + " (the JSON has the new node's Crossbar log lines of that moment)."]
+    out += ["", "### The n² cost: every node links to every other", "",
+            "| nodes | links n(n-1) | `lbsync up` → `lbsync links --check` passes | → all UP in "
+            "HAProxy | router worker RSS (median) | router CPU at rest (median / all) | one "
+            "node's Crossbar RSS (processes) | whole cluster at rest: RSS / CPU |",
+            "|---|---|---|---|---|---|---|---|"]
+    for row in sq["rows"]:
+        if not row["ok"]:
+            out.append(f"| {row['n']} | {row['links_total']} | did not complete: "
+                       f"{row.get('error', 'links --check failed')[:200]} | | | | | |")
+            continue
+        rr, rc, nc = row["router_rss_mb"], row["router_cpu_pct"], row["node_crossbar_rss_mb"]
+        out.append(f"| {row['n']} | {row['links_total']} | {row['up_to_links_check_ok_s']:.1f} s "
+                   f"| {row['up_to_all_up_in_haproxy_s']:.1f} s | {rr['median']:.0f} MB | "
+                   f"{rc['median']:.1f} % / {rc['sum']:.1f} % | {nc['median']:.0f} MB "
+                   f"({nc['processes_per_node']:g}) | {row['cluster_rss_mb']:.0f} MB / "
+                   f"{row['cluster_cpu_pct']:.1f} % |")
+    largest = sq["largest_n_ok"]
+    stopped = [row for row in sq["rows"] if not row["ok"]]
+    asked = ", ".join(map(str, sq["sizes_asked"]))
+    out += ["", f"Sizes asked: {asked}; the full mesh ran up to **{largest} nodes** "
+            f"({largest * (largest - 1) if largest else 0} links) on this {machine['cpus']}-CPU,"
+            f" {machine['memory_gb']} GB machine"
+            + (f"; {stopped[0]['n']} nodes did not complete (see above), so it grew no "
+               "further" if stopped else "") + ". The links are counted every 0.2 s from each "
+            "node's links.json and links-state.json (what `lbsync links --check` reads; its "
+            "exit code right after: "
+            + ", ".join(str(row.get("links_check_exit", "–")) for row in sq["rows"])
+            + "). CPU % is of one core, over "
+            f"{sq['rows'][0].get('idle_s', 0):g} s at rest after `lbsync links --check` passed; "
+            "RSS in MiB. A node's Crossbar is its controller, router and proxy worker."]
+    return out
 
 
 def wamp_table(sb: dict[str, Any]) -> list[str]:
@@ -261,5 +437,119 @@ def plot_scale(scale: list[dict[str, Any]], path: Path) -> Path:
     a2.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def plot_realm(rm: dict[str, Any], path: Path) -> Path:
+    fig, axes = plt.subplots(2, 2, figsize=(14, 9))
+    (a1, a2), (a3, a4) = axes
+    lat = rm["latency"]
+    colors = ("tab:blue", "tab:orange", "tab:green", "tab:red")
+    for (key, label, _), color in zip(REALM_SERIES, colors, strict=True):
+        xs = sorted(lat["samples_ms"][key])
+        if xs:
+            a1.plot(xs, [(i + 1) / len(xs) for i in range(len(xs))], color=color,
+                    label=f"{label}: p50 {lat[key]['p50']:.2f} ms, p99 {lat[key]['p99']:.2f} ms")
+    a1.set_xscale("log")
+    a1.set_xlabel("round trip (ms, log)")
+    a1.set_ylabel("fraction")
+    a1.set_title(f"Same node vs across nodes, 3 nodes at rest ({lat['n_per_series']} per series)")
+    a1.legend(fontsize=8, loc="lower right")
+    a1.grid(alpha=0.3)
+
+    cy = rm["cycles"]
+    tl = cy["timeline"]
+    secs = [i + 0.5 for i in range(len(tl["received_staying"]))]
+    for k, sc in enumerate(cy["scales"]):
+        a2.axvspan(sc["t0"], sc["t1"], color="tab:green" if sc["to"] == 5 else "tab:purple",
+                   alpha=0.15, label=("lbsync scale 5 (3 → 5)" if sc["to"] == 5
+                                      else "lbsync scale 3 (5 → 3)") if k < 2 else None)
+    a2.plot(secs, tl["received_staying"], color="tab:blue", lw=1.2,
+            label="events received / s, staying subscribers")
+    a2.plot(secs, [2 * x for x in tl["published"]], color="black", lw=0.8, ls=":",
+            label="events expected / s (published × 2)")
+    fails = [secs[i] for i, n in enumerate(tl["calls_failed"]) if n]
+    if fails:
+        a2.plot(fails, [0] * len(fails), "v", color="red", ms=8, clip_on=False,
+                label=f"failed calls ({cy['calls']['failed']})")
+    a2.set_ylim(bottom=0, top=max([1, *tl["received_staying"], *tl["published"]]) * 3.2)
+    a2.set_xlabel("seconds since the load started")
+    a2.set_ylabel("events / s")
+    b2 = a2.twinx()
+    for key, label, color in (("call_p50_ms", "call across nodes, p50 per second", "tab:orange"),
+                              ("event_p50_ms", "event, p50 per second", "tab:red")):
+        pts = [(x, v) for x, v in zip(secs, tl[key], strict=True) if v is not None]
+        b2.plot([x for x, _ in pts], [v for _, v in pts], color=color, lw=1, label=label)
+    b2.set_yscale("log")
+    vals = [v for key in ("call_p50_ms", "event_p50_ms") for v in tl[key] if v]
+    if vals:  # the latencies in the lower part, the legend above them
+        b2.set_ylim(min(vals) / 1.5, max(vals) * 40)
+    b2.set_ylabel("latency (ms, log)")
+    t = cy["staying_total"]
+    a2.set_title(f"Scale cycles 3 → 5 → 3: {t['lost']} lost, {t['duplicated']} duplicated of "
+                 f"{t['expected']} events; {cy['calls']['failed']} calls failed")
+    h1, l1 = a2.get_legend_handles_labels()
+    h2, l2 = b2.get_legend_handles_labels()
+    a2.legend(h1 + h2, l1 + l2, fontsize=7, loc="upper left", ncol=2)
+    a2.grid(alpha=0.3)
+
+    rows = [r for r in rm["n_squared"]["rows"] if r["ok"]]
+    ns = [r["n"] for r in rows]
+    a3.bar(ns, [r["links_total"] for r in rows], color="tab:gray", alpha=0.5,
+           width=0.9, label="router links n(n-1)")
+    for n, r in zip(ns, rows, strict=True):
+        a3.annotate(f"{r['links_total']}", (n, r["links_total"]), ha="center", va="bottom",
+                    fontsize=8, xytext=(0, 2), textcoords="offset points")
+    a3.set_ylim(0, max([1, *(r["links_total"] for r in rows)]) * 1.25)
+    a3.set_xlabel("edge nodes")
+    a3.set_ylabel("router links")
+    a3.set_xticks(ns)
+    b3 = a3.twinx()
+    b3.plot(ns, [r["up_to_links_check_ok_s"] for r in rows], "o-", color="tab:blue",
+            label="lbsync up → links --check passes (s)")
+    b3.plot(ns, [r["up_to_all_up_in_haproxy_s"] for r in rows], "s--", color="tab:cyan",
+            label="lbsync up → all UP in HAProxy (s)")
+    b3.set_ylabel("seconds")
+    b3.set_ylim(bottom=0)
+    h1, l1 = a3.get_legend_handles_labels()
+    h2, l2 = b3.get_legend_handles_labels()
+    a3.legend(h1 + h2, l1 + l2, fontsize=8, loc="upper left")
+    a3.set_title("Full mesh: links and start time by cluster size")
+    a3.grid(alpha=0.3, axis="y")
+
+    a4.plot(ns, [r["router_rss_mb"]["median"] for r in rows], "o-", color="tab:blue",
+            label="router worker RSS (median)")
+    a4.plot(ns, [r["node_crossbar_rss_mb"]["median"] for r in rows], "s-", color="tab:purple",
+            label="one node's Crossbar RSS (3 processes)")
+    a4.plot(ns, [r["cluster_rss_mb"] for r in rows], "^-", color="black",
+            label="whole cluster RSS")
+    a4.set_ylim(0, max([1.0, *(r["cluster_rss_mb"] for r in rows)]) * 1.45)
+    if rows:
+        last = rows[-1]
+        for key, color, dy in (("router_rss_mb", "tab:blue", -4),
+                               ("node_crossbar_rss_mb", "tab:purple", 4)):
+            a4.annotate(f"{last[key]['median']:.0f} MiB", (last["n"], last[key]["median"]),
+                        ha="right", va="bottom" if dy > 0 else "top", fontsize=8, color=color,
+                        xytext=(-6, dy), textcoords="offset points")
+    a4.set_xlabel("edge nodes")
+    a4.set_ylabel("RSS (MiB)")
+    a4.set_xticks(ns)
+    b4 = a4.twinx()
+    b4.plot(ns, [r["router_cpu_pct"]["median"] for r in rows], "o:", color="tab:red",
+            label="router CPU at rest, median (%)")
+    b4.plot(ns, [r["cluster_cpu_pct"] for r in rows], "^:", color="tab:orange",
+            label="whole cluster CPU at rest (%)")
+    b4.set_ylabel("CPU (% of one core)")
+    b4.set_ylim(0, max([1.0, *(r["cluster_cpu_pct"] for r in rows)]) * 1.45)
+    h1, l1 = a4.get_legend_handles_labels()
+    h2, l2 = b4.get_legend_handles_labels()
+    a4.legend(h1 + h2, l1 + l2, fontsize=8, loc="upper left")
+    a4.set_title("Memory and CPU at rest by cluster size")
+    a4.grid(alpha=0.3)
+    fig.suptitle("One WAMP realm across the fleet: router links between the edge nodes "
+                 "(real local cluster, autobahn clients straight to the nodes)", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
     plt.close(fig)
     return path

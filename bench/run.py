@@ -1,7 +1,7 @@
 """lbsync's benchmark suite: one entry point for every measure of issue 5.
 
-    lbsync bench --quick --out bench/results/quick.json   # < 5 minutes
-    lbsync bench --out bench/results/full.json            # about 10 minutes
+    lbsync bench --quick --out bench/results/quick.json   # about 5 minutes
+    lbsync bench --out bench/results/full.json            # about 15 minutes
 (`lbsync bench` runs this file; `bash scripts/bench.sh ARGS` sets up first.)
 
 Everything runs on loopback with real haproxy, serf and wrk processes (lbsync's devstack).
@@ -69,7 +69,7 @@ def preflight(p: argparse.ArgumentParser, parts: set[int]) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(prog="lbsync bench", description=__doc__,
                                 formatter_class=argparse.RawTextHelpFormatter)
-    p.add_argument("--quick", action="store_true", help="fewer runs, 50 members; < 5 minutes")
+    p.add_argument("--quick", action="store_true", help="fewer runs, 50 members; about 5 minutes")
     p.add_argument("--out", type=Path, required=True, help="JSON results")
     p.add_argument("--rate", type=int, default=800,
                    help="wrk's nominal rate (req/s; the measured rate is reported)")
@@ -82,15 +82,15 @@ def main() -> None:
                    help="folder of latest.md and the plots (default bench/results)")
     # 127.150 is the local-cluster test's, 127.60-79 the agent tests': stay clear of them.
     p.add_argument("--net", type=int, default=200,
-                   help="first N of 127.N.0.x (uses N..N+4, and N+10..N+13 in part 6)")
+                   help="first N of 127.N.0.x (uses N..N+4, and N+10..N+14 in part 6)")
     args = p.parse_args()
     parts = parse_parts(p, args.only)
     if args.rate < 100:
         p.error(f"--rate {args.rate}: at least 100 req/s")
     if not 1 <= args.net <= 250:
         p.error(f"--net {args.net}: must be 1-250 (the run uses 127.N.0.x to 127.N+4.0.x)")
-    if 6 in parts and args.net + 13 > 255:
-        p.error(f"--net {args.net}: part 6 uses 127.N+10.0.x to 127.N+13.0.x: at most 242")
+    if 6 in parts and args.net + 14 > 255:
+        p.error(f"--net {args.net}: part 6 uses 127.N+10.0.x to 127.N+14.0.x: at most 241")
     if args.wamp_held < 0 or args.wamp_rotating < 0 or args.wamp_held + args.wamp_rotating == 0:
         p.error("--wamp-held and --wamp-rotating must be >= 0, and not both 0")
     preflight(p, parts)
@@ -103,7 +103,7 @@ def main() -> None:
            # 3 -> 4, cluster sizes of the n² cost; rates per publisher / caller
            "realm_calls": 300 if q else 1000, "realm_warmup": 30 if q else 100,
            "realm_cycles": 1 if q else 2, "realm_joins": 1 if q else 3,
-           "realm_sizes": [2, 4] if q else [2, 4, 8], "realm_rate": 50,
+           "realm_sizes": [2, 4] if q else [2, 4, 8, 16], "realm_rate": 50,
            "realm_call_rate": 20, "realm_hold_s": 3.0 if q else 4.0,
            "realm_idle_s": 3.0 if q else 5.0}
 
@@ -160,7 +160,7 @@ def main() -> None:
                                for i, n in enumerate(cfg["scale_sizes"])]
         if 6 in parts:
             print("6. one realm across the fleet (router links)", flush=True)
-            result["realm"] = realm(tmp, cfg, [args.net + 10 + i for i in range(4)])
+            result["realm"] = realm(tmp, cfg, [args.net + 10 + i for i in range(5)])
     result["finished_utc"] = datetime.now(UTC).isoformat(timespec="seconds")
     result["duration_s"] = round(time.time() - started, 1)
 

@@ -559,7 +559,7 @@ def bench_(args: tuple[str, ...]) -> None:
     """Run the benchmark suite: lbsync bench [--quick] --out FILE (`lbsync bench --help`).
 
     It is bench/run.py of a source checkout (bench/ is not in the wheel); every argument
-    goes to it. --quick finishes in under 5 minutes.
+    goes to it. --quick takes about 5 minutes.
     """
     script = Path(__file__).resolve().parent.parent / "bench" / "run.py"
     if not script.is_file():

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up, then run the benchmark suite (bench/run.py through `lbsync bench`); arguments go
-# to it, e.g. `bash scripts/bench.sh --quick --out bench/results/quick.json` (< 5 minutes).
+# to it, e.g. `bash scripts/bench.sh --quick --out bench/results/quick.json` (about 5 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
