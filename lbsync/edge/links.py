@@ -11,7 +11,8 @@ Who talks to whom, and what each file holds:
 
     Serf members --(sidecar: `lbsync node --cbdir`)--> CBDIR/links.json   the wanted peers
     CBDIR/links.json --(router component lbsync.edge.rlinks)--> the links themselves
-    the links --(router component)--> CBDIR/links-state.json           each link's state
+    the links --(router component)--> CBDIR/links-state.json           each link's state,
+                                                                      both ways
     CBDIR/links-state.json --(sidecar)--> log lines, the `links` tag, ready=1
 
 The links authenticate with WAMP-cryptosign. Every member holds the fleet secret (the
@@ -19,6 +20,11 @@ Serf gossip key in Docker, the cluster's `fleet.secret` file on one machine); th
 Ed25519 key is derived from it, written as each node's Crossbar key (CBDIR/key.priv), and
 the routers' link transports accept only that key, for the role `rlink` (the role name
 Crossbar's dealer treats as a link). A process without the secret cannot link in.
+
+Both directions are watched: a link's own connection (this node's subscribers get the
+peer's events), and the peer's link to here, seen from this side by the peer's beacon
+procedure that the peer's link registers on this router (this node's callers reach the
+peer's callees). A pair of nodes is "up" only when both hold.
 
 Everything here is pure or touches only files, so the sidecar, the CLI and the tests share
 it; the Twisted side is lbsync.edge.rlinks.
@@ -205,10 +211,23 @@ def parse_wanted(text: str) -> tuple[str, dict[str, Peer]]:
 class LinkState:
     peer: str
     url: str
-    connected: bool
+    connected: bool  # this router's link to the peer (the peer's events and callers reach here)
     since: float  # wall-clock time of the last change (up or down)
     ups: int  # how many times the link came up
     downs: int  # how many times it went down
+    # The peer's link to this router carries its registrations here: the peer's beacon
+    # procedure (beacon(peer)) is registered on this router.
+    incoming: bool = False
+
+    @property
+    def both(self) -> bool:
+        return self.connected and self.incoming
+
+
+def beacon(node: str) -> str:
+    """The procedure each edge node's router registers; on another node's router it is
+    there exactly when that node's link to it forwards registrations."""
+    return f"lbsync.fleet.{node}.beacon"
 
 
 @dataclass(frozen=True)
@@ -219,14 +238,15 @@ class LinksReport:
 
     @property
     def up(self) -> set[str]:
-        return {name for name, s in self.links.items() if s.connected}
+        """The peers linked both ways: the clients here reach the peer's, and back."""
+        return {name for name, s in self.links.items() if s.both}
 
 
 def render_state(pid: int, links: Iterable[LinkState], now: float | None = None) -> str:
     return json.dumps({
         "pid": pid, "updated": time.time() if now is None else now,
-        "links": {s.peer: {"url": s.url, "connected": s.connected, "since": s.since,
-                           "ups": s.ups, "downs": s.downs}
+        "links": {s.peer: {"url": s.url, "connected": s.connected, "incoming": s.incoming,
+                           "since": s.since, "ups": s.ups, "downs": s.downs}
                   for s in sorted(links, key=lambda s: s.peer)},
     }, indent=2) + "\n"
 
@@ -235,7 +255,8 @@ def parse_state(text: str) -> LinksReport:
     try:
         data = json.loads(text)
         links = {str(name): LinkState(str(name), str(s["url"]), bool(s["connected"]),
-                                      float(s["since"]), int(s["ups"]), int(s["downs"]))
+                                      float(s["since"]), int(s["ups"]), int(s["downs"]),
+                                      bool(s.get("incoming", False)))
                  for name, s in data["links"].items()}
         return LinksReport(int(data["pid"]), float(data["updated"]), links)
     except (ValueError, KeyError, TypeError, AttributeError) as e:
@@ -254,7 +275,7 @@ def read_state(cbdir: Path) -> LinksReport | None:
 
 
 def links_tag(report: LinksReport | None, wanted: Iterable[str]) -> str:
-    """The `links` Serf tag: UP/WANTED, counting only the wanted peers."""
+    """The `links` Serf tag: UP/WANTED, counting only the wanted peers linked both ways."""
     wanted = set(wanted)
     up = len(wanted & report.up) if report is not None else 0
     return f"{up}/{len(wanted)}"
@@ -269,9 +290,11 @@ def describe(report: LinksReport | None, wanted: Mapping[str, Peer], now: float)
         if state is None:
             lines.append(f"{name:<16} starting   {wanted[name].url}")
             continue
-        what = "up" if state.connected else "down"
+        what = "up" if state.both else "down"
         if name not in wanted:
             what += " (unwanted: being removed)"
-        lines.append(f"{name:<16} {what:<10} {state.url}  for {now - state.since:.0f} s, "
-                     f"up {state.ups}x, down {state.downs}x")
+        ways = (f"to it {'up' if state.connected else 'down'}, "
+                f"from it {'up' if state.incoming else 'not yet'}")
+        lines.append(f"{name:<16} {what:<10} {state.url}  ({ways}) for "
+                     f"{now - state.since:.0f} s, up {state.ups}x, down {state.downs}x")
     return lines

@@ -7,7 +7,10 @@ Crossbar runs it inside the router worker (templates/crossbar.json.j2, `componen
 
 Every POLL seconds it reads CBDIR/links.json (written by the sidecar from Serf's members,
 see lbsync.edge.links), starts a link to each new peer and stops the link to each peer
-that is gone, and writes each link's state to CBDIR/links-state.json.
+that is gone, and writes each link's state to CBDIR/links-state.json. It registers this
+node's beacon procedure, which the node's links mirror onto every peer, and every
+BEACON_POLL seconds looks up each peer's beacon here: found, the peer's link to this router
+forwards registrations (the other direction of the pair).
 
 The links are Crossbar's own router links: its RLinkLocalSession (the leg on this router)
 and RLinkRemoteSession (the leg on the peer, logging in with cryptosign and the node key),
@@ -35,13 +38,14 @@ from autobahn.twisted.wamp import ApplicationSession
 from autobahn.twisted.websocket import WampWebSocketClientFactory
 from autobahn.wamp.types import ComponentConfig
 from twisted.application.internet import ClientService, backoffPolicy
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, inlineCallbacks
 from twisted.internet.task import LoopingCall
 
 from ..files import atomic_write
 from . import links as L
 
 POLL = 0.1  # seconds between looks at links.json and at the links' state
+BEACON_POLL = 0.5  # seconds between looks for the peers' beacons
 # Reconnect after 0.5 s, then 1.5 times longer each time, at most 5 s apart.
 RETRY = backoffPolicy(initialDelay=0.5, maxDelay=5.0, factor=1.5)
 
@@ -87,13 +91,18 @@ class FleetLinks(ApplicationSession):
         self._wanted_text: str | None = None
         self._wanted: dict[str, L.Peer] = {}
         self._written = ""
+        self._node = str(extra["node"])
         self._loop = LoopingCall(self._tick)
         self._loop.start(POLL, now=True)
+        self._beacons = LoopingCall(self._look_for_beacons)
+        self._beacons.start(BEACON_POLL, now=False)
+        self.register(lambda: self._node, L.beacon(self._node))
         self.log.info("fleet links: following {path}", path=str(self._cbdir / L.WANTED_FILE))
 
     def onLeave(self, details: Any) -> None:  # noqa: N802
-        if getattr(self, "_loop", None) is not None and self._loop.running:
-            self._loop.stop()
+        for loop in (getattr(self, "_loop", None), getattr(self, "_beacons", None)):
+            if loop is not None and loop.running:
+                loop.stop()
         for name in list(getattr(self, "_links", {})):
             self._stop(name)
         super().onLeave(details)
@@ -135,6 +144,20 @@ class FleetLinks(ApplicationSession):
                            mine=self._realm_name)
             return
         self._wanted = peers
+
+    @inlineCallbacks
+    def _look_for_beacons(self) -> Any:
+        """Which peers' links to this router forward registrations (their beacon is here)."""
+        try:
+            for name in list(self._links):
+                found = yield self.call("wamp.registration.lookup", L.beacon(name))
+                link = self._links.get(name)
+                if link is not None and (found is not None) != link.state.incoming:
+                    link.state = replace(link.state, incoming=found is not None)
+                    self.log.info("fleet link from {peer} {what}", peer=name,
+                                  what="up" if found is not None else "down")
+        except Exception:  # the next look tries again
+            self.log.failure("fleet links: looking for beacons failed: {log_failure.value}")
 
     def _track(self) -> None:
         """Log each link that came up or went down; write the state file on a change."""

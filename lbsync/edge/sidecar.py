@@ -13,11 +13,12 @@ With `--cbdir` (and router links turned on by `lbsync crossbar-config`), the sid
 keeps this node's router linked to every other live edge node (lbsync.edge.links): twice a
 second it writes the other linkable Serf members to CBDIR/links.json, reads the links'
 state back, logs each link that comes up or goes down, and tags the node `link-port=...`
-and `links=UP/WANTED` (at most every LINKS_TAG_EVERY seconds: tags are gossiped to all).
-The first ready=1 waits for the links to every peer that already serves clients, so
-HAProxy never sends a client to a node cut off from the rest of the realm (at most
-`--links-wait`: a peer whose router never answers must not stop the fleet from growing).
-Afterwards a link going down is logged, not a reason to stop serving.
+and `links=UP/WANTED` (at most every LINKS_TAG_EVERY seconds, tags being gossiped to all,
+but at once when every link is up). The first ready=1 waits for the links to every peer
+that already serves clients, so HAProxy never sends a client to a node cut off from the
+rest of the realm (at most `--links-wait`: a peer whose router never answers must not stop
+the fleet from growing). Afterwards a link going down is logged, not a reason to stop
+serving.
 
 Every effect (Serf, the agent-check server, the HTTP probe, the connection count, the stop
 command, the link files, the clock) comes in through `Effects`, so tests drive the
@@ -266,7 +267,8 @@ class Sidecar:
                 self._links_waiting_logged = now
                 log.info("ready=1 waits for the router links to %s", names)
         count = L.links_tag(report, wanted)
-        if (self._link_tags.get(L.LINKS_TAG) not in (None, count)
+        complete = len(up) == len(wanted)  # said at once: the news everyone waits for
+        if (self._link_tags.get(L.LINKS_TAG) not in (None, count) and not complete
                 and fx.clock.now() - self._links_tag_at < LINKS_TAG_EVERY):
             count = self._link_tags[L.LINKS_TAG]  # later
         return self._set_link_tags({L.LINK_TAG: str(self.config.link_port), L.LINKS_TAG: count})

@@ -125,8 +125,19 @@ def test_a_damaged_wanted_file_is_a_link_error(text: str) -> None:
 
 def state(**up: bool) -> links.LinksReport:
     return links.LinksReport(42, 0.0, {
-        name: links.LinkState(name, f"ws://{name}:8082/ws", ok, 100.0, int(ok), 0)
+        name: links.LinkState(name, f"ws://{name}:8082/ws", ok, 100.0, int(ok), 0, ok)
         for name, ok in up.items()})
+
+
+def test_a_pair_is_up_only_both_ways() -> None:
+    one_way = links.LinkState("node2", "ws://x:8082/ws", True, 0.0, 1, 0, incoming=False)
+    back = links.LinkState("node3", "ws://y:8082/ws", False, 0.0, 0, 0, incoming=True)
+    report = links.LinksReport(1, 0.0, {"node2": one_way, "node3": back})
+    assert report.up == set()
+    assert links.links_tag(report, ["node2", "node3"]) == "0/2"
+    line = links.describe(report, {"node2": links.Peer("node2", "10.0.0.2", 8082)}, 0.0)[0]
+    assert "down" in line and "(to it up, from it not yet)" in line
+    assert links.beacon("node2") == "lbsync.fleet.node2.beacon"
 
 
 def test_state_round_trips(tmp_path: Path) -> None:
@@ -179,7 +190,7 @@ def test_links_on_add_the_role_the_transport_and_the_component() -> None:
         "fleet": {"realm": "realm1", "role": "rlink", "authorized_keys": [key]}}
     assert router["components"] == [{
         "type": "class", "id": "fleet_links", "classname": "lbsync.edge.rlinks.FleetLinks",
-        "realm": "realm1", "role": "trusted", "extra": {"realm": "realm1"}}]
+        "realm": "realm1", "role": "trusted", "extra": {"realm": "realm1", "node": "node1"}}]
     # Crossbar's own checker accepts it.
     assert in_crossbar(
         "import json, sys; from crossbar.personality import Personality as P\n"

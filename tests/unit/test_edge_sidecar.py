@@ -352,6 +352,8 @@ class LinkWorld(World):
         self.enabled = True
         self.up_at: dict[str, float] = {}  # peer -> when its link comes up
         self.down_at: dict[str, float] = {}  # peer -> when its link goes down
+        self.incoming_at: dict[str, float] = {}  # peer -> when the peer's link to here is up
+                                                 # (default: with this one)
         self.wanted: list[dict[str, links.Peer]] = []
 
     def write_wanted(self, peers: Mapping[str, links.Peer]) -> bool:
@@ -362,10 +364,13 @@ class LinkWorld(World):
 
     def read_state(self) -> links.LinksReport | None:
         wanted = self.wanted[-1] if self.wanted else {}
+        def between(start: float, name: str) -> bool:
+            return start <= self.t < self.down_at.get(name, 1e9)
+
         return links.LinksReport(1, self.t, {
-            name: links.LinkState(name, p.url,
-                                  self.up_at.get(name, 1e9) <= self.t < self.down_at.get(name, 1e9),
-                                  0.0, 0, 0)
+            name: links.LinkState(
+                name, p.url, between(self.up_at.get(name, 1e9), name), 0.0, 0, 0,
+                between(self.incoming_at.get(name, self.up_at.get(name, 1e9)), name))
             for name, p in wanted.items()})
 
     def effects(self) -> Effects:
@@ -407,6 +412,19 @@ def test_ready_waits_for_the_links_to_the_serving_peers(caplog: pytest.LogCaptur
     changes = [t for (t, c), (_, before) in zip(counts[1:], counts, strict=False) if c != before]
     assert changes and all(b - a >= sidecar.LINKS_TAG_EVERY
                            for a, b in zip([0.0, *changes], changes, strict=False))
+
+
+def test_ready_also_waits_for_the_peers_link_to_this_node() -> None:
+    # This node's link to node2 is up at once; node2's link back (its callees' way here)
+    # only at 6 s: the clients here could not call node2's procedures before.
+    w = LinkWorld([edge("node1", "0"), edge("node2")])
+    w.stop_at = 12.0
+    w.up_at, w.incoming_at = {"node2": 0.0}, {"node2": 6.0}
+    assert run(w, LINKED) == 0
+    assert 6.0 <= w.time_of("tags ready=1") < 6.0 + sidecar.LINK_POLL + 0.5
+    # Every link up is said at once, whatever the tag's rate limit.
+    assert w.serf is not None
+    assert next(t for t in w.serf.tags_seen if t["ready"] == "1")["links"] == "1/1"
 
 
 def test_a_link_going_down_later_is_logged_but_ready_stays(
