@@ -168,8 +168,16 @@ def scale(layout: Layout, nodes: int, timeout: float, out: TextIO = sys.stdout) 
         out.write(f"draining {', '.join(names)} (drain timeout {drain_timeout:g}s)\n")
         # The sidecar drains, leaves the gossip and stops Crossbar; only then do the
         # other processes of those nodes go.
-        sup.stop([f"{n}:{n}-sidecar" for n in names])
+        sidecars = [f"{n}:{n}-sidecar" for n in names]
+        sup.stop(sidecars)
         wait_nodes(layout, names, _is_gone, drain_timeout + timeout, out, "gone")
+        # The load balancer saw them leave; their sidecars still give it a second and stop
+        # Crossbar. Stopping the groups before would kill Serf in the middle of its leave.
+        deadline = time.monotonic() + timeout
+        while any(sup.states().get(p) in ("RUNNING", "STOPPING") for p in sidecars):
+            if time.monotonic() > deadline:
+                break  # stop_group below ends them
+            time.sleep(0.1)
         write_files(layout, keep, proxies, drain_timeout)
         sup.update()
     took = time.monotonic() - started

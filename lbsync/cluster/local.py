@@ -250,13 +250,17 @@ class Supervisor:
 
 
 def leftovers(layout: Layout) -> list[psutil.Process]:
-    """Processes of this cluster still alive (found by the LBSYNC_CLUSTER mark)."""
+    """Processes of this cluster still alive: found by the LBSYNC_CLUSTER mark, and
+    Crossbar's by their folder, since Crossbar renames its processes (setproctitle), which
+    overwrites the environment the mark is in."""
     mark = f"LBSYNC_CLUSTER={layout.dir}"
+    inside = str(layout.dir.resolve())
     found = []
-    for p in psutil.process_iter(["pid"]):
+    for p in psutil.process_iter(["pid", "name"]):
         with contextlib.suppress(psutil.Error, OSError):  # gone, or not ours to read
             env = Path(f"/proc/{p.pid}/environ").read_bytes().split(b"\0")
-            if mark.encode() in env:
+            cwd = p.cwd() if p.info["name"].startswith("crossbar-") else ""
+            if mark.encode() in env or cwd == inside or cwd.startswith(inside + "/"):
                 found.append(p)
     return found
 
