@@ -37,7 +37,11 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--default-weight", "default_weight", int, "weight when a member has no weight tag"),
     ("--allow-cidr", "allow_cidr", str, "comma-separated networks members may use (default all)"),
     ("--runtime-socket", "runtime_socket", str, "Runtime API: unix socket PATH or HOST:PORT"),
-    ("--runtime-tcp", "runtime_tcp", str, "TCP admin socket rendered in haproxy.cfg ('' = none)"),
+    ("--runtime-tcp", "runtime_tcp", str, "TCP Runtime API socket rendered in haproxy.cfg "
+     "('' = none)"),
+    ("--runtime-tcp-level", "runtime_tcp_level", str,
+     "the TCP socket's level: user (read only), operator, admin (a lab adding servers by "
+     "hand)"),
     ("--master-socket", "master_socket", str, "HAProxy master CLI socket (haproxy -W -S)"),
     ("--frontend-bind", "frontend_bind", str, "HTTP frontend bind address"),
     ("--stats-bind", "stats_bind", str, "stats page bind address"),

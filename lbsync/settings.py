@@ -21,6 +21,9 @@ _HOSTPORT = re.compile(
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m)?", re.ASCII)
 
 
+RUNTIME_LEVELS = ("user", "operator", "admin")
+
+
 class SettingsError(LbsyncError):
     """A flag or LBSYNC_* variable has a value lbsync cannot use."""
 
@@ -72,7 +75,11 @@ class Settings:
     allow_cidr: tuple[IPNetwork, ...] = ()
     # Where lbsync talks to HAProxy; a path is also rendered as the admin unix socket.
     runtime_socket: str = "/run/lbsync/haproxy.sock"
-    runtime_tcp: str = "127.0.0.1:9999"  # rendered as a TCP admin socket; "" turns it off
+    # Rendered as a TCP socket for people (`echo "show servers state" | nc ...`); "" turns
+    # it off. Read-only by default: anyone on the machine can reach a TCP port, while the
+    # unix socket lbsync itself uses is 0600.
+    runtime_tcp: str = "127.0.0.1:9999"
+    runtime_tcp_level: str = "user"  # HAProxy's levels: user (read only), operator, admin
     master_socket: str = "/run/lbsync/master.sock"
     frontend_bind: str = "*:8080"
     stats_bind: str = "127.0.0.1:1936"
@@ -136,6 +143,14 @@ class Settings:
         parse_hostport(self.stats_bind, "--stats-bind", host_required=False)
         if self.runtime_tcp:
             parse_hostport(self.runtime_tcp, "--runtime-tcp")
+        if self.runtime_tcp_level not in RUNTIME_LEVELS:
+            raise SettingsError(f"--runtime-tcp-level {self.runtime_tcp_level!r}: one of "
+                                f"{', '.join(RUNTIME_LEVELS)}")
+        if (self.runtime_tcp and self.runtime_socket == self.runtime_tcp
+                and self.runtime_tcp_level != "admin"):
+            raise SettingsError(f"--runtime-socket {self.runtime_socket} is the --runtime-tcp "
+                                "socket: lbsync changes servers through it, so it needs "
+                                "--runtime-tcp-level admin")
         if self.metrics_bind:
             parse_hostport(self.metrics_bind, "--metrics-bind", host_required=False)
         if not is_unix_socket(self.runtime_socket):

@@ -25,7 +25,7 @@ from lbsync.render import (
     structure,
     structure_hash,
 )
-from lbsync.settings import Settings
+from lbsync.settings import Settings, SettingsError
 
 LABEL, SOURCE = load_template(None)
 S = Settings()
@@ -85,7 +85,7 @@ def test_default_template_server_lines() -> None:
         "server-state-file /etc/haproxy/haproxy.state",
         "load-server-state-from-file global",
         "stats socket /run/lbsync/haproxy.sock mode 600 level admin expose-fd listeners",
-        "stats socket ipv4@127.0.0.1:9999 level admin",
+        "stats socket ipv4@127.0.0.1:9999 level user",
         "bind 127.0.0.1:1936",
         "listen stats",
         "backend nodes",
@@ -143,6 +143,7 @@ def test_settings_reach_the_config() -> None:
         backend="web", cookie_name="LB", cookie_key="k3y", check_path="/health",
         frontend_bind="127.0.0.1:18080", stats_bind="127.0.0.1:11936",
         runtime_socket="unix@/tmp/x/rt.sock", runtime_tcp="127.0.0.1:19999",
+        runtime_tcp_level="admin",
         haproxy_config=Path("/tmp/x/lb.cfg"), maxconn=123, retries=7, check_inter=0.5,
     ).check()
     ls = lines(render(settings=settings))
@@ -154,6 +155,17 @@ def test_settings_reach_the_config() -> None:
                      "server-state-file /tmp/x/lb.state", "maxconn 123", "retries 7"]:
         assert expected in ls
     assert server_block(render(SERVERS, settings=settings))[0].split()[5] == "500"
+
+
+def test_the_tcp_runtime_socket_is_read_only_unless_raised() -> None:
+    assert "stats socket ipv4@127.0.0.1:9999 level user" in lines(render())
+    with pytest.raises(SettingsError, match="--runtime-tcp-level 'root': one of user, "
+                                            "operator, admin"):
+        Settings(runtime_tcp_level="root").check()
+    # lbsync cannot change servers through a read-only socket.
+    with pytest.raises(SettingsError, match="needs --runtime-tcp-level admin"):
+        Settings(runtime_socket="127.0.0.1:9999").check()
+    Settings(runtime_socket="127.0.0.1:9999", runtime_tcp_level="admin").check()
 
 
 def test_tcp_runtime_socket_is_not_rendered_as_unix() -> None:

@@ -196,8 +196,8 @@ def test_check_refuses_backend_and_cookie_name_with_trailing_newline(name: str) 
 @pytest.mark.parametrize(
     "changes",
     [
-        {"runtime_tcp": ""},  # no TCP admin socket
-        {"runtime_socket": "127.0.0.1:9999"},
+        {"runtime_tcp": ""},  # no TCP socket
+        {"runtime_socket": "127.0.0.1:9999", "runtime_tcp_level": "admin"},
         {"runtime_socket": "unix@/run/x.sock"},
         {"frontend_bind": ":80"},
         {"stats_bind": "*:1936"},
