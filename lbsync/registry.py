@@ -78,26 +78,44 @@ class Registry:
 
     def __init__(self, root: Path) -> None:
         self.root = root
+        # path -> (its mtime and size, the reason) last warned about: a damaged file is
+        # reported once per change, not at every resync.
+        self._warned: dict[Path, tuple[tuple[int, int], str]] = {}
 
     def path(self, name: str) -> Path:
         return self.root / f"{name}.json"
 
     def load(self) -> dict[str, Member]:
-        """Every readable member; a damaged file is logged and skipped, never deleted."""
+        """Every readable member; a damaged file is logged (once per change) and skipped,
+        never deleted."""
         members: dict[str, Member] = {}
-        if not self.root.is_dir():
-            return members
-        for path in sorted(self.root.glob("*.json")):
-            try:
-                m = from_json(json.loads(path.read_text(encoding="utf-8")))
-            except (OSError, ValueError, KeyError, TypeError) as e:
-                log.warning("registry: skipping unreadable %s: %s", path, e)
-                continue
-            if m.name != path.stem or name_problem(m.name):
-                log.warning("registry: skipping %s: name does not match the file", path)
-                continue
-            members[m.name] = m
+        bad: set[Path] = set()
+        if self.root.is_dir():
+            for path in sorted(self.root.glob("*.json")):
+                try:
+                    m = from_json(json.loads(path.read_text(encoding="utf-8")))
+                except (OSError, ValueError, KeyError, TypeError) as e:
+                    self._skip(path, f"skipping unreadable {path}: {e}")
+                    bad.add(path)
+                    continue
+                if m.name != path.stem or name_problem(m.name):
+                    self._skip(path, f"skipping {path}: name does not match the file")
+                    bad.add(path)
+                    continue
+                members[m.name] = m
+        for path in set(self._warned) - bad:  # mended or gone: a new fault is news again
+            del self._warned[path]
         return members
+
+    def _skip(self, path: Path, reason: str) -> None:
+        try:
+            st = path.stat()
+            version = (st.st_mtime_ns, st.st_size)
+        except OSError:
+            version = (0, 0)
+        if self._warned.get(path) != (version, reason):
+            self._warned[path] = (version, reason)
+            log.warning("registry: %s", reason)
 
     def put(self, member: Member) -> bool:
         """Store one member; False when nothing but the time would change."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 
@@ -383,3 +384,23 @@ def test_registry_is_readable_by_a_person(tmp_path: Path) -> None:
     assert text.endswith("}\n")
     assert "\n  \"name\": \"n1\"," in text
     assert os.path.getsize(tmp_path / "n1.json") == len(text.encode())
+
+
+def test_a_damaged_file_is_reported_once_per_change(tmp_path: Path,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    reg = Registry(tmp_path)
+    bad = tmp_path / "node1.json"
+    bad.write_text("{not json")
+    caplog.set_level(logging.WARNING, "lbsync.registry")
+    for _ in range(3):  # three resyncs
+        assert reg.load() == {}
+    assert caplog.text.count("skipping unreadable") == 1
+    bad.write_text("{still not json, but another}")  # changed: news again
+    reg.load()
+    assert caplog.text.count("skipping unreadable") == 2
+    bad.write_text(json.dumps(to_json(Member("node1", "10.0.0.1", {"role": "edge"}))))
+    assert set(reg.load()) == {"node1"}  # mended
+    bad.write_text("{not json")  # the first fault again, after a repair: reported again
+    os.utime(bad, ns=(1, 1))
+    reg.load()
+    assert caplog.text.count("skipping unreadable") == 3
