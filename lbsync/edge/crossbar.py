@@ -32,7 +32,8 @@ MAX_PROXIES = 256
 # The router's socket for its proxy workers, relative to CBDIR: Crossbar joins a unix
 # endpoint's path to the node directory (the listening and the connecting side alike), so
 # the config does not name CBDIR. Only the node's user may enter its folder (see
-# prepare_cbdir): Crossbar cannot set a socket's mode, and Twisted makes it 0666.
+# prepare_cbdir): Crossbar cannot set a socket's mode, and Twisted makes it 0666 (the
+# sidecar, `lbsync node --cbdir`, makes it 0600 once it appears).
 SOCKET_DIR = "run"
 ROUTER_SOCKET = f"{SOCKET_DIR}/router.sock"
 # sockaddr_un.sun_path is 108 bytes on Linux, the terminating NUL included.

@@ -30,11 +30,13 @@ from __future__ import annotations
 import http.client
 import ipaddress
 import logging
+import stat
 import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -45,6 +47,7 @@ from ..model import LbsyncError, Member
 from ..serf.rpc import SerfAuthError, SerfError, SerfRPC
 from ..validate import name_problem
 from . import links as L
+from .crossbar import ROUTER_SOCKET
 
 log = logging.getLogger(__name__)
 
@@ -127,6 +130,9 @@ class Effects:
     run_command: Callable[[str], int]  # exit status of a /bin/sh command
     clock: Clock
     links: Links | None = None  # None: no --cbdir, no router links
+    # Makes the router's unix socket private when Crossbar left it open; what it did, or
+    # None (nothing to do, or no --cbdir).
+    private_socket: Callable[[], str | None] = lambda: None
 
 
 class Sidecar:
@@ -208,6 +214,8 @@ class Sidecar:
                 if not self._connect(startup=False):
                     return
                 tagged = False
+            if said := fx.private_socket():
+                log.info("%s", said)
             if self._look_at_links():
                 tagged = False  # the link tags changed
             if not tagged:
@@ -456,12 +464,26 @@ class LinkFiles:
         return report
 
 
+def make_private(socket: Path) -> str | None:
+    """chmod 0600 the router's socket when it is open to others (Crossbar cannot set its
+    mode, and Twisted makes it 0666; its folder is 0700 already, this is the second lock)."""
+    try:
+        mode = stat.S_IMODE(socket.stat().st_mode)
+        if not mode & 0o077:
+            return None
+        socket.chmod(0o600)
+    except OSError:  # not there (yet): the router has not started
+        return None
+    return f"router socket {socket} was {mode:04o}: made 0600"
+
+
 def real_effects(config: NodeConfig, agent: Agent) -> Effects:
     def connect() -> Serf:
         rpc = SerfRPC(*config.serf_rpc, config.serf_auth_key)
         rpc.connect()
         return rpc
 
+    socket = config.cbdir / ROUTER_SOCKET if config.cbdir is not None else None
     return Effects(
         connect_serf=connect,
         agent=agent,
@@ -470,6 +492,7 @@ def real_effects(config: NodeConfig, agent: Agent) -> Effects:
         run_command=run_shell,
         clock=RealClock(),
         links=LinkFiles(config.cbdir) if config.cbdir is not None else None,
+        private_socket=partial(make_private, socket) if socket else lambda: None,
     )
 
 

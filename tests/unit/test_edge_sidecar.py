@@ -482,3 +482,17 @@ def test_link_port_must_differ_from_the_service_ports() -> None:
         check_config(replace(CONFIG, link_port=0))
     with pytest.raises(LbsyncError, match="--links-wait cannot be negative"):
         check_config(replace(CONFIG, links_wait=-1))
+
+
+def test_the_router_socket_is_made_private(tmp_path: Path) -> None:
+    import socket as sockets
+    import stat
+
+    path = tmp_path / "router.sock"
+    assert sidecar.make_private(path) is None  # not there yet: nothing to do
+    with sockets.socket(sockets.AF_UNIX) as s:
+        s.bind(str(path))
+        path.chmod(0o666)  # what Twisted leaves
+        assert sidecar.make_private(path) == f"router socket {path} was 0666: made 0600"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        assert sidecar.make_private(path) is None  # once
