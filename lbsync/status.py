@@ -67,6 +67,9 @@ def status_rows(
     ):
         for name in group:
             notes[name] = (label, drift)
+    for name in plan.kept:
+        if name not in members:  # e.g. a restarted Serf agent that lost its member list
+            notes[name] = ("Serf does not know it; kept: the last servers of the backend", True)
     for a in plan.addrs:
         notes[a.name] = (f"HAProxy has another address than {a.addr}:{a.port}", True)
     for cur in actual:

@@ -103,7 +103,8 @@ class Layout:
         lb = self.dir / "lb"
         return {"ip": self.lb_ip, "config": str(lb / "haproxy.cfg"),
                 "registry": str(lb / "nodes"), "admin_socket": str(lb / "admin.sock"),
-                "master_socket": str(lb / "master.sock")}
+                "master_socket": str(lb / "master.sock"),
+                "serf_snapshot": str(lb / "serf.snapshot")}
 
     def lb_env(self, drain_timeout: float) -> dict[str, str]:
         """The load balancer's settings, as the LBSYNC_* variables lbsync reads."""

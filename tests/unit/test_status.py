@@ -95,6 +95,15 @@ def test_kept_last_servers_are_not_drift() -> None:
                          False)
 
 
+def test_servers_serf_does_not_know_at_all_are_drift() -> None:
+    # The lb's Serf agent restarted with an empty member list: HAProxy keeps its last
+    # servers (right), but status must not call that fine.
+    r = rows([], [st("a"), st("b")], {"a", "b"})
+    assert r["a"] == Row("a", "-", "UP", True,
+                         "Serf does not know it; kept: the last servers of the backend", True)
+    assert r["b"].drift is True
+
+
 def test_failed_still_in_haproxy_is_drift() -> None:
     r = rows([member("a"), member("b", "10.0.0.2", MemberStatus.FAILED)],
              [st("a"), st("b", "10.0.0.2", op=OP_STOPPED)], {"a", "b"})
