@@ -212,14 +212,20 @@ def _handler(c: Context) -> str:
 
 
 def _probe(c: Context) -> str:
-    from ..edge.probe import probe
+    """One WAMP round trip through HAProxy, then two sessions at once (on two nodes) that
+    must reach each other's procedures and events: one realm across the fleet."""
+    from ..edge.probe import probe, probe_across
 
     url = c.track.frontend_url.replace("http://", "ws://") + "/ws"
     try:
         line = probe(url, "realm1", 10.0).line()
     except LbsyncError as e:
         line = f"failed: {e}"
-    c.write("probe.txt", line + "\n")
+    try:
+        across = probe_across([url, url], "realm1", 10.0).lines()
+    except LbsyncError as e:
+        across = [f"across two sessions: failed: {e}"]
+    c.write("probe.txt", "\n".join([line, "", *across]) + "\n")
     return line
 
 

@@ -238,7 +238,10 @@ def test_task_7_crash_leave_and_recovery(walk: Walk) -> None:
     walk.scale(2)
     env = {**os.environ, "LBSYNC_CLUSTER_DIR": str(walk.layout.dir)}
     wait(lambda: lbsync("status", "--check", env=env).returncode == 0, 60, "status --check")
-    walk.collect(7, "recovered")
+    recovered = walk.collect(7, "recovered")
+    # Two sessions at once land on the two nodes, and reach each other: one realm.
+    probe = (recovered / "probe.txt").read_text()
+    assert "ok: 2 sessions on 2 node(s) are one realm" in probe, probe
 
 
 def fill_report(report: Path) -> None:
