@@ -502,10 +502,16 @@ def links(cbdirs: tuple[Path, ...], dir_: Path | None, check: bool) -> None:
     if not folders and (env := os.environ.get("LBSYNC_CBDIR")):
         folders = [Path(env)]
     if not folders:
-        from .cluster.local import Layout, check_dir, default_dir, read_state
+        from .cluster.local import ClusterError, Layout, check_dir, default_dir, read_state
 
         layout = Layout(check_dir(dir_ or default_dir()))
-        state = read_state(layout)
+        try:
+            state = read_state(layout)
+        except ClusterError:
+            raise LbsyncError(
+                f"no --cbdir, no LBSYNC_CBDIR and no local cluster in {layout.dir}: run it "
+                "on an edge node (docker exec NODE lbsync links), or name a node's Crossbar "
+                "folder with --cbdir") from None
         layout = Layout(layout.dir, int(state.get("net", 0)))
         folders = [layout.node(i).cbdir for i in state.get("nodes", [])]
     down = 0

@@ -233,3 +233,33 @@ def test_the_command_turns_links_on_with_a_secret(tmp_path: Path) -> None:
     off = CliRunner().invoke(main, args[:-2], env=ENV)
     assert off.exit_code == 0 and "router links off" in off.stdout
     assert not (cbdir / links.WANTED_FILE).exists()
+
+
+def test_the_links_command_shows_each_link_and_checks_them(tmp_path: Path) -> None:
+    import os
+
+    cbdir = tmp_path / "cb"
+    peers = {n: links.Peer(n, "10.0.0.2", 8082) for n in ("node2", "node3")}
+    links.write_wanted(cbdir, "realm1", peers)
+    up = links.LinkState("node2", peers["node2"].url, True, 0.0, 1, 0, incoming=True)
+    half = links.LinkState("node3", peers["node3"].url, True, 0.0, 1, 0, incoming=False)
+    (cbdir / links.STATE_FILE).write_text(links.render_state(os.getpid(), [up, half]))
+    result = CliRunner().invoke(main, ["links", "--cbdir", str(cbdir), "--check"], env=ENV)
+    assert result.exit_code == 1, result.output
+    assert f"{cbdir}: 1/2 links up (router pid {os.getpid()})" in result.stdout
+    assert "node3            down" in result.stdout
+    assert "1 wanted link(s) not up" in result.stderr
+    (cbdir / links.STATE_FILE).write_text(links.render_state(os.getpid(), [up]))
+    links.write_wanted(cbdir, "realm1", {"node2": peers["node2"]})
+    assert CliRunner().invoke(main, ["links", "--cbdir", str(cbdir), "--check"],
+                              env=ENV).exit_code == 0
+    # A report left by a router that is gone says nothing.
+    (cbdir / links.STATE_FILE).write_text(links.render_state(2**22 + 12345, [up]))
+    gone = CliRunner().invoke(main, ["links", "--cbdir", str(cbdir), "--check"], env=ENV)
+    assert gone.exit_code == 1 and "no running router" in gone.stdout
+
+
+def test_the_links_command_says_where_to_run_it(tmp_path: Path) -> None:
+    result = CliRunner().invoke(main, ["links", "--dir", str(tmp_path / "none")], env=ENV)
+    assert result.exit_code == 1
+    assert "run it on an edge node (docker exec NODE lbsync links)" in result.stderr
