@@ -96,7 +96,11 @@ class FleetLinks(ApplicationSession):
         self._loop.start(POLL, now=True)
         self._beacons = LoopingCall(self._look_for_beacons)
         self._beacons.start(BEACON_POLL, now=False)
-        self.register(lambda: self._node, L.beacon(self._node))
+        # Peers see this router's links to them by this procedure (taken already, say by a
+        # client of the demo's anonymous role: they wait --links-wait for this node).
+        self.register(lambda: self._node, L.beacon(self._node)).addErrback(
+            lambda f: self.log.error("fleet links: cannot register {uri}: {e}",
+                                     uri=L.beacon(self._node), e=str(f.value)))
         self.log.info("fleet links: following {path}", path=str(self._cbdir / L.WANTED_FILE))
 
     def onLeave(self, details: Any) -> None:  # noqa: N802
