@@ -187,7 +187,8 @@ def _loop(settings: Settings, registry: Registry, reconciler: Reconciler,
         snapshot: Snapshot | None = None
         for item in items:
             if isinstance(item, MemberEvent):
-                names, refused = registry.apply_event(item)
+                # The poll (when on) is the authority on status; the stream only hurries.
+                names, refused = registry.apply_event(item, revive=not settings.serf_rpc)
                 for m in item.members:
                     # The poll usually saw it first; repeat it only when it is news.
                     log.log(logging.INFO if m.name in names else logging.DEBUG,

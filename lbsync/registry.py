@@ -138,8 +138,16 @@ class Registry:
             return False
         return True
 
-    def apply_event(self, event: MemberEvent) -> tuple[list[str], list[Refusal]]:
-        """Record one Serf event; returns the names that changed and the refused members."""
+    def apply_event(self, event: MemberEvent,
+                    revive: bool = True) -> tuple[list[str], list[Refusal]]:
+        """Record one Serf event; returns the names that changed and the refused members.
+
+        With `revive=False` (the daemon, whose `members` poll sees every status at once), a
+        join or update never brings back a member recorded as leaving, left or failed: Serf
+        delivers `member-join` about a second late (coalescing), often after the poll saw
+        the same member leave, and obeying it re-added a leaving server for 0.1 s. A member
+        that really comes back is seen alive by the next poll.
+        """
         changed: list[str] = []
         refused: list[Refusal] = []
         for m in event.members:
@@ -150,6 +158,12 @@ class Registry:
                 if self.delete(m.name):
                     changed.append(m.name)
                 continue
+            if not revive and event.kind in (EventKind.JOIN, EventKind.UPDATE):
+                old = self.get(m.name)
+                if old is not None and old.status != MemberStatus.ALIVE:
+                    log.debug("registry: %s for %s ignored: recorded %s since", event.kind,
+                              m.name, old.status)
+                    continue
             stored = Member(m.name, m.addr, dict(m.tags), _EVENT_STATUS[event.kind],
                             str(event.kind), m.time)
             if self.put(stored):

@@ -404,3 +404,25 @@ def test_a_damaged_file_is_reported_once_per_change(tmp_path: Path,
     os.utime(bad, ns=(1, 1))
     reg.load()
     assert caplog.text.count("skipping unreadable") == 3
+
+
+def test_a_late_join_does_not_bring_back_a_member_the_poll_saw_leave(tmp_path: Path) -> None:
+    reg = Registry(tmp_path)
+    alive = Member("node2", "10.0.0.2", {"role": "edge"})
+    reg.sync([alive], 1.0)
+    reg.sync([Member("node2", "10.0.0.2", {"role": "edge"}, MemberStatus.LEAVING)], 2.0)
+    late = MemberEvent(EventKind.JOIN, (alive,))  # Serf's join, a second late
+    assert reg.apply_event(late, revive=False) == ([], [])
+    assert reg.load()["node2"].status == MemberStatus.LEAVING
+    update = MemberEvent(EventKind.UPDATE, (alive,))
+    assert reg.apply_event(update, revive=False) == ([], [])
+    # Departures still count at once, and a member that is alive takes its updates.
+    reg.sync([alive], 3.0)
+    tagged = Member("node2", "10.0.0.2", {"role": "edge", "weight": "5"})
+    assert reg.apply_event(MemberEvent(EventKind.UPDATE, (tagged,)), revive=False)[0] == [
+        "node2"]
+    assert reg.apply_event(MemberEvent(EventKind.LEAVE, (tagged,)), revive=False)[0] == [
+        "node2"]
+    # The classic event handler has no poll: there, the join is the news.
+    assert reg.apply_event(late)[0] == ["node2"]
+    assert reg.load()["node2"].status == MemberStatus.ALIVE
