@@ -496,7 +496,6 @@ def node(name: str, serf_rpc: str, listen: str, agent_port: int, weight: int | N
 def links(cbdirs: tuple[Path, ...], dir_: Path | None, check: bool) -> None:
     """Each edge node's router links to the other nodes, and their state."""
     from .edge import links as L
-    from .edge.sidecar import LinkFiles
 
     folders = list(cbdirs)
     if not folders and (env := os.environ.get("LBSYNC_CBDIR")):
@@ -517,19 +516,14 @@ def links(cbdirs: tuple[Path, ...], dir_: Path | None, check: bool) -> None:
     down = 0
     now = time.time()
     for cbdir in folders:
-        files = LinkFiles(cbdir)
-        if not files.enabled():
+        wanted = L.read_wanted(cbdir)
+        if wanted is None:
             click.echo(f"{cbdir}: router links off")
             continue
-        try:
-            _, wanted = L.parse_wanted((cbdir / L.WANTED_FILE).read_text())
-        except OSError as e:
-            raise LbsyncError(f"{cbdir / L.WANTED_FILE}: {e.strerror}") from None
-        report = files.read_state()
-        up = set(wanted) & report.up if report is not None else set()
-        down += len(set(wanted) - up)
+        report = L.read_state(cbdir)
+        down += len(set(wanted) - L.linked(report, wanted))
         router = f"router pid {report.pid}" if report is not None else "no running router"
-        click.echo(f"{cbdir}: {len(up)}/{len(wanted)} links up ({router})")
+        click.echo(f"{cbdir}: {L.links_tag(report, wanted)} links up ({router})")
         for line in L.describe(report, wanted, now):
             click.echo(f"  {line}")
     if check and down:

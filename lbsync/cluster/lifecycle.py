@@ -64,11 +64,11 @@ def observe(layout: Layout, names: list[str]) -> dict[str, NodeView]:
 def _links(cbdir: Path) -> str:
     """UP/WANTED of the node's router links, read from its Crossbar folder, or "-"."""
     try:
-        _, wanted = L.parse_wanted((cbdir / L.WANTED_FILE).read_text())
+        wanted = L.read_wanted(cbdir)
         report = L.read_state(cbdir)
-    except (OSError, L.LinkError):
+    except L.LinkError:
         return "-"
-    return L.links_tag(report, wanted)
+    return "-" if wanted is None else L.links_tag(report, wanted)
 
 
 class Progress:

@@ -44,6 +44,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+import psutil
+
 from ..files import atomic_write
 from ..model import LbsyncError, Member, MemberStatus
 from ..validate import name_problem
@@ -264,21 +266,38 @@ def parse_state(text: str) -> LinksReport:
 
 
 def read_state(cbdir: Path) -> LinksReport | None:
-    """The router component's last report, or None when there is none (yet)."""
+    """The router component's last report, or None when there is none (yet), or when the
+    router that wrote it is gone: then it says nothing about the links now."""
     try:
         text = (cbdir / STATE_FILE).read_text()
     except FileNotFoundError:
         return None
     except OSError as e:
         raise LinkError(f"cannot read {cbdir / STATE_FILE}: {e.strerror}") from None
-    return parse_state(text)
+    report = parse_state(text)
+    return report if psutil.pid_exists(report.pid) else None
+
+
+def read_wanted(cbdir: Path) -> dict[str, Peer] | None:
+    """The peers CBDIR/links.json lists, or None when the router links are off (no file)."""
+    try:
+        text = (cbdir / WANTED_FILE).read_text()
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise LinkError(f"cannot read {cbdir / WANTED_FILE}: {e.strerror}") from None
+    return parse_wanted(text)[1]
+
+
+def linked(report: LinksReport | None, wanted: Iterable[str]) -> set[str]:
+    """The wanted peers linked both ways, by the report (nobody without one)."""
+    return set(wanted) & report.up if report is not None else set()
 
 
 def links_tag(report: LinksReport | None, wanted: Iterable[str]) -> str:
     """The `links` Serf tag: UP/WANTED, counting only the wanted peers linked both ways."""
     wanted = set(wanted)
-    up = len(wanted & report.up) if report is not None else 0
-    return f"{up}/{len(wanted)}"
+    return f"{len(linked(report, wanted))}/{len(wanted)}"
 
 
 def describe(report: LinksReport | None, wanted: Mapping[str, Peer], now: float) -> list[str]:

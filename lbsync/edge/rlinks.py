@@ -90,7 +90,7 @@ class FleetLinks(ApplicationSession):
         self._links: dict[str, _Link] = {}
         self._wanted_text: str | None = None
         self._wanted: dict[str, L.Peer] = {}
-        self._written = ""
+        self._written: list[L.LinkState] | None = None  # the states last written
         self._node = str(extra["node"])
         self._loop = LoopingCall(self._tick)
         self._loop.start(POLL, now=True)
@@ -173,11 +173,10 @@ class FleetLinks(ApplicationSession):
                                      ups=link.state.ups + up, downs=link.state.downs + (not up))
                 self.log.info("fleet link to {peer} {what} ({url})", peer=link.peer.name,
                               what="up" if up else "down", url=link.peer.url)
-        text = L.render_state(os.getpid(), [lk.state for lk in self._links.values()], now=0)
-        if text != self._written:
-            self._written = text
-            atomic_write(self._cbdir / L.STATE_FILE,
-                         L.render_state(os.getpid(), [lk.state for lk in self._links.values()]))
+        states = [lk.state for lk in self._links.values()]
+        if states != self._written:
+            self._written = states
+            atomic_write(self._cbdir / L.STATE_FILE, L.render_state(os.getpid(), states))
 
     # --- start and stop ------------------------------------------------------------------
 

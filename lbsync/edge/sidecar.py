@@ -250,7 +250,7 @@ class Sidecar:
             self._links_failing = True
             return False
         self._links_failing = False
-        up = report.up & set(wanted) if report is not None else set()
+        up = L.linked(report, wanted)
         for name in sorted(up - self._links_up):
             log.info("router link to %s up (%s)", name, wanted[name].url)
         for name in sorted((self._links_up - up) & set(wanted)):
@@ -457,11 +457,7 @@ class LinkFiles:
         return L.write_wanted(self.cbdir, L.REALM, peers)
 
     def read_state(self) -> L.LinksReport | None:
-        report = L.read_state(self.cbdir)
-        # A report left by a router that is gone says nothing about the links now.
-        if report is None or not psutil.pid_exists(report.pid):
-            return None
-        return report
+        return L.read_state(self.cbdir)
 
 
 def make_private(socket: Path) -> str | None:
