@@ -101,6 +101,7 @@ class WampLoad:
     held: int = 10
     rotating: int = 20
     timeout: float = 5.0  # connect/join/call timeout of each attempt
+    sticky: bool = False  # clients send back HAProxy's cookie when they reconnect
     proc: subprocess.Popen[bytes] | None = None
     started: float = 0.0
 
@@ -111,7 +112,8 @@ class WampLoad:
             self.proc = subprocess.Popen(
                 [sys.executable, str(BENCH / "wampload.py"), "--url", self.url,
                  "--held", str(self.held), "--rotating", str(self.rotating),
-                 "--timeout", str(self.timeout), "--out", str(self.out)],
+                 "--timeout", str(self.timeout), "--out", str(self.out),
+                 *(["--sticky"] if self.sticky else [])],
                 stdout=log, stderr=subprocess.STDOUT)
 
     def kill(self) -> None:

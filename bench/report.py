@@ -119,6 +119,9 @@ def markdown(r: dict[str, Any], json_path: Path, plots: list[Path]) -> str:
         out += ["", "CPU % is of one core (psutil), sampled every 0.5 s."]
     if "realm" in r:
         out += realm_section(r["realm"], r["machine"])
+    if "faults" in r:
+        out += ["", "## Faults between hosts (network namespaces, bench/faults.py)", "",
+                r["faults"]["table"]]
     out += ["", "Plots: " + ", ".join(f"![{p.stem}]({p.name})" for p in plots), ""]
     return "\n".join(out)
 

@@ -20,6 +20,10 @@ real Crossbar.io nodes and autobahn WAMP clients hold sessions through HAProxy b
      Crossbar nodes with router links): call and event latency across nodes vs on one
      node, events lost/duplicated and calls failed through scale cycles 3 -> 5 -> 3, how
      soon a new node's clients reach callees on the old nodes, the n² cost of the links
+  7. faults between hosts (bench/faults.py, root only): the load balancer and 3 Crossbar
+     members in their own network namespaces; partitions, gossip-only and packet loss,
+     kill -9 of every process, haproxy.cfg's folder read-only or full, a corrupt registry
+     file, each under HTTP load and WAMP sessions (not in --quick: about 7 minutes)
 Writes the JSON to --out, bench/results/latest.md and PNG plots under bench/results/.
 """
 
@@ -47,8 +51,8 @@ def parse_parts(p: argparse.ArgumentParser, text: str) -> set[int]:
         parts = {int(x) for x in text.split(",")}
     except ValueError:
         parts = set()
-    if not parts or not parts <= {1, 2, 3, 4, 5, 6}:
-        p.error(f"--only {text!r}: a comma-separated list of parts 1-6, e.g. 4,5")
+    if not parts or not parts <= {1, 2, 3, 4, 5, 6, 7}:
+        p.error(f"--only {text!r}: a comma-separated list of parts 1-7, e.g. 4,5")
     return parts
 
 
@@ -56,7 +60,11 @@ def preflight(p: argparse.ArgumentParser, parts: set[int]) -> None:
     """Fail in the first second, not after minutes of measuring, when a part is missing."""
     need = ["haproxy", "serf"] + (["wrk"] if parts & {2, 3, 4} else [])
     missing = [b for b in need if shutil.which(b) is None]
-    for binary, part in (("crossbar", {4, 6}), ("supervisord", {6})):
+    if 7 in parts:
+        from netns import usable
+        if problem := usable():
+            p.error(f"part 7: {problem}")
+    for binary, part in (("crossbar", {4, 6, 7}), ("supervisord", {6})):
         if parts & part and not (Path(sys.executable).parent / binary).exists():
             missing.append(f"{binary} (pip install -e '.[edge]')")
     for module, extra in (("matplotlib", "bench"), ("autobahn", "edge")):
@@ -77,14 +85,14 @@ def main() -> None:
                    help="part 4: WAMP clients holding one session for the whole run")
     p.add_argument("--wamp-rotating", type=int, default=20,
                    help="part 4: WAMP clients renewing their session every 2-6 s")
-    p.add_argument("--only", default="1,2,3,4,5,6", help="parts to run, e.g. 4,5")
+    p.add_argument("--only", help="parts to run, e.g. 4,5 (default: 1-7, --quick: 1-6)")
     p.add_argument("--results", type=Path, default=RESULTS,
                    help="folder of latest.md and the plots (default bench/results)")
     # 127.150 is the local-cluster test's, 127.60-79 the agent tests': stay clear of them.
     p.add_argument("--net", type=int, default=200,
                    help="first N of 127.N.0.x (uses N..N+4, and N+10..N+14 in part 6)")
     args = p.parse_args()
-    parts = parse_parts(p, args.only)
+    parts = parse_parts(p, args.only or ("1,2,3,4,5,6" if args.quick else "1,2,3,4,5,6,7"))
     if args.rate < 100:
         p.error(f"--rate {args.rate}: at least 100 req/s")
     if not 1 <= args.net <= 250:
@@ -108,6 +116,7 @@ def main() -> None:
            "realm_idle_s": 3.0 if q else 5.0}
 
     from churn import crash_under_load, join_latency, leave_under_load
+    from faults import BY_NAME, faults
     from realm import realm
     from scale import storm
     from sidebyside import side_by_side
@@ -161,6 +170,9 @@ def main() -> None:
         if 6 in parts:
             print("6. one realm across the fleet (router links)", flush=True)
             result["realm"] = realm(tmp, cfg, [args.net + 10 + i for i in range(5)])
+        if 7 in parts:
+            print("7. faults between hosts (network namespaces)", flush=True)
+            result["faults"] = faults(tmp / "faults", list(BY_NAME))
     result["finished_utc"] = datetime.now(UTC).isoformat(timespec="seconds")
     result["duration_s"] = round(time.time() - started, 1)
 

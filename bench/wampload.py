@@ -80,27 +80,37 @@ class _Session(ApplicationSession):
 
 
 class Load:
-    def __init__(self, url: str, realm: str, interval: float, timeout: float) -> None:
+    def __init__(self, url: str, realm: str, interval: float, timeout: float,
+                 sticky: bool = False) -> None:
         self.url, self.realm, self.interval, self.timeout = url, realm, interval, timeout
+        self.sticky = sticky
+        self.cookies: dict[int, str] = {}  # client -> the SERVERID cookie HAProxy gave it
         self.rec = Record()
         self.stopping = asyncio.Event()
         self.alive = 0
         self._serial = itertools.count()
 
-    async def _open(self) -> tuple[_Session, asyncio.Future[str], Any, str | None]:
+    async def _open(self, cid: int) -> tuple[_Session, asyncio.Future[str], Any, str | None]:
         loop = asyncio.get_running_loop()
         joined: asyncio.Future[SessionDetails] = loop.create_future()
         ended: asyncio.Future[str] = loop.create_future()
         session = _Session(ComponentConfig(realm=self.realm), joined, ended)  # type: ignore[no-untyped-call]
         _, host, port = parse_url(self.url)[:3]
-        factory = WampWebSocketClientFactory(session, url=self.url)  # type: ignore[no-untyped-call]
-        transport, _ = await asyncio.wait_for(loop.create_connection(factory, host, port),
-                                              self.timeout)
+        # --sticky: a client sends back the cookie HAProxy set on its first upgrade, as a
+        # browser does, so its reconnects ask for the same node.
+        headers = {"Cookie": self.cookies[cid]} if cid in self.cookies else None
+        factory = WampWebSocketClientFactory(session, url=self.url, headers=headers)  # type: ignore[no-untyped-call]
+        transport, protocol = await asyncio.wait_for(
+            loop.create_connection(factory, host, port), self.timeout)
         try:
             details = await asyncio.wait_for(joined, self.timeout)
         except BaseException:
             transport.close()
             raise
+        if self.sticky:
+            cookie = (getattr(protocol, "http_headers", None) or {}).get("set-cookie")
+            if cookie:
+                self.cookies[cid] = cookie.split(";")[0]
         return session, ended, transport, (details.authextra or {}).get("x_cb_node")
 
     async def client(self, cid: int, held: bool) -> None:
@@ -109,7 +119,7 @@ class Load:
         while not self.stopping.is_set():
             t = time.time()
             try:
-                session, ended, transport, node = await self._open()
+                session, ended, transport, node = await self._open(cid)
             except (OSError, TimeoutError, ConnectionError) as e:
                 self.rec.connect_failures.append(
                     {"t": t, "client": cid, "kind": kind, "reason": str(e) or type(e).__name__})
@@ -119,7 +129,8 @@ class Load:
             if dropped_at is not None:
                 self.rec.reconnect_s.append(now - dropped_at)
                 dropped_at = None
-            self.rec.opened.append({"t": now, "client": cid, "kind": kind, "node": node})
+            self.rec.opened.append({"t": now, "client": cid, "kind": kind, "node": node,
+                                    "cookie": cid in self.cookies})
             self.alive += 1
             try:
                 reason = await self._use(session, ended, cid, node, held)
@@ -198,6 +209,8 @@ def summary(rec: Record, args: argparse.Namespace) -> dict[str, Any]:
         "rotate_s": [ROTATE_MIN, ROTATE_MAX], "call_interval_s": args.call_interval,
         "started": rec.started, "stopped": time.time(),
         "sessions_opened": len(rec.opened), "sessions_closed_by_client": rec.closed,
+        "opened": [{k: (round(v, 2) if k == "t" else v) for k, v in o.items()}
+                   for o in rec.opened],
         "sessions_per_node": nodes,
         "drops": rec.drops, "drops_held": sum(d["kind"] == "held" for d in rec.drops),
         "drops_rotating": sum(d["kind"] == "rotating" for d in rec.drops),
@@ -223,13 +236,15 @@ def main() -> None:
     p.add_argument("--rotating", type=int, default=20, help="clients renewing sessions")
     p.add_argument("--call-interval", type=float, default=0.5, help="seconds between calls")
     p.add_argument("--timeout", type=float, default=5.0, help="connect/join/call timeout (s)")
+    p.add_argument("--sticky", action="store_true",
+                   help="clients send back HAProxy's SERVERID cookie when they reconnect")
     p.add_argument("--out", type=Path, required=True, help="JSON written at the end")
     args = p.parse_args()
     if args.held < 0 or args.rotating < 0 or args.held + args.rotating == 0:
         p.error("--held and --rotating must be >= 0, and not both 0")
     for name in ("autobahn", "asyncio"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
-    load = Load(args.url, args.realm, args.call_interval, args.timeout)
+    load = Load(args.url, args.realm, args.call_interval, args.timeout, args.sticky)
     asyncio.run(load.run(args.held, args.rotating))
     args.out.write_text(json.dumps(summary(load.rec, args)) + "\n")
 
