@@ -3,6 +3,10 @@
 Threads only feed one queue; the loop drains the queue, updates the registry, then
 reconciles once, so a burst of events costs one pass. It also reconciles on a timer,
 which heals lost events, and every 0.25 s while a drain or a reload is pending.
+
+When the Serf agent restarts without its snapshot it knows no member; the follower then
+joins the members the registry knows alive (lbsync.serf.rejoin) before the loop sees the
+empty list, so the registry and HAProxy never lose them.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from .model import LbsyncError, Member, MemberEvent, Refusal
 from .reconcile import Reconciler
 from .registry import Registry
 from .serf.follow import Follower
+from .serf.rejoin import Rejoin
 from .serf.rpc import SerfAuthError, SerfError, SerfRPC
 from .settings import Settings
 
@@ -150,9 +155,12 @@ def run_agent(settings: Settings, stop: threading.Event, metrics: Metrics | None
         if settings.serf_rpc:
             host, port = settings.serf_rpc
             check_serf(host, port, settings.serf_auth_key)
+            # Its own Registry: the follower's thread only reads, and the loop's instance
+            # is not thread-safe (it remembers which damaged files it warned about).
             follower = Follower(host, port, on_event=q.put, on_members=on_members,
                                 auth_key=settings.serf_auth_key,
-                                poll_interval=settings.poll_interval)
+                                poll_interval=settings.poll_interval,
+                                rejoin=Rejoin(Registry(settings.registry_dir).load))
             latest.follower = follower
             follower.start()
         _loop(settings, registry, reconciler, q, stop, metrics)

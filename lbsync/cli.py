@@ -60,6 +60,8 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--haproxy-bin", "haproxy_bin", str, "haproxy binary"),
     ("--serf-rpc", "serf_rpc", str, "Serf agent RPC address HOST:PORT ('' = registry only)"),
     ("--serf-auth-key", "serf_auth_key", str, "Serf RPC auth key"),
+    ("--serf-auth-key-file", "serf_auth_key_file", click.Path(path_type=Path),
+     "file holding the Serf RPC auth key (used when --serf-auth-key is not given)"),
     ("--metrics-bind", "metrics_bind", str,
      "agent: serve Prometheus metrics on HOST:PORT/metrics ('' = off)"),
 ]
@@ -102,7 +104,20 @@ def build_settings(kw: dict[str, Any]) -> Settings:
         elif field == "serf_auth_key":
             value = value or None
         values[field] = value
+    values["serf_auth_key"] = auth_key(values["serf_auth_key"], values["serf_auth_key_file"])
     return Settings(**values).check()
+
+
+def auth_key(key: str | None, key_file: Path | None) -> str | None:
+    """The Serf RPC token: given itself, else read from its file (which keeps it out of
+    supervisord.conf, compose files and `ps`), else None (an agent without rpc_auth)."""
+    from .serf.keys import read_key_file
+
+    if key:
+        return key
+    if key_file is not None:
+        return read_key_file(key_file, "--serf-auth-key-file")
+    return None
 
 
 def _fail(message: str) -> None:
@@ -249,16 +264,23 @@ def handle(registry_dir: Path) -> None:
         sys.exit(1)
 
 
+_AUTH_KEY_FILE = click.option(
+    "--serf-auth-key-file", type=click.Path(path_type=Path), default=None,
+    envvar="LBSYNC_SERF_AUTH_KEY_FILE", show_envvar=True,
+    help="file holding the Serf RPC auth key (used when --serf-auth-key is not given)")
+
+
 @main.command()
 @click.option("--serf-rpc", default="127.0.0.1:7373", envvar="LBSYNC_SERF_RPC",
               show_default=True, show_envvar=True)
 @click.option("--serf-auth-key", default="", envvar="LBSYNC_SERF_AUTH_KEY", show_envvar=True)
-def members(serf_rpc: str, serf_auth_key: str) -> None:
+@_AUTH_KEY_FILE
+def members(serf_rpc: str, serf_auth_key: str, serf_auth_key_file: Path | None) -> None:
     """List the Serf members with their status and tags."""
     from .serf.rpc import SerfRPC
 
     host, port = parse_hostport(serf_rpc, "--serf-rpc")
-    with SerfRPC(host, port, serf_auth_key or None) as rpc:
+    with SerfRPC(host, port, auth_key(serf_auth_key, serf_auth_key_file)) as rpc:
         rows = rpc.members()
     width = max([len(m.name) for m in rows] + [6])
     click.echo(f"{'MEMBER'.ljust(width)}  {'ADDRESS'.ljust(15)}  {'STATUS'.ljust(7)}  TAGS")
@@ -453,6 +475,7 @@ def _link_secret(path: Path | None) -> bytes | None:
 @click.option("--stop-command", default="", envvar="LBSYNC_STOP_COMMAND", show_envvar=True,
               help="/bin/sh command run last, e.g. supervisorctl stop NODE-crossbar")
 @click.option("--serf-auth-key", default="", envvar="LBSYNC_SERF_AUTH_KEY", show_envvar=True)
+@_AUTH_KEY_FILE
 @click.option("--cbdir", type=click.Path(path_type=Path), default=None, envvar="LBSYNC_CBDIR",
               show_envvar=True,
               help="the node's Crossbar folder: keep its router links to the other edge nodes "
@@ -465,8 +488,9 @@ def _link_secret(path: Path | None) -> bytes | None:
               help="longest wait of the first ready=1 for the router links to the serving "
                    "nodes")
 def node(name: str, serf_rpc: str, listen: str, agent_port: int, weight: int | None,
-         drain_timeout: str, stop_command: str, serf_auth_key: str, cbdir: Path | None,
-         link_port: int, links_wait: str) -> None:
+         drain_timeout: str, stop_command: str, serf_auth_key: str,
+         serf_auth_key_file: Path | None, cbdir: Path | None, link_port: int,
+         links_wait: str) -> None:
     """Edge-node sidecar: tag this node in Serf, answer agent-check, keep the router links
     to the other edge nodes, drain and leave on SIGTERM."""
     from .edge.agentcheck import AgentCheck
@@ -477,7 +501,8 @@ def node(name: str, serf_rpc: str, listen: str, agent_port: int, weight: int | N
         name=name, serf_rpc=parse_hostport(serf_rpc, "--serf-rpc"), host=host, port=port,
         agent_port=agent_port, weight=weight,
         drain_timeout=parse_duration(drain_timeout, "--drain-timeout"),
-        stop_command=stop_command, serf_auth_key=serf_auth_key or None, cbdir=cbdir,
+        stop_command=stop_command, serf_auth_key=auth_key(serf_auth_key, serf_auth_key_file),
+        cbdir=cbdir,
         link_port=link_port, links_wait=parse_duration(links_wait, "--links-wait")))
     stop = threading.Event()
     # The handler only sets the flag; the sidecar's loop does the draining.

@@ -102,6 +102,7 @@ class Settings:
     haproxy_bin: str = "haproxy"
     serf_rpc: tuple[str, int] | None = None
     serf_auth_key: str | None = field(default=None, repr=False)
+    serf_auth_key_file: Path | None = None  # cli reads it into serf_auth_key
     # The agent's own Prometheus endpoint (/metrics); "" serves none. Not structure.
     metrics_bind: str = ""
 

@@ -42,7 +42,8 @@ class NodeView:
 def observe(layout: Layout, names: list[str]) -> dict[str, NodeView]:
     """One look at every node from the load balancer's side; failures read as '-'."""
     members: dict[str, tuple[str, str]] = {}
-    with contextlib.suppress(LbsyncError, OSError), SerfRPC(layout.lb_ip, 7373, timeout=1.0) as rpc:
+    with contextlib.suppress(LbsyncError, OSError), SerfRPC(
+            layout.lb_ip, 7373, layout.serf_auth_key(), timeout=1.0) as rpc:
         members = {m.name: (str(m.status), m.tags.get("ready", "-")) for m in rpc.members()}
     servers: dict[str, str] = {}
     with contextlib.suppress(LbsyncError, OSError):
@@ -151,6 +152,12 @@ def scale(layout: Layout, nodes: int, timeout: float, out: TextIO = sys.stdout) 
     sup = Supervisor(layout)
     if not sup.running():
         raise ClusterError(f"the cluster in {layout.dir} is not running (lbsync up)")
+    if not layout.keyed():
+        # Its agents gossip in the clear: new nodes, which get the key, could not join them,
+        # and rewriting supervisord.conf would restart every agent with a key mid-scale.
+        raise ClusterError(f"the cluster in {layout.dir} was started by an lbsync without "
+                           "gossip encryption (no serf.key): run `lbsync down`, then "
+                           "`lbsync up` again to make its keys")
     current: list[int] = sorted(state["nodes"])
     proxies, drain_timeout = int(state["proxies"]), float(state["drain_timeout"])
     started = time.monotonic()

@@ -7,7 +7,8 @@ router's links to the other nodes :8082). N is 0 unless `--net` says otherwise.
 
 Everything the cluster writes lives in one folder (`--dir`): supervisord.conf, sockets,
 haproxy.cfg, the registry, each node's Crossbar folder, logs, the fleet secret of the
-router links (`fleet.secret`, 0600), and `lbsync.env`, which
+router links (`fleet.secret`, 0600), Serf's gossip key and RPC token (`serf.key`,
+`serf-rpc.token` and the agents' `serf.json` made of them, all 0600), and `lbsync.env`, which
 lets `lbsync status` and `lbsync members` find the cluster with no flags.
 """
 
@@ -33,6 +34,7 @@ from ..edge.links import DEFAULT_LINK_PORT, new_secret
 from ..files import atomic_write
 from ..model import LbsyncError
 from ..render import load_template, render_text
+from ..serf import keys
 
 HTTP_PORT = 8080
 AGENT_PORT = 8081
@@ -91,6 +93,33 @@ class Layout:
         return self.dir / "fleet.secret"
 
     @property
+    def serf_key(self) -> Path:
+        """The gossip key every Serf agent of the cluster encrypts with (`serf keygen`'s
+        form), so an agent started by hand cannot join and become a server."""
+        return self.dir / "serf.key"
+
+    @property
+    def serf_token(self) -> Path:
+        """The RPC auth token of every Serf agent: lbsync's commands read it from here."""
+        return self.dir / "serf-rpc.token"
+
+    @property
+    def serf_config(self) -> Path:
+        """The agents' `-config-file`: both secrets, off the command line `ps` shows."""
+        return self.dir / "serf.json"
+
+    def keyed(self) -> bool:
+        """False for a folder an lbsync before gossip encryption made (no key files)."""
+        return self.serf_key.exists() and self.serf_token.exists()
+
+    def serf_auth_key(self) -> str | None:
+        """The RPC token to talk to this cluster's agents; None for an old, unkeyed one,
+        whose agents want none."""
+        if not self.serf_token.exists():
+            return None
+        return keys.read_key_file(self.serf_token, "the Serf RPC token")
+
+    @property
     def conf(self) -> Path:
         return self.dir / "supervisord.conf"
 
@@ -118,6 +147,8 @@ class Layout:
             "LBSYNC_FRONTEND_BIND": f"{self.lb_ip}:{HTTP_PORT}",
             "LBSYNC_STATS_BIND": f"{self.lb_ip}:1936",
             "LBSYNC_SERF_RPC": f"{self.lb_ip}:7373",
+            # The file, not the token: supervisord.conf and lbsync.env stay secret-free.
+            "LBSYNC_SERF_AUTH_KEY_FILE": str(self.serf_token),
             "LBSYNC_DRAIN_TIMEOUT": f"{drain_timeout:g}s",
             "LBSYNC_METRICS_BIND": f"{self.lb_ip}:{METRICS_PORT}",
         }
@@ -151,6 +182,8 @@ def render_supervisord(layout: Layout, nodes: list[int], proxies: int,
         "lbsync_version": __version__,
         "dir": str(layout.dir),
         "lb": layout.lb,
+        "serf_config": str(layout.serf_config),
+        "serf_token": str(layout.serf_token),
         "lb_env": ",".join(f'{k}="{v}"' for k, v in env.items()),
         "nodes": [layout.node(i) for i in nodes],
         "proxies": proxies,
@@ -283,12 +316,26 @@ def write_files(layout: Layout, nodes: list[int], proxies: int, drain_timeout: f
         layout.node(i).cbdir.mkdir(parents=True, exist_ok=True)
     if not layout.fleet_secret.exists():  # made once: the running nodes hold it
         atomic_write(layout.fleet_secret, new_secret() + "\n", mode=0o600)
+    write_serf_secrets(layout)
     atomic_write(layout.conf, render_supervisord(layout, nodes, proxies, drain_timeout))
     atomic_write(layout.dir / STATE_FILE, json.dumps(
         {"net": layout.net, "nodes": nodes, "proxies": proxies,
          "drain_timeout": drain_timeout}, indent=2) + "\n")
     env = layout.lb_env(drain_timeout)
     atomic_write(layout.dir / ENV_FILE, "".join(f"{k}={v}\n" for k, v in env.items()))
+
+
+def write_serf_secrets(layout: Layout) -> None:
+    """Make the gossip key and the RPC token once (running agents hold them: a new key
+    would split the cluster), and the agents' config file from them."""
+    if not layout.serf_key.exists():
+        atomic_write(layout.serf_key, keys.new_gossip_key() + "\n", mode=0o600)
+    if not layout.serf_token.exists():
+        atomic_write(layout.serf_token, keys.new_rpc_token() + "\n", mode=0o600)
+    key = keys.check_gossip_key(keys.read_key_file(layout.serf_key, "the gossip key"),
+                                str(layout.serf_key))
+    token = keys.read_key_file(layout.serf_token, "the Serf RPC token")
+    atomic_write(layout.serf_config, keys.agent_config(key, token), mode=0o600)
 
 
 def check_dir(path: Path) -> Path:

@@ -130,7 +130,8 @@ def _process_restarted(s: dict[str, StepView]) -> str | None:
 
 def _serf_experiments(s: dict[str, StepView]) -> str | None:
     seeds = s["seeds"]
-    join, retry, nokey = (seeds.text(n) for n in ("join.txt", "retry-join.txt", "no-key.txt"))
+    join, retry, nokey, withkey = (seeds.text(n) for n in (
+        "join.txt", "retry-join.txt", "no-key.txt", "with-key.txt"))
     if "Failed to join" not in join:
         return "join.txt shows no failed -join (start the agent while no seed runs)"
     if "Join completed" not in retry or "Failed to join" not in retry:
@@ -138,6 +139,9 @@ def _serf_experiments(s: dict[str, StepView]) -> str | None:
                 "seed while the agent retries)")
     if "encrypt" not in nokey.lower():
         return "no-key.txt shows no encryption refusal (join a seed that has -encrypt)"
+    if "Join completed" not in withkey or "Encrypted: true" not in withkey:
+        return ("with-key.txt shows no join with the key (the same agent with -encrypt and "
+                "the cluster's key)")
     return None
 
 

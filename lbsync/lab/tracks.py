@@ -148,7 +148,14 @@ class LocalTrack:
         return {}
 
     def serf_members(self) -> Run:
-        return run(["serf", "members", "-rpc-addr", f"{self.layout.lb_ip}:7373"])
+        argv = ["serf", "members", "-rpc-addr", f"{self.layout.lb_ip}:7373"]
+        token = self.layout.serf_auth_key()
+        if token is None:  # a cluster an lbsync before RPC auth started
+            return run(argv)
+        # The token goes in Serf's own variable: the transcript, which lands in the
+        # student's report folder, shows where it came from, never the token itself.
+        r = run(argv, env={**os.environ, "SERF_RPC_AUTH": token})
+        return Run([*argv, "-rpc-auth", f'"$(cat {self.layout.serf_token})"'], r.code, r.out)
 
     def serf_log(self) -> str:
         return (self.layout.dir / "logs" / "lb-serf.log").read_text(errors="replace")

@@ -4,6 +4,11 @@ The agent coalesces member events for about a second, while `members` shows a jo
 within tens of milliseconds, so the poll is the quick path and the stream the record of
 what happened (left vs failed). Both reach the caller on the follower's own thread, in
 arrival order, so callbacks need no locking between them.
+
+With a `rejoin` hook (lbsync.serf.rejoin), a polled list that lacks members the caller
+knows alive makes the follower ask the agent to join them before it delivers the list:
+an agent restarted without its snapshot then knows its members again within one poll,
+and the caller never sees them vanish.
 """
 
 from __future__ import annotations
@@ -16,6 +21,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from lbsync.model import Member, MemberEvent
+from lbsync.serf.rejoin import GOSSIP_PORT, gossip_addr
 from lbsync.serf.rpc import MEMBER_EVENT_TYPES, SerfError, SerfRPC
 
 log = logging.getLogger(__name__)
@@ -50,6 +56,8 @@ class Follower:
         poll_interval: float = 0.1,
         timeout: float = 5.0,
         types: str = MEMBER_EVENT_TYPES,
+        rejoin: Callable[[list[Member]], list[Member]] | None = None,
+        gossip_port: int = GOSSIP_PORT,
     ) -> None:
         if poll_interval <= 0:
             raise ValueError(f"poll interval must be positive, not {poll_interval}")
@@ -61,6 +69,8 @@ class Follower:
         self._auth_key = auth_key
         self._timeout = timeout
         self._types = types
+        self._rejoin = rejoin
+        self._gossip_port = gossip_port
         self._where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self._events: queue.Queue[object] = queue.Queue()
         self._stopping = threading.Event()
@@ -156,7 +166,7 @@ class Follower:
             wait = next_poll - time.monotonic()
             if wait <= 0:
                 try:
-                    members = rpc.members()
+                    members = self._rejoined(rpc, rpc.members())
                 except SerfError as exc:
                     return str(exc)
                 self._deliver(self._on_members, members)
@@ -170,6 +180,32 @@ class Follower:
             if isinstance(item, MemberEvent):
                 self._deliver(self._on_event, item)
         return "stopped"
+
+    def _rejoined(self, rpc: SerfRPC, members: list[Member]) -> list[Member]:
+        """`members`, or, when the hook names members the agent forgot, the list after
+        asking the agent to join them (one log line either way it goes)."""
+        if self._rejoin is None:
+            return members
+        try:
+            missing = self._rejoin(members)
+        except Exception:
+            log.exception("serf follower rejoin hook failed")
+            return members
+        if not missing:
+            return members
+        addrs = [gossip_addr(m.addr, self._gossip_port) for m in missing]
+        names = ", ".join(m.name for m in missing)
+        try:
+            joined = rpc.join(addrs)
+        except SerfError as exc:
+            if rpc.closed:
+                raise
+            log.warning("serf agent at %s does not know %s (alive in the registry); "
+                        "join %s failed: %s", self._where, names, " ".join(addrs), exc)
+            return members
+        log.warning("serf agent at %s did not know %s (alive in the registry): joined %d "
+                    "of %d (%s)", self._where, names, joined, len(addrs), " ".join(addrs))
+        return rpc.members()
 
     def _drain(self) -> None:
         """Deliver events that arrived before the connection dropped: they happened, and

@@ -130,24 +130,42 @@ def test_task_2_members_and_the_serf_playground(walk: Walk) -> None:
     for p in (retry, seed_p):
         p.terminate()
         p.wait(10)
-    # (c) a seed with a key; an agent without it cannot join.
-    key = subprocess.run(["serf", "keygen"], capture_output=True, text=True,
-                         check=True).stdout.strip()
-    seed_p = walk.serf("agent", "-node", "seed", "-bind", f"{seed}:7946", "-rpc-addr",
-                       f"{seed}:7373", "-encrypt", key)
-    time.sleep(1)
-    walk.serf("agent", "-node", "nokey", "-bind", f"{agent}:7946", "-rpc-addr",
-              f"{agent}:7373", "-join", f"{seed}:7946", out=work / "no-key.txt").wait(20)
-    seed_p.terminate()
-    seed_p.wait(10)
-    walk.collect(2, "seeds")
+    # (c) on the local track, the real cluster: an agent without its key, tagged as an
+    # edge node, is refused; with the key from the cluster folder it joins.
+    lb = f"{walk.layout.lb_ip}:7946"
+    refused = walk.serf("agent", "-node", "no-key", "-bind", f"{agent}:7946", "-rpc-addr",
+                        f"{agent}:7373", "-tag", "role=edge", "-tag", "port=8080", "-tag",
+                        "ready=1", "-join", lb, out=work / "no-key.txt")
+    assert refused.wait(20) != 0
+    assert "Remote state is encrypted" in (work / "no-key.txt").read_text()
+    assert walk.up() == {"node1", "node2"}
+    key = walk.layout.serf_key.read_text().strip()
+    joined = walk.serf("agent", "-node", "with-key", "-bind", f"{agent}:7946", "-rpc-addr",
+                       f"{agent}:7373", "-encrypt", key, "-tag", "role=student", "-join", lb,
+                       out=work / "with-key.txt")
+    env = {**os.environ, "LBSYNC_CLUSTER_DIR": str(walk.layout.dir)}  # as `lbsync up` left it
+    wait(lambda: "with-key" in lbsync("members", env=env).stdout, 20,
+         "with-key in lbsync members")
+    subprocess.run(["serf", "leave", "-rpc-addr", f"{agent}:7373"], capture_output=True,
+                   timeout=30, check=False)
+    assert joined.wait(20) == 0
+    assert "Join completed" in (work / "with-key.txt").read_text()
+    step = walk.collect(2, "seeds")
+    # The RPC token never lands in the student's folder (serf members got it from
+    # SERF_RPC_AUTH; the transcript says where it came from).
+    token = walk.layout.serf_token.read_text().strip()
+    members = (walk.lab / "logs/task-2/members/serf-members.txt").read_text()
+    assert "-rpc-auth" in members and token not in members
+    assert not any(token in f.read_text(errors="replace")
+                   for f in step.parent.rglob("*") if f.is_file())
 
 
 def test_task_3_an_event_handler_fills_a_registry(walk: Walk) -> None:
     handler = walk.lab / "work" / "handler"
     watcher = ip(walk, 2)
     walk.serf("agent", "-node", "watcher", "-bind", f"{watcher}:7946", "-rpc-addr",
-              f"{watcher}:7373", "-join", f"{walk.layout.lb_ip}:7946", "-tag", "role=watcher",
+              f"{watcher}:7373", "-join", f"{walk.layout.lb_ip}:7946", "-encrypt",
+              walk.layout.serf_key.read_text().strip(), "-tag", "role=watcher",
               "-event-handler", f"{sys.executable} -m lbsync handle --registry-dir {handler}")
     walk.scale(3)
     wait(lambda: {"node1.json", "node2.json", "node3.json"} <= {p.name for p in

@@ -1,6 +1,6 @@
 """A scripted stand-in for a Serf agent's RPC listener, for unit tests of the framing.
 
-It speaks just enough of the protocol (handshake, auth, members, stream, stop, tags)
+It speaks just enough of the protocol (handshake, auth, members, stream, stop, tags, join)
 and lets a test push stream records, hold replies back, or drop the connection.
 """
 
@@ -22,7 +22,7 @@ AGENT_MEMBERS: list[dict[str, Any]] = [
 ]
 
 
-_WITH_BODY = ("handshake", "auth", "stream", "stop", "tags")
+_WITH_BODY = ("handshake", "auth", "stream", "stop", "tags", "join")
 
 
 class FakeAgent:
@@ -34,6 +34,8 @@ class FakeAgent:
         self.silent: set[str] = set()  # commands to leave unanswered
         self.requests: list[tuple[str, Any]] = []
         self.streams: dict[int, str] = {}
+        # join: address -> the member the agent lists once it joined it (others fail)
+        self.joinable: dict[str, dict[str, Any]] = {}
         self._listener = socket.socket()
         self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self._listener.bind(("127.0.0.1", port))
@@ -129,6 +131,11 @@ class FakeAgent:
                 self._send({"Seq": seq, "Error": ""})
             elif command in ("stop", "tags"):
                 self._send({"Seq": seq, "Error": ""})
+            elif command == "join":
+                found = [self.joinable[a] for a in body["Existing"] if a in self.joinable]
+                self.members.extend(found)
+                error = "" if found else "1 error occurred: no one to join"
+                self._send({"Seq": seq, "Error": error}, {"Num": len(found)})
             else:
                 self._send({"Seq": seq, "Error": "Unsupported command"})
                 return

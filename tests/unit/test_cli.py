@@ -25,7 +25,7 @@ _CLEAN_ENV: dict[str, str | None] = {
         "LBSYNC_ALLOW_CIDR", "LBSYNC_REGISTRY_DIR", "LBSYNC_HAPROXY_CONFIG", "LBSYNC_TEMPLATE",
         "LBSYNC_RUNTIME_SOCKET", "LBSYNC_MASTER_SOCKET", "LBSYNC_RUNTIME_TCP",
         "LBSYNC_FRONTEND_BIND", "LBSYNC_STATS_BIND", "LBSYNC_ROLE", "LBSYNC_LOG_LEVEL",
-        "LBSYNC_METRICS_BIND",
+        "LBSYNC_METRICS_BIND", "LBSYNC_SERF_AUTH_KEY", "LBSYNC_SERF_AUTH_KEY_FILE",
         "SERF_EVENT",
     )
 }
@@ -222,6 +222,43 @@ def test_agent_without_metrics_bind_serves_none(
 
 def test_members_with_bad_serf_rpc() -> None:
     assert_one_error_line(run(["members", "--serf-rpc", "nope"]), "--serf-rpc")
+
+
+def test_members_reads_the_rpc_token_from_its_file(tmp_path: Path) -> None:
+    from serf_fake import FakeAgent
+
+    token = tmp_path / "serf-rpc.token"
+    token.write_text("t0ken\n")
+    agent = FakeAgent(auth_key="t0ken")
+    try:
+        env = {"LBSYNC_CLUSTER_DIR": str(tmp_path),  # no lbsync.env there to fill in
+               "LBSYNC_SERF_RPC": f"127.0.0.1:{agent.port}"}
+        ok = run(["members", "--serf-auth-key-file", str(token)], env=env)
+        assert ok.exit_code == 0, ok.output
+        assert "a1" in ok.output and "role=edge" in ok.output
+        via_env = run(["members"], env={**env, "LBSYNC_SERF_AUTH_KEY_FILE": str(token)})
+        assert via_env.exit_code == 0, via_env.output
+        assert_one_error_line(run(["members"], env=env), "requires an RPC auth key")
+        assert_one_error_line(
+            run(["members", "--serf-auth-key-file", str(tmp_path / "nope")], env=env),
+            "--serf-auth-key-file", "No such file")
+    finally:
+        agent.close()
+
+
+def test_a_missing_auth_key_file_is_one_error_line(tmp_path: Path) -> None:
+    assert_one_error_line(
+        run(["render", *tmp_flags(tmp_path), "--serf-auth-key-file", str(tmp_path / "no")]),
+        f"--serf-auth-key-file {tmp_path / 'no'}: No such file")
+
+
+def test_the_auth_key_itself_wins_over_its_file(tmp_path: Path) -> None:
+    from lbsync.cli import auth_key
+
+    (tmp_path / "token").write_text("from-file\n")
+    assert auth_key(None, tmp_path / "token") == "from-file"
+    assert auth_key("given", tmp_path / "token") == "given"
+    assert auth_key(None, None) is None
 
 
 # --- LBSYNC_* variables ------------------------------------------------------------------

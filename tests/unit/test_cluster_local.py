@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import base64
 import configparser
 import io
+import json
 import shlex
 import shutil
 import stat
@@ -21,6 +23,7 @@ from lbsync.cluster.local import (
     write_files,
 )
 from lbsync.edge.links import read_secret
+from lbsync.serf.keys import KeyFileError
 
 NEEDS_BINARIES = pytest.mark.skipif(
     not all(shutil.which(b) for b in ("haproxy", "serf"))
@@ -88,6 +91,15 @@ def test_supervisord_config_has_every_program(tmp_path: Path) -> None:
     assert cp.get("program:node1-serf", "autorestart") == "unexpected"
     assert "LBSYNC_SERF_RPC=\"127.9.0.1:7373\"" in cp.get("program:lb-agent", "environment")
     assert f'LBSYNC_CLUSTER="{tmp_path}"' == cp.get("supervisord", "environment")
+    # Every Serf agent reads the gossip key and the RPC token from one 0600 file, and every
+    # lbsync process the token from its own file: no secret on a command line or in here.
+    for name in ("lb-serf", "node1-serf", "node5-serf"):
+        serf = shlex.split(cp.get(f"program:{name}", "command"))
+        assert serf[serf.index("-config-file") + 1] == f"{tmp_path}/serf.json"
+        assert "-encrypt" not in serf and "-rpc-auth" not in serf
+    assert sidecar[sidecar.index("--serf-auth-key-file") + 1] == f"{tmp_path}/serf-rpc.token"
+    assert (f'LBSYNC_SERF_AUTH_KEY_FILE="{tmp_path}/serf-rpc.token"'
+            in cp.get("program:lb-agent", "environment"))
 
 
 def test_progress_prints_changes_only_when_not_a_terminal() -> None:
@@ -114,3 +126,46 @@ def test_the_fleet_secret_is_made_once_private_and_kept_across_scales(tmp_path: 
     other = Layout(tmp_path / "other")
     write_files(other, [1], proxies=1, drain_timeout=5)
     assert other.fleet_secret.read_text() != secret  # one secret per cluster
+
+
+@NEEDS_BINARIES
+def test_the_serf_key_and_token_are_made_once_private_and_given_to_serf(
+        tmp_path: Path) -> None:
+    layout = Layout(tmp_path)
+    assert not layout.keyed() and layout.serf_auth_key() is None  # an old, unkeyed folder
+    write_files(layout, [1], proxies=1, drain_timeout=5)
+    assert layout.keyed()
+    key, token = layout.serf_key.read_text(), layout.serf_token.read_text()
+    assert len(base64.b64decode(key.strip(), validate=True)) == 32  # `serf keygen`'s form
+    assert layout.serf_auth_key() == token.strip() and len(token.strip()) >= 32
+    for path in (layout.serf_key, layout.serf_token, layout.serf_config):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+    assert json.loads(layout.serf_config.read_text()) == {
+        "encrypt_key": key.strip(), "rpc_auth": token.strip()}
+    write_files(layout, [1, 2], proxies=1, drain_timeout=5)  # `lbsync scale 2`
+    assert (layout.serf_key.read_text(), layout.serf_token.read_text()) == (key, token)
+    assert "LBSYNC_SERF_AUTH_KEY_FILE" in (tmp_path / "lbsync.env").read_text()
+    assert token.strip() not in (tmp_path / "lbsync.env").read_text()
+    assert token.strip() not in layout.conf.read_text()
+
+
+@NEEDS_BINARIES
+def test_a_bad_gossip_key_is_refused_before_serf_starts(tmp_path: Path) -> None:
+    layout = Layout(tmp_path)
+    layout.serf_key.write_text("bm90IDE2IGJ5dGVz\n")  # base64, but 12 bytes
+    with pytest.raises(KeyFileError, match="12 bytes; Serf wants 16, 24 or 32"):
+        write_files(layout, [1], proxies=1, drain_timeout=5)
+
+
+def test_scale_of_a_running_cluster_made_before_the_keys_says_down_and_up(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from lbsync.cluster import lifecycle
+
+    layout = Layout(tmp_path)
+    (tmp_path / "cluster.json").write_text(json.dumps(
+        {"net": 0, "nodes": [1], "proxies": 1, "drain_timeout": 5}))
+    monkeypatch.setattr(lifecycle.Supervisor, "running", lambda self: True)
+    with pytest.raises(ClusterError, match=r"without gossip encryption .* run `lbsync down`, "
+                       r"then `lbsync up` again"):
+        lifecycle.scale(layout, 2, timeout=1, out=io.StringIO())
+    assert not layout.serf_key.exists()  # nothing written: its agents keep running as they are

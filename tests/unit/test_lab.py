@@ -103,6 +103,9 @@ SEEDS = {
                        "==> Join completed. Synced with 1 initial agents\n"),
     "no-key.txt": ("$ serf agent -node play3 -join 127.0.0.1:7951\n==> Failed to join: "
                    "memberlist: Encryption is configured but remote state is not encrypted\n"),
+    "with-key.txt": ("==> Serf agent running!\n                      Encrypted: true\n"
+                     "==> Joining cluster...(replay: false)\n"
+                     "    Join completed. Synced with 1 initial agents\n"),
 }
 SESSIONS = ("sessions: 6 through ws://127.0.0.1:8080/ws (realm realm1) for 40s\n"
             "summary: 6 clients, 9 joins, 3 sessions closed by the server (node2: 3), "
@@ -607,6 +610,10 @@ CONTENT_DEFECTS = [
                  id="serf-experiments:never-failed"),
     pytest.param(2, "seeds", {"no-key.txt": "==> Join completed.\n"}, "serf-experiments",
                  "no-key.txt shows no encryption refusal", id="serf-experiments:no-refusal"),
+    pytest.param(2, "seeds", {"with-key.txt": "==> Failed to join: Remote state is "
+                              "encrypted and encryption is not configured\n"},
+                 "serf-experiments", "with-key.txt shows no join with the key",
+                 id="serf-experiments:with-key-refused"),
     pytest.param(3, "handler", {"handler/node2.json": None}, "handler-events",
                  "the watcher's registry has 1 edge nodes in step handler",
                  id="handler-events:one-edge"),

@@ -168,3 +168,57 @@ def test_events_received_before_a_drop_come_before_the_next_poll(
 def test_poll_interval_must_be_positive(recorder: Recorder) -> None:
     with pytest.raises(ValueError, match="poll interval"):
         Follower("127.0.0.1", 1, recorder.on_event, recorder.on_members, poll_interval=0)
+
+
+def test_a_list_lacking_known_members_is_delivered_after_joining_them(
+    agent: FakeAgent, recorder: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The agent restarted without its snapshot: it lists only a1; the registry knows a2
+    # alive at 10.0.0.2. The follower joins it before anything is delivered.
+    lost = agent.members.pop()
+    agent.joinable["10.0.0.2:7946"] = {**lost, "Status": "alive"}
+    known = {"a1": Member("a1", "127.0.0.41"), "a2": Member("a2", "10.0.0.2")}
+    asked: list[list[str]] = []
+
+    def rejoin(members: list[Member]) -> list[Member]:
+        names = {m.name for m in members}
+        asked.append(sorted(names))
+        return [m for n, m in known.items() if n not in names]
+
+    follower = Follower("127.0.0.1", agent.port, recorder.on_event, recorder.on_members,
+                        poll_interval=0.05, rejoin=rejoin)
+    with caplog.at_level(logging.INFO, logger="lbsync.serf.follow"):
+        follower.start()
+        try:
+            wait_for(lambda: len(recorder.polls) >= 3)
+        finally:
+            follower.stop()
+    assert all({m.name for m in poll} == {"a1", "a2"} for poll in recorder.polls)
+    assert [body["Existing"] for cmd, body in agent.requests if cmd == "join"] == [
+        ["10.0.0.2:7946"]]
+    lines = [r.getMessage() for r in caplog.records if "did not know" in r.getMessage()]
+    assert lines == [f"serf agent at 127.0.0.1:{agent.port} did not know a2 (alive in the "
+                     "registry): joined 1 of 1 (10.0.0.2:7946)"]
+
+
+def test_a_failed_join_delivers_the_list_as_it_is(
+    agent: FakeAgent, recorder: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    agent.members.pop()  # a2 is gone and cannot be joined
+    calls: list[int] = []
+
+    def rejoin(members: list[Member]) -> list[Member]:
+        calls.append(1)
+        return [Member("a2", "10.0.0.2")] if len(calls) == 1 else []
+
+    follower = Follower("127.0.0.1", agent.port, recorder.on_event, recorder.on_members,
+                        poll_interval=0.05, rejoin=rejoin)
+    with caplog.at_level(logging.WARNING, logger="lbsync.serf.follow"):
+        follower.start()
+        try:
+            wait_for(lambda: len(recorder.polls) >= 2)
+        finally:
+            follower.stop()
+    assert [m.name for m in recorder.polls[0]] == ["a1"]
+    assert any("join 10.0.0.2:7946 failed" in r.getMessage() for r in caplog.records)
+    assert follower.connected is False and agent.accepted == 1  # no reconnect over it
