@@ -177,6 +177,7 @@ def run_agent(settings: Settings, stop: threading.Event, metrics: Metrics | None
 def _loop(settings: Settings, registry: Registry, reconciler: Reconciler,
           q: queue.Queue[object], stop: threading.Event, metrics: Metrics) -> None:
     last_key: object = None
+    last_snapshot: Snapshot | None = None
     next_resync = 0.0  # reconcile at once on start
     busy = False
     while not stop.is_set():
@@ -191,7 +192,7 @@ def _loop(settings: Settings, registry: Registry, reconciler: Reconciler,
             pass
         if stop.is_set():
             return
-        changed = False
+        changed = touched = False
         snapshot: Snapshot | None = None
         for item in items:
             if isinstance(item, MemberEvent):
@@ -210,12 +211,19 @@ def _loop(settings: Settings, registry: Registry, reconciler: Reconciler,
             elif isinstance(item, Snapshot):
                 snapshot = item
             elif item is TOUCHED:
-                changed = True
+                changed = touched = True
         now = time.monotonic()
         resync = now >= next_resync
         if snapshot is not None:
+            last_snapshot = snapshot
+        elif resync or touched:
+            # The poll's latest list is the truth: a resync, or a registry file changed
+            # behind lbsync's back (damaged, deleted), is answered with it. A resync
+            # rarely finds a fresh list in its batch, so without this it healed nothing.
+            snapshot = last_snapshot
+        if snapshot is not None:
             key = _snapshot_key(snapshot.members)
-            if key != last_key or resync:
+            if key != last_key or resync or touched:
                 names, refused = registry.sync(snapshot.members, time.time())
                 _log_refused(refused)
                 metrics.refused(refused)

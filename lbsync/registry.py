@@ -81,6 +81,9 @@ class Registry:
         # path -> (its mtime and size, the reason) last warned about: a damaged file is
         # reported once per change, not at every resync.
         self._warned: dict[Path, tuple[tuple[int, int], str]] = {}
+        # Names whose file the last load() could not read: lbsync must not take their
+        # servers out on the word of a damaged file (see lbsync.plan.hold).
+        self.damaged: frozenset[str] = frozenset()
 
     def path(self, name: str) -> Path:
         return self.root / f"{name}.json"
@@ -105,6 +108,7 @@ class Registry:
                 members[m.name] = m
         for path in set(self._warned) - bad:  # mended or gone: a new fault is news again
             del self._warned[path]
+        self.damaged = frozenset(p.stem for p in bad if not name_problem(p.stem))
         return members
 
     def _skip(self, path: Path, reason: str) -> None:

@@ -144,7 +144,9 @@ class DevStack:
     def start_lb_serf(self) -> None:
         argv = ["serf", "agent", "-node", "lb", "-profile", "local", "-log-level", "warn",
                 "-bind", f"{self.lb_ip}:{SERF_PORT}", "-rpc-addr", f"{self.lb_ip}:{SERF_RPC_PORT}",
-                "-tag", "role=lb"]
+                "-tag", "role=lb",
+                # As wherever lbsync starts Serf: a restarted agent rejoins what it knew.
+                "-snapshot", str(self.workdir / "serf-lb.snapshot"), "-rejoin"]
         if self.handler_mode:
             handler = (f"{sys.executable} -m lbsync handle "
                        f"--registry-dir {self.paths['registry']}")
