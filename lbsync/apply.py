@@ -30,7 +30,7 @@ class Runtime(Protocol):
 
 @dataclass(frozen=True)
 class Step:
-    action: str  # add, undrain, drain, del, kill, weight, addr
+    action: str  # add, undrain, maint, drain, del, kill, weight, addr
     server: str
     detail: str
     commands: tuple[str, ...]
@@ -47,7 +47,8 @@ _STILL_ATTACHED = "still has connections attached"
 
 
 def _removal(be: str, name: str) -> tuple[str, ...]:
-    # `del server` needs maintenance and no connection left.
+    # `del server` needs maintenance and no connection left: the sessions a leave waited
+    # for have ended by now, or --drain-timeout (--failed-timeout) has passed.
     return (f"set server {be}/{name} state maint", f"shutdown sessions server {be}/{name}",
             f"del server {be}/{name}")
 
@@ -59,6 +60,7 @@ def steps(plan: Plan, settings: Settings, *, dynamic_cookies: bool) -> list[Step
     for name in plan.kill:
         out.append(Step("kill", name, "member failed", _removal(be, name)))
     for name in plan.suspect:
+        # Drain, not maint: the health check keeps running and says whether Serf is right.
         out.append(Step("drain", name, "member failed",
                         (f"set server {be}/{name} state drain",)))
     for s in plan.add:
@@ -83,10 +85,12 @@ def steps(plan: Plan, settings: Settings, *, dynamic_cookies: bool) -> list[Step
     for a in plan.addrs:
         out.append(Step("addr", a.name, f"addr={a.addr}:{a.port}",
                         (f"set server {be}/{a.name} addr {a.addr} port {a.port}",)))
-    for name in plan.drain:
-        out.append(Step("drain", name, "member leaving", (f"set server {be}/{name} state drain",)))
+    for name in plan.maint:
+        # Maintenance: no new connection at all, cookie holders are redispatched, open
+        # sessions go on (no `shutdown sessions` until the removal).
+        out.append(Step("maint", name, "member leaving", (f"set server {be}/{name} state maint",)))
     for name in plan.remove:
-        out.append(Step("del", name, "drained", _removal(be, name)))
+        out.append(Step("del", name, "leave done", _removal(be, name)))
     return out
 
 

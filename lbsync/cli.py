@@ -53,7 +53,9 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--check-rise", "check_rise", int, "passed checks before UP"),
     ("--drain-timeout", "drain_timeout", str, "longest wait for a leaving server's sessions"),
     ("--failed-grace", "failed_grace", str,
-     "a failed member's server is out of rotation at once; its sessions are cut after this"),
+     "a failed member's server is drained at once; its sessions are cut no sooner than this"),
+    ("--failed-timeout", "failed_timeout", str,
+     "a failed member whose health check still passes keeps its sessions this long"),
     ("--resync-interval", "resync_interval", str, "full resync and reconcile period"),
     ("--poll-interval", "poll_interval", str, "Serf members poll period"),
     ("--reload-min-interval", "reload_min_interval", str, "least time between two reloads"),
@@ -65,8 +67,8 @@ _OPTIONS: list[tuple[str, str, Any, str]] = [
     ("--metrics-bind", "metrics_bind", str,
      "agent: serve Prometheus metrics on HOST:PORT/metrics ('' = off)"),
 ]
-_DURATIONS = {"check_inter", "drain_timeout", "failed_grace", "resync_interval",
-              "poll_interval", "reload_min_interval"}
+_DURATIONS = {"check_inter", "drain_timeout", "failed_grace", "failed_timeout",
+              "resync_interval", "poll_interval", "reload_min_interval"}
 
 
 def _envvar(flag: str) -> str:

@@ -48,7 +48,8 @@ _T = TypeVar("_T")
 # The registry's names for what the members poll sees; "member-leaving" is lbsync's own
 # (Serf's status `leaving`, before its member-leave).
 EVENT_TYPES = (*(str(k) for k in EventKind), "member-leaving")
-ACTIONS = ("add", "undrain", "drain", "del", "kill", "weight", "addr")  # apply.Step.action
+# apply.Step.action: maint is a leave, drain a failed member's first step.
+ACTIONS = ("add", "undrain", "maint", "drain", "del", "kill", "weight", "addr")
 RESULTS = ("ok", "error", "retry")
 STATES = ("UP", "DOWN", "DRAIN", "MAINT")  # ServerState.state_word
 REFUSAL_KINDS = ("name", "tags", "address", "port", "weight", "agent-port", "other")
@@ -196,9 +197,10 @@ class Metrics:
             "lbsync_reconcile_duration_seconds", "Time one reconcile pass took",
             buckets=PASS_BUCKETS, registry=r)
         self.ops = Counter(
-            "lbsync_runtime_ops", "Runtime API actions on one server (add, undrain, drain, "
-            "del, kill, weight, addr), by result (ok, error, retry: del while connections "
-            "are still attached)", ["op", "result"], registry=r)
+            "lbsync_runtime_ops", "Runtime API actions on one server (add, undrain, maint: "
+            "a leave, drain: a failed member, del, kill, weight, addr), by result (ok, "
+            "error, retry: del while connections are still attached)", ["op", "result"],
+            registry=r)
         self.refusals = Counter(
             "lbsync_refused_members", "Member inputs refused (each member and reason counted "
             "once), by kind of problem", ["reason"], registry=r)

@@ -107,6 +107,17 @@ class ServerState:
         return bool(self.admin_state & ADMIN_FDRAIN)
 
     @property
+    def forced_maint(self) -> bool:
+        """FMAINT: `set server ... state maint`, or an agent-check answering `maint` (HAProxy
+        sets the same bit for both, and clears FDRAIN with it)."""
+        return bool(self.admin_state & ADMIN_FMAINT)
+
+    @property
+    def out_of_rotation(self) -> bool:
+        """Forced into drain or maintenance: the two holds lbsync (or a node) can set."""
+        return self.draining or self.forced_maint
+
+    @property
     def up(self) -> bool:
         return self.op_state == OP_RUNNING and not self.in_maint
 
@@ -133,8 +144,8 @@ class DesiredState:
     """What the managed backend should hold, derived from members and settings."""
 
     servers: Mapping[str, Server]  # members that should serve
-    leaving: frozenset[str] = frozenset()  # graceful leave: drain, then remove
-    failed: frozenset[str] = frozenset()  # crashed: remove at once
+    leaving: frozenset[str] = frozenset()  # graceful leave: maintenance, then remove
+    failed: frozenset[str] = frozenset()  # Serf says failed: drain, remove once HAProxy agrees
     refused: tuple[Refusal, ...] = ()
     explicit_cookies: bool = False  # HAProxy 3.0+: cookie = node name on every server
     # How every valid member (leaving and failed ones too) is spelled as a server, so a
@@ -160,19 +171,19 @@ class Plan:
     """Runtime-API work that turns HAProxy's actual backend into the desired one."""
 
     add: tuple[Server, ...] = ()
-    undrain: tuple[str, ...] = ()  # lbsync drained it, but the member is back
-    drain: tuple[str, ...] = ()  # start a graceful drain
-    remove: tuple[str, ...] = ()  # drained (or drain timed out): maint, shutdown, del
-    suspect: tuple[str, ...] = ()  # failed member: drain now, kill after --failed-grace
-    kill: tuple[str, ...] = ()  # failed member past its grace: maint, shutdown, del
+    undrain: tuple[str, ...] = ()  # lbsync drained it or put it in maintenance; member is back
+    maint: tuple[str, ...] = ()  # member leaving: no new connection, sticky or not
+    remove: tuple[str, ...] = ()  # sessions ended (or --drain-timeout): maint, shutdown, del
+    suspect: tuple[str, ...] = ()  # failed member: drain now, kill once HAProxy agrees
+    kill: tuple[str, ...] = ()  # failed member, its check DOWN too (or --failed-timeout)
     weights: tuple[WeightUpdate, ...] = ()
     addrs: tuple[AddrUpdate, ...] = ()
     kept: tuple[str, ...] = ()  # removals held back so the backend is never emptied
-    waiting: tuple[str, ...] = ()  # still draining: come back later
+    waiting: tuple[str, ...] = ()  # out of rotation, sessions still open: come back later
 
     @property
     def empty(self) -> bool:
         return not (
-            self.add or self.undrain or self.drain or self.remove
+            self.add or self.undrain or self.maint or self.remove
             or self.suspect or self.kill or self.weights or self.addrs
         )

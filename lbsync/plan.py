@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from .model import (
-    ADMIN_FMAINT,
+    OP_RUNNING,
     AddrUpdate,
     DesiredState,
     Plan,
@@ -28,21 +28,36 @@ def make_plan(
     drain_started: Mapping[str, float],
     drain_timeout: float,
     applied_weights: Mapping[str, int],
-    drained_by_us: frozenset[str] = frozenset(),
+    held_by_us: frozenset[str] = frozenset(),
+    removing: frozenset[str] = frozenset(),
     failed_grace: float = 0.0,
+    failed_timeout: float = float("inf"),
 ) -> Plan:
-    """What to do now. Draining servers come back as `waiting` until they are empty.
+    """What to do now. Servers out of rotation come back as `waiting` until they are empty.
 
-    `drain_started` is when lbsync first saw each server draining; `applied_weights` the
-    weight lbsync last gave each server (an agent-check may move HAProxy's own figure,
-    and lbsync must not fight it). A drain or maintenance lbsync did not set (an operator's
-    `disable server`, a node's agent-check answering `drain`) is left alone: only drains
-    in `drained_by_us` are undone when their member comes back.
+    `drain_started` is when lbsync first saw each server out of rotation (drain or
+    maintenance); `applied_weights` the weight lbsync last gave each server (an
+    agent-check may move HAProxy's own figure, and lbsync must not fight it). A drain or
+    maintenance lbsync did not set (an operator's, a node's agent-check answering `maint`
+    while it stops) is left alone on a desired server: only holds in `held_by_us` are
+    undone when their member comes back.
 
-    A failed member's server is drained at once (`suspect`) and killed `failed_grace`
-    seconds later if sessions are still attached: Serf may report a leaving member failed
-    for a moment before its leave intent arrives, and the leave then gets a normal drain.
-    A crashed member's sessions end by themselves, so the grace costs a crash nothing.
+    A leaving member's server goes to maintenance, not drain: HAProxy's drain still sends
+    it every client that carries its cookie, maintenance redispatches them (`option
+    redispatch`) and keeps its open sessions. It is removed once those end, or after
+    `drain_timeout`. A server already in maintenance whose member is not desired waits the
+    same way, whoever set it (lbsync, or the node's own agent-check), unless it is in
+    `removing`: lbsync had sent its removal, and a half-done removal is finished.
+
+    A failed member's server is drained (`suspect`), not put in maintenance: maintenance
+    pauses HAProxy's health check, and the check is the second opinion lbsync waits for.
+    Serf alone may be wrong (gossip lost while HTTP flows, or a leaving member called
+    failed before its leave intent arrives), and a live member's sticky clients are best
+    served where their session is. Its sessions are cut (`kill`) only once `failed_grace`
+    has passed and HAProxy's check also says DOWN, or after `failed_timeout` whatever the
+    check says. A crash fails the check within a couple of intervals, and a crashed
+    member's sessions end by themselves (a server with none left is removed at once), so
+    a crash still costs no longer than before.
     """
     have = {s.name: s for s in actual}
     add: list[Server] = []
@@ -58,10 +73,10 @@ def make_plan(
             addrs.append(AddrUpdate(name, want.addr, want.port))
         if applied_weights.get(name, cur.iweight) != want.weight:
             weights.append(WeightUpdate(name, want.weight))
-        if cur.draining and name in drained_by_us:
+        if cur.out_of_rotation and name in held_by_us:
             undrain.append(name)
 
-    drain: list[str] = []
+    maint: list[str] = []
     remove: list[str] = []
     suspect: list[str] = []
     kill: list[str] = []
@@ -69,29 +84,34 @@ def make_plan(
     for name, cur in sorted(have.items()):
         if name in desired.servers:
             continue
-        # A failed member goes the way of a leaving one, with its own names and deadline.
-        failed = name in desired.failed
         since = now - drain_started.get(name, now)
-        if cur.admin_state & ADMIN_FMAINT:
-            remove.append(name)  # already out of rotation (an interrupted removal)
-        elif failed and failed_grace <= 0:
-            kill.append(name)
-        elif not cur.draining:
-            (suspect if failed else drain).append(name)
-        elif failed and since >= failed_grace:
-            kill.append(name)
-        elif cur.sessions == 0 or (not failed and since >= drain_timeout):
+        if cur.forced_maint and name in removing:
+            remove.append(name)  # an interrupted removal of lbsync's own
+        elif name in desired.failed:
+            # In maintenance the check is paused (op_state reads stopped): no second opinion.
+            check_down = not cur.forced_maint and cur.op_state != OP_RUNNING
+            if not cur.out_of_rotation:
+                suspect.append(name)
+            elif since >= failed_grace and (check_down or since >= failed_timeout):
+                kill.append(name)
+            elif cur.sessions == 0:
+                remove.append(name)
+            else:
+                waiting.append(name)
+        elif not cur.forced_maint:
+            maint.append(name)  # also a drained one: drain still takes its cookie holders
+        elif cur.sessions == 0 or since >= drain_timeout:
             remove.append(name)
         else:
             waiting.append(name)
 
-    going = set(drain) | set(remove) | set(suspect) | set(kill) | set(waiting)
+    going = set(maint) | set(remove) | set(suspect) | set(kill) | set(waiting)
     if going and not add and going >= have.keys():
         # Never empty the backend on one update: keep the last servers and let the health
         # checks mark them DOWN; a gossip glitch then costs nothing when it heals.
         return Plan(kept=tuple(sorted(going)))
     return Plan(
-        add=tuple(add), undrain=tuple(undrain), drain=tuple(drain),
+        add=tuple(add), undrain=tuple(undrain), maint=tuple(maint),
         remove=tuple(remove), suspect=tuple(suspect), kill=tuple(kill),
         weights=tuple(weights), addrs=tuple(addrs),
         waiting=tuple(waiting),
@@ -104,12 +124,13 @@ def servers_after(
 ) -> list[Server]:
     """The servers HAProxy holds once `plan` is applied: what haproxy.cfg must list.
 
-    Draining and kept servers stay in the file, so a reload in the middle of a drain keeps
-    them (the saved server state brings their drain flag back).
+    Servers still finishing their sessions, and kept ones, stay in the file, so a reload in
+    the middle of a leave keeps them (the saved server state brings their drain or
+    maintenance flag back).
     """
     have = {s.name: s for s in actual}
     out = dict(desired.servers)
-    for name in (*plan.kept, *plan.waiting, *plan.drain, *plan.suspect):
+    for name in (*plan.kept, *plan.waiting, *plan.maint, *plan.suspect):
         cur = have[name]
         spelled = desired.known.get(name)
         out[name] = Server(

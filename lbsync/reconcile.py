@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from . import memory
 from .apply import Outcome, ResponseCheck, Runtime, apply_steps, steps, still_attached
 from .desired import desired_state
 from .files import atomic_write, candidate_file
@@ -31,16 +32,20 @@ class Master(Protocol):
 
 @dataclass
 class Memory:
-    """What lbsync remembers between passes (lost on restart, and rebuilt from HAProxy)."""
+    """What lbsync remembers between passes. The first four survive a restart through the
+    memory file (lbsync.memory); the rest is rebuilt from HAProxy and the config."""
 
+    # When lbsync first saw each server out of rotation (monotonic): leaves time out from it.
     drain_started: dict[str, float] = field(default_factory=dict)
-    drained_by_us: set[str] = field(default_factory=set)
+    held_by_us: set[str] = field(default_factory=set)  # drains and maintenance lbsync set
+    removing: set[str] = field(default_factory=set)  # removals lbsync has sent
     applied_weights: dict[str, int] = field(default_factory=dict)
     running_structure: str | None = None  # structure hash of the config HAProxy runs
     last_reload: float = float("-inf")
     reloads: int = 0
     logged_refusals: set[Refusal] = field(default_factory=set)
     runtime_down: bool = False
+    saved: tuple[object, ...] | None = None  # what the memory file holds now
 
 
 @dataclass(frozen=True)
@@ -67,6 +72,7 @@ class Reconciler:
         version: tuple[int, int, int],
         check_config: Callable[[Path], None],
         response_error: ResponseCheck,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
         self.registry = registry
@@ -76,6 +82,11 @@ class Reconciler:
         self.check_config = check_config
         self.response_error = response_error
         self.mem = Memory()
+        self.wall = wall
+        self.memory_file = memory.memory_path(settings.state_file)
+        # Read now, merged at the first pass: its times convert to that pass's clock.
+        self._kept: memory.Kept | None = memory.read(self.memory_file)
+        self._save_failing = False
         # Per pass, for TickResult: set by write_config() and reload().
         self._problem: str | None = None
         self._reloaded = False
@@ -111,24 +122,36 @@ class Reconciler:
             log.info("runtime API reachable again")
             self.mem.runtime_down = False
 
+        if self._kept is not None:
+            self._restore(self._kept, now)
+            self._kept = None
         self._remember(actual, now)
         plan = make_plan(
             actual, desired, now=now, drain_started=self.mem.drain_started,
             drain_timeout=self.settings.drain_timeout,
             applied_weights=self.mem.applied_weights,
-            drained_by_us=frozenset(self.mem.drained_by_us),
+            held_by_us=frozenset(self.mem.held_by_us),
+            removing=frozenset(self.mem.removing),
             failed_grace=self.settings.failed_grace,
+            failed_timeout=self.settings.failed_timeout,
         )
         if plan.kept:
             log.warning("keeping servers=%s: removing them would empty backend %s",
                         ",".join(plan.kept), self.settings.backend)
+        if going := {*plan.remove, *plan.kill}:
+            # On disk before the commands: an agent stopped between `maint` and `del`
+            # finishes the removal when it starts again, and undoes it if the member is back.
+            self.mem.removing |= going
+            self.mem.held_by_us |= going
+            self.save_memory(now)
         outcomes = apply_steps(self.runtime, steps(plan, self.settings,
                                                    dynamic_cookies=not desired.explicit_cookies),
                                self.response_error)
         self._record(plan, outcomes, now)
+        self.save_memory(now)
         servers = servers_after(plan, actual, desired, self.mem.applied_weights)
         reload_waiting = self.write_config(servers, desired.explicit_cookies, now)
-        draining = bool(plan.waiting or plan.drain or plan.suspect)
+        draining = bool(plan.waiting or plan.maint or plan.suspect)
         refusals = [o for o in outcomes if o.error is not None and not still_attached(o)]
         problem = self._problem or (
             f"HAProxy refused {len(refusals)} command(s)" if refusals else None)
@@ -138,7 +161,7 @@ class Reconciler:
                           reloaded=self._reloaded, problem=problem)
 
     def _record(self, plan: Plan, outcomes: list[Outcome], now: float) -> None:
-        """Remember what HAProxy accepted: the weights lbsync gave, the drains it set."""
+        """Remember what HAProxy accepted: the weights lbsync gave, the holds it set."""
         new_weights = {a.name: a.weight for a in plan.add}
         new_weights |= {u.name: u.weight for u in plan.weights}
         for o in outcomes:
@@ -147,24 +170,73 @@ class Reconciler:
             name, action = o.step.server, o.step.action
             if action in ("add", "weight"):
                 self.mem.applied_weights[name] = new_weights[name]
-            elif action == "drain":
-                self.mem.drained_by_us.add(name)
-                self.mem.drain_started[name] = now  # --drain-timeout counts from here
+            elif action in ("maint", "drain"):
+                self.mem.held_by_us.add(name)
+                # The timeouts count from the first hold: a suspect that then leaves
+                # keeps its start.
+                self.mem.drain_started.setdefault(name, now)
             elif action == "undrain":
-                self.mem.drained_by_us.discard(name)
+                self.mem.held_by_us.discard(name)
+                self.mem.removing.discard(name)
             elif action in ("del", "kill"):
-                self.mem.drained_by_us.discard(name)
-                self.mem.applied_weights.pop(name, None)
-                self.mem.drain_started.pop(name, None)
+                self._forget(name)
+
+    def _forget(self, name: str) -> None:
+        self.mem.held_by_us.discard(name)
+        self.mem.removing.discard(name)
+        self.mem.applied_weights.pop(name, None)
+        self.mem.drain_started.pop(name, None)
 
     def _remember(self, actual: list[ServerState], now: float) -> None:
-        draining = {s.name for s in actual if s.draining}
-        for name in draining - self.mem.drain_started.keys():
+        out = {s.name for s in actual if s.out_of_rotation}
+        for name in out - self.mem.drain_started.keys():
             self.mem.drain_started[name] = now
-        for name in self.mem.drain_started.keys() - draining:
+        for name in self.mem.drain_started.keys() - out:
             del self.mem.drain_started[name]
+        # A hold HAProxy no longer shows (set ready, or the server deleted by someone else)
+        # is no longer lbsync's: a later hold by an operator must not be undone as ours.
+        self.mem.held_by_us &= out
+        self.mem.removing &= out
+        names = {s.name for s in actual}
+        for name in self.mem.applied_weights.keys() - names:
+            del self.mem.applied_weights[name]
         for s in actual:
             self.mem.applied_weights.setdefault(s.name, s.iweight)
+
+    def _restore(self, kept: memory.Kept, now: float) -> None:
+        """Merge what a previous agent left; its wall-clock times onto this pass's clock."""
+        wall = self.wall()
+        for name, since in kept.out_since.items():
+            self.mem.drain_started[name] = now - max(0.0, wall - since)
+        self.mem.held_by_us |= kept.held_by_us
+        self.mem.removing |= kept.removing
+        self.mem.applied_weights.update(kept.applied_weights)
+        if kept != memory.Kept():
+            log.info("memory file %s: holds=%s removing=%s", self.memory_file,
+                     ",".join(sorted(kept.held_by_us)) or "-",
+                     ",".join(sorted(kept.removing)) or "-")
+
+    def save_memory(self, now: float) -> None:
+        """Write the memory file when its content changed; a failure is warned about once
+        in a row (lbsync goes on, and only a restart would lose what it holds)."""
+        m = self.mem
+        snapshot = (sorted(m.drain_started.items()), sorted(m.held_by_us), sorted(m.removing),
+                    sorted(m.applied_weights.items()))
+        if snapshot == m.saved:
+            return
+        wall = self.wall()
+        kept = memory.Kept({n: wall - (now - t) for n, t in m.drain_started.items()},
+                           frozenset(m.held_by_us), frozenset(m.removing),
+                           dict(m.applied_weights))
+        try:
+            memory.write(self.memory_file, kept)
+        except OSError as e:
+            if not self._save_failing:
+                log.error("cannot write memory file %s (retrying): %s", self.memory_file, e)
+            self._save_failing = True
+            return
+        self._save_failing = False
+        m.saved = tuple(snapshot)
 
     def render(self, servers: list[Server], explicit_cookies: bool) -> str:
         return render_haproxy(self.template_label, self.template_source, self.settings,

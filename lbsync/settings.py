@@ -96,6 +96,10 @@ class Settings:
     # Serf can call a leaving member failed for a moment before its leave intent arrives:
     # a failed member's server leaves rotation at once, its sessions are cut only after this.
     failed_grace: float = 2.0
+    # Serf's word alone does not cut sessions: past the grace, a failed member's sessions
+    # are cut once HAProxy's own check says DOWN too, or after this whatever the check says
+    # (gossip lost while the member still serves).
+    failed_timeout: float = 60.0
     resync_interval: float = 10.0
     poll_interval: float = 0.1
     reload_min_interval: float = 5.0
@@ -137,6 +141,7 @@ class Settings:
                 raise SettingsError(f"{what}: must be more than 0")
         for what, seconds in (("--drain-timeout", self.drain_timeout),
                               ("--failed-grace", self.failed_grace),
+                              ("--failed-timeout", self.failed_timeout),
                               ("--reload-min-interval", self.reload_min_interval)):
             if seconds < 0:
                 raise SettingsError(f"{what}: cannot be negative")

@@ -1,7 +1,8 @@
 """Drift between the three views of the fleet: Serf, HAProxy and haproxy.cfg (pure).
 
 It reuses the plan: if lbsync would still do something for a server, that server has
-drifted; a server that is only draining (or kept so the backend is not emptied) has not.
+drifted; a server that only waits for its sessions (or is kept so the backend is not
+emptied) has not.
 """
 
 from __future__ import annotations
@@ -53,27 +54,35 @@ def status_rows(
         actual, desired, now=0.0, drain_started={}, drain_timeout=float("inf"),
         # Weights move with agent-checks; status compares membership, not weights.
         applied_weights={n: s.weight for n, s in desired.servers.items()},
+        # No clock here: a failed member whose check still passes waits (not drift), one
+        # whose check says DOWN too should be gone (drift).
+        failed_timeout=float("inf"),
     )
     notes: dict[str, tuple[str, bool]] = {}
     for s in plan.add:
         notes[s.name] = ("member is alive but not in HAProxy", True)
     for label, group, drift in (
         ("draining although alive", plan.undrain, True),
-        ("leaving but not drained", plan.drain, True),
+        ("leaving but not in maintenance", plan.maint, True),
         ("drained but not removed", plan.remove, True),
         ("failed but still in HAProxy", (*plan.suspect, *plan.kill), True),
-        ("draining", plan.waiting, False),
+        ("leaving: waiting for its sessions to end", plan.waiting, False),
         ("kept: the last servers of the backend", plan.kept, False),
     ):
         for name in group:
             notes[name] = (label, drift)
+    for name in plan.waiting:
+        if name in desired.failed:
+            notes[name] = ("failed in Serf, HAProxy's check passes: sessions kept "
+                           "(at most --failed-timeout)", False)
     for name in plan.kept:
         if name not in members:  # e.g. a restarted Serf agent that lost its member list
             notes[name] = ("Serf does not know it; kept: the last servers of the backend", True)
     for a in plan.addrs:
         notes[a.name] = (f"HAProxy has another address than {a.addr}:{a.port}", True)
     for cur in actual:
-        # lbsync leaves an operator's maintenance or a node's own drain alone: not drift.
+        # lbsync leaves an operator's hold, or the one a stopping node's agent-check set
+        # (`maint`), alone: not drift.
         if cur.name in desired.servers and cur.name not in notes and (
                 cur.in_maint or cur.draining):
             what = "maintenance" if cur.in_maint else "draining"

@@ -2,11 +2,19 @@
 
 HAProxy connects to `agent-port` every `agent-inter`, reads a line such as `up 75%` and
 closes (configuration manual, `agent-check`). A percentage scales the server's configured
-weight; `drain` stops new sessions except persistent ones.
+weight.
 
-The reply never says `ready` (nor `maint`): HAProxy applies `ready` by clearing the same
-forced drain and maintenance flags lbsync sets through the Runtime API, so an agent that
-said `ready` on every check would undo lbsync's own drain of a leaving node.
+While the node stops, the answer is `maint`, not `drain`: HAProxy's drain still sends
+every client carrying the node's cookie there, maintenance sends them to another server
+(`option redispatch`) and lets the open sessions finish. HAProxy sets the same bit for it
+(SRV_ADMF_FMAINT) as for `set server ... state maint`, and the agent-check keeps running in
+maintenance (only the health check pauses), so the agent can take it back.
+
+It takes it back with `ready`, and only for READY_FOR seconds after `resume()`: `ready`
+clears the forced drain and maintenance flags whoever set them, so an agent that said it on
+every check would undo lbsync's own hold of a leaving node, or an operator's. The sidecar
+resumes when the node says ready=1, which also clears a `maint` left behind by a sidecar
+that was stopped (killed) in the middle of its stop.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ import contextlib
 import socket
 import socketserver
 import threading
+import time
 from collections.abc import Callable
 from typing import Protocol
 
@@ -24,14 +33,18 @@ from ..model import LbsyncError
 
 MIN_WEIGHT_PERCENT = 10  # a busy node still gets some traffic, and never weight 0 (= drain)
 MAX_WEIGHT_PERCENT = 100
+# How long `ready` is said after resume(): several agent-inter (lbsync's is --check-inter,
+# 1 s), so at least one check reads it.
+READY_FOR = 10.0
 
 
-def agent_reply(idle_percent: float, draining: bool) -> str:
-    """The line HAProxy reads: `drain` while shutting down, else `up N%` (N = CPU idle)."""
-    if draining:
-        return "drain\n"
+def agent_reply(idle_percent: float, stopping: bool, undo: bool = False) -> str:
+    """The line HAProxy reads: `maint` while stopping, else `up N%` (N = CPU idle), with
+    `ready` first while a stop's maintenance is being undone."""
+    if stopping:
+        return "maint\n"
     weight = min(MAX_WEIGHT_PERCENT, max(MIN_WEIGHT_PERCENT, round(idle_percent)))
-    return f"up {weight}%\n"
+    return f"ready up {weight}%\n" if undo else f"up {weight}%\n"
 
 
 class IdleSource(Protocol):
@@ -115,22 +128,27 @@ class _Handler(socketserver.BaseRequestHandler):
 
 
 class AgentCheck:
-    """The agent-check TCP server: `start()`, `drain()` at shutdown, `close()`."""
+    """The agent-check TCP server: `start()`, `resume()` once serving, `maint()` at the
+    stop, `close()`."""
 
-    def __init__(self, host: str, port: int, idle: IdleSource | None = None) -> None:
+    def __init__(self, host: str, port: int, idle: IdleSource | None = None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.host = host
         self.port = port
         self.idle: IdleSource = idle or CpuIdle()
-        self._draining = threading.Event()
+        self.clock = clock
+        self._stopping = threading.Event()
+        self._ready_until = float("-inf")
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
     @property
-    def draining(self) -> bool:
-        return self._draining.is_set()
+    def stopping(self) -> bool:
+        return self._stopping.is_set()
 
     def reply(self) -> str:
-        return agent_reply(self.idle.percent, self.draining)
+        return agent_reply(self.idle.percent, self.stopping,
+                           undo=self.clock() < self._ready_until)
 
     def start(self) -> None:
         server_class = _Server6 if ":" in self.host else _Server
@@ -147,8 +165,15 @@ class AgentCheck:
                                         name="agent-check", daemon=True)
         self._thread.start()
 
-    def drain(self) -> None:
-        self._draining.set()
+    def maint(self) -> None:
+        """The node stops: no new connection, sticky or not."""
+        self._stopping.set()
+
+    def resume(self) -> None:
+        """The node serves (again): say `ready` for READY_FOR seconds, undoing a `maint`
+        this node's agent set before (a stop that did not finish)."""
+        self._stopping.clear()
+        self._ready_until = self.clock() + READY_FOR
 
     def close(self) -> None:
         if self._server is not None:

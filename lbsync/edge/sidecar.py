@@ -3,8 +3,10 @@ serves, and leave it without cutting anyone off.
 
 Start: wait for the local Serf agent, tag this node `role=edge port=... ready=0`, answer
 HAProxy's agent-check, and once `GET /info` answers 200 set `ready=1` (the load balancer
-adds a member only then). Stop (SIGTERM/SIGINT only set a flag): the agent-check answers
-`drain` and the tag turns `ready=0`, so HAProxy sends no new sessions; wait until no
+adds a member only then; the agent-check then says `ready` for a few seconds, taking back
+a `maint` a stop that did not finish left behind). Stop (SIGTERM/SIGINT only set a flag):
+the agent-check answers `maint` and the tag turns `ready=0`, so HAProxy sends no new
+session, not even a client with this node's cookie (drain would); wait until no
 connection is left on the service port (or `--drain-timeout`); `serf leave`; give the load
 balancer a second to remove the server; then run `--stop-command` (how the supervisor
 stops Crossbar). One log line per step, with its duration.
@@ -109,7 +111,8 @@ class Agent(Protocol):
     """The agent-check server (lbsync.edge.agentcheck.AgentCheck)."""
 
     def start(self) -> None: ...
-    def drain(self) -> None: ...
+    def maint(self) -> None: ...
+    def resume(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -225,6 +228,7 @@ class Sidecar:
                 log.info("http://%s/info answers 200 after %.1f s", self.config.where,
                          fx.clock.now() - t0)
                 self._ready = True
+                fx.agent.resume()
                 tagged = self._try_tags()
             self._sleep_unless_stopped(POLL)
 
@@ -314,12 +318,12 @@ class Sidecar:
     def _shut_down(self) -> bool:
         c, fx = self.config, self.fx
         log.info("stop requested: draining")
-        fx.agent.drain()
+        fx.agent.maint()
         ok = True
         self._ready = False
         if self._serf is not None:
             ok = self._serf_step("setting ready=0", lambda: self._set_tags(
-                "agent-check answers drain; tags set"))
+                "agent-check answers maint; tags set"))
             self._wait_drained()
             t0 = fx.clock.now()
             if self._serf_step("serf leave", self._leave):

@@ -68,7 +68,8 @@ def test_add_ends_ready_and_never_enables_before_health_is_down() -> None:
 
 def test_dynamic_cookie_command_only_in_dynamic_mode() -> None:
     plan = Plan(add=(Server("a", "10.0.0.1", 80),), undrain=("c",),
-                drain=("d",), remove=("e",), kill=("f",), weights=(WeightUpdate("g", 1),),
+                maint=("d",), suspect=("s",), remove=("e",), kill=("f",),
+                weights=(WeightUpdate("g", 1),),
                 addrs=(AddrUpdate("h", "10.0.0.2", 81),))
     dynamic = [c for s in steps(plan, S, dynamic_cookies=True) for c in s.commands]
     explicit = [c for s in steps(plan, S, dynamic_cookies=False) for c in s.commands]
@@ -88,8 +89,14 @@ def test_undrain() -> None:
     assert cmds(Plan(undrain=("a",))) == [("undrain", "a", ("set server web/a state ready",))]
 
 
-def test_drain() -> None:
-    assert cmds(Plan(drain=("a",))) == [("drain", "a", ("set server web/a state drain",))]
+def test_leave_is_maintenance_not_drain() -> None:
+    # Drain would still take the clients with the server's cookie; no `shutdown sessions`.
+    assert cmds(Plan(maint=("a",))) == [("maint", "a", ("set server web/a state maint",))]
+
+
+def test_suspect_is_drained() -> None:
+    # Not maint: maintenance pauses the health check the kill waits for.
+    assert cmds(Plan(suspect=("a",))) == [("drain", "a", ("set server web/a state drain",))]
 
 
 REMOVAL = ("set server web/a state maint", "shutdown sessions server web/a", "del server web/a")
@@ -115,19 +122,20 @@ def test_addr() -> None:
 
 def test_order_kill_first_then_add_then_the_rest() -> None:
     plan = Plan(
-        remove=("r",), drain=("d",), addrs=(AddrUpdate("ad", "10.0.0.3", 1),),
+        remove=("r",), maint=("d",), addrs=(AddrUpdate("ad", "10.0.0.3", 1),),
         weights=(WeightUpdate("w", 5),), undrain=("u",),
         add=(Server("n1", "10.0.0.1", 80), Server("n2", "10.0.0.2", 80)), kill=("k1", "k2"),
     )
     assert [(s.action, s.server) for s in steps(plan, S, dynamic_cookies=False)] == [
         ("kill", "k1"), ("kill", "k2"), ("add", "n1"), ("add", "n2"),
-        ("undrain", "u"), ("weight", "w"), ("addr", "ad"), ("drain", "d"), ("del", "r"),
+        ("undrain", "u"), ("weight", "w"), ("addr", "ad"), ("maint", "d"), ("del", "r"),
     ]
 
 
 def test_every_command_names_the_configured_backend() -> None:
     plan = Plan(add=(Server("a", "10.0.0.1", 80),), undrain=("c",),
-                drain=("d",), remove=("e",), kill=("f",), weights=(WeightUpdate("g", 1),),
+                maint=("d",), suspect=("s",), remove=("e",), kill=("f",),
+                weights=(WeightUpdate("g", 1),),
                 addrs=(AddrUpdate("h", "10.0.0.2", 81),))
     for s in steps(plan, S, dynamic_cookies=True):
         for c in s.commands:
@@ -168,7 +176,7 @@ def test_apply_nothing_sends_nothing() -> None:
 
 
 def test_apply_sends_one_batch_in_order_and_all_succeed() -> None:
-    plan = Plan(kill=("k",), add=(Server("n", "10.0.0.1", 80),), drain=("d",))
+    plan = Plan(kill=("k",), add=(Server("n", "10.0.0.1", 80),), maint=("d",))
     todo = steps(plan, S, dynamic_cookies=True)
     rt = FakeRuntime({add_cmd(Server("n", "10.0.0.1", 80)):
                       "New server registered.", "del server web/k": "Server deleted."})
@@ -178,13 +186,13 @@ def test_apply_sends_one_batch_in_order_and_all_succeed() -> None:
 
 
 def test_apply_attributes_errors_to_the_right_step() -> None:
-    plan = Plan(kill=("k",), add=(Server("n", "10.0.0.1", 80),), drain=("d",),
+    plan = Plan(kill=("k",), add=(Server("n", "10.0.0.1", 80),), maint=("d",),
                 remove=("r",))
     todo = steps(plan, S, dynamic_cookies=False)
     rt = FakeRuntime({
         "del server web/k": "Server deleted.",
         add_cmd(Server("n", "10.0.0.1", 80)): "New server registered.",
-        "set server web/d state drain": "No such server.",
+        "set server web/d state maint": "No such server.",
         "shutdown sessions server web/r": "Require 'server' in maintenance.",
         "del server web/r": "Server still has connections attached to it, cannot remove it.",
     })
@@ -193,7 +201,7 @@ def test_apply_attributes_errors_to_the_right_step() -> None:
     assert by_action == {
         "kill": None,
         "add": None,
-        "drain": "'set server web/d state drain': No such server.",
+        "maint": "'set server web/d state maint': No such server.",
         # The first failing command of a step is the one reported.
         "del": "'shutdown sessions server web/r': Require 'server' in maintenance.",
     }
@@ -216,13 +224,13 @@ def test_apply_failed_add_does_not_taint_the_next_step() -> None:
 
 
 def test_apply_logs_one_line_per_step(caplog: pytest.LogCaptureFixture) -> None:
-    todo = steps(Plan(drain=("d",), remove=("r",)), S, dynamic_cookies=False)
+    todo = steps(Plan(maint=("d",), remove=("r",)), S, dynamic_cookies=False)
     rt = FakeRuntime({"del server web/r": "Server deleted.",
-                      "set server web/d state drain": "No such server."})
+                      "set server web/d state maint": "No such server."})
     with caplog.at_level(logging.INFO, logger="lbsync.apply"):
         apply_steps(rt, todo, fake_response_error)
     records = [r for r in caplog.records if r.name == "lbsync.apply"]
     assert [r.levelno for r in records] == [logging.ERROR, logging.INFO]
-    assert "drain server=d" in records[0].getMessage()
+    assert "maint server=d member leaving" in records[0].getMessage()
     assert "No such server." in records[0].getMessage()
-    assert records[1].getMessage().startswith("del server=r drained took=")
+    assert records[1].getMessage().startswith("del server=r leave done took=")

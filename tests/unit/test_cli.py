@@ -110,6 +110,8 @@ def test_unknown_command_is_a_usage_error() -> None:
         (["--check-inter", "0"], "--check-inter"),
         (["--drain-timeout", "5h"], "--drain-timeout"),
         (["--failed-grace", "-1s"], "--failed-grace"),
+        (["--failed-timeout", "-1s"], "--failed-timeout"),
+        (["--failed-timeout", "soon"], "--failed-timeout"),
         (["--allow-cidr", "300.0.0.0/8"], "--allow-cidr"),
         (["--backend", "a b"], "--backend"),
         (["--role", "a;b"], "--role"),
@@ -272,6 +274,7 @@ def test_the_auth_key_itself_wins_over_its_file(tmp_path: Path) -> None:
         ({"LBSYNC_CHECK_INTER": "abc"}, "--check-inter"),
         ({"LBSYNC_ALLOW_CIDR": "300.0.0.0/8"}, "--allow-cidr"),
         ({"LBSYNC_BACKEND": "a b"}, "--backend"),
+        ({"LBSYNC_FAILED_TIMEOUT": "-5s"}, "--failed-timeout"),
     ],
 )
 def test_env_vars_are_read_and_checked(tmp_path: Path, env: dict[str, str],

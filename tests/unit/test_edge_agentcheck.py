@@ -7,7 +7,13 @@ import time
 
 import pytest
 
-from lbsync.edge.agentcheck import AgentCheck, AgentCheckError, CpuIdle, agent_reply
+from lbsync.edge.agentcheck import (
+    READY_FOR,
+    AgentCheck,
+    AgentCheckError,
+    CpuIdle,
+    agent_reply,
+)
 
 
 @pytest.mark.parametrize(("idle", "reply"), [
@@ -15,20 +21,22 @@ from lbsync.edge.agentcheck import AgentCheck, AgentCheckError, CpuIdle, agent_r
     (3.0, "up 10%\n"), (0.0, "up 10%\n"), (120.0, "up 100%\n"),
 ])
 def test_weight_is_cpu_idle_clamped(idle: float, reply: str) -> None:
-    assert agent_reply(idle, draining=False) == reply
+    assert agent_reply(idle, stopping=False) == reply
 
 
 @pytest.mark.parametrize("idle", [0.0, 50.0, 100.0])
-def test_draining_says_drain_whatever_the_load(idle: float) -> None:
-    assert agent_reply(idle, draining=True) == "drain\n"
+def test_stopping_says_maint_whatever_the_load(idle: float) -> None:
+    # Not `drain`: HAProxy's drain still takes the clients that carry the node's cookie.
+    assert agent_reply(idle, stopping=True) == "maint\n"
+    assert agent_reply(idle, stopping=True, undo=True) == "maint\n"
 
 
-def test_never_says_ready_or_maint() -> None:
-    # `ready` would clear the drain and maintenance lbsync sets through the Runtime API.
+def test_says_ready_only_while_undoing() -> None:
+    # `ready` clears the drain and maintenance lbsync (or an operator) set too.
     for idle in range(0, 101, 5):
-        for draining in (False, True):
-            words = agent_reply(idle, draining).split()
-            assert "ready" not in words and "maint" not in words
+        assert "ready" not in agent_reply(idle, stopping=False).split()
+        assert "ready" not in agent_reply(idle, stopping=True).split()
+    assert agent_reply(42.0, stopping=False, undo=True) == "ready up 42%\n"
 
 
 class FixedIdle:
@@ -60,14 +68,31 @@ def test_server_answers_one_line_then_closes() -> None:
         assert read_line(agent.port) == b"up 42%\n"
         idle.percent = 90.0
         assert read_line(agent.port) == b"up 90%\n"
-        agent.drain()
-        assert agent.draining
-        assert read_line(agent.port) == b"drain\n"
+        agent.maint()
+        assert agent.stopping
+        assert read_line(agent.port) == b"maint\n"
     finally:
         agent.close()
     assert idle.stopped
     with pytest.raises(OSError):
         read_line(agent.port)
+
+
+def test_resume_says_ready_for_a_while_then_up_again() -> None:
+    now = [100.0]
+    agent = AgentCheck("127.0.0.1", 0, FixedIdle(50.0), clock=lambda: now[0])
+    agent.maint()
+    assert agent.reply() == "maint\n"
+    agent.resume()
+    assert not agent.stopping
+    assert agent.reply() == "ready up 50%\n"
+    now[0] += READY_FOR - 0.1
+    assert agent.reply() == "ready up 50%\n"
+    now[0] += 0.1
+    assert agent.reply() == "up 50%\n"
+    agent.resume()
+    agent.maint()  # a stop within the window: maint wins
+    assert agent.reply() == "maint\n"
 
 
 def test_port_in_use_is_one_clear_error() -> None:

@@ -25,7 +25,6 @@ from lbsync.metrics import (
     refusal_kind,
 )
 from lbsync.model import (
-    ADMIN_FDRAIN,
     ADMIN_FMAINT,
     OP_RUNNING,
     OP_STOPPED,
@@ -202,12 +201,12 @@ def test_fleet_view_counts_states_statuses_and_drift() -> None:
                "c": edge("c", "10.0.0.3", MemberStatus.LEFT),
                "lb": Member("lb", "10.0.0.9", {"role": "lb"})}
     actual = [st("a"), st("b", addr="10.0.0.2", op=OP_STOPPED),
-              st("c", addr="10.0.0.3", admin=ADMIN_FDRAIN, sessions=1)]
+              st("c", addr="10.0.0.3", admin=ADMIN_FMAINT, op=OP_STOPPED, sessions=1)]
     view = fleet_view(members, actual, config_with("a", "b", "c"), S, V)
-    assert view.servers == {"UP": 1, "DOWN": 1, "DRAIN": 1, "MAINT": 0}
+    assert view.servers == {"UP": 1, "DOWN": 1, "DRAIN": 0, "MAINT": 1}
     assert view.members == {"alive": 3, "leaving": 0, "left": 1, "failed": 0, "none": 0}
-    assert view.drift == 0  # c drains its last session: lbsync is at work, not drifting
-    actual[2] = st("c", addr="10.0.0.3", admin=ADMIN_FDRAIN)  # drained but still there
+    assert view.drift == 0  # c's last session ends: lbsync is at work, not drifting
+    actual[2] = st("c", addr="10.0.0.3", admin=ADMIN_FMAINT)  # no session, still there
     assert fleet_view(members, actual, config_with("a", "b", "c"), S, V).drift == 1
 
 

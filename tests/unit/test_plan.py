@@ -44,10 +44,12 @@ def want(*servers: Server, leaving: Sequence[str] = (), failed: Sequence[str] = 
 def plan(actual: Sequence[ServerState], desired: DesiredState, *, now: float = 100.0,
          drain_started: Mapping[str, float] | None = None, drain_timeout: float = 30.0,
          applied_weights: Mapping[str, int] | None = None,
-         drained_by_us: frozenset[str] = frozenset(), failed_grace: float = 0.0) -> Plan:
+         held_by_us: frozenset[str] = frozenset(), removing: frozenset[str] = frozenset(),
+         failed_grace: float = 0.0, failed_timeout: float = 60.0) -> Plan:
     return make_plan(actual, desired, now=now, drain_started=drain_started or {},
                      drain_timeout=drain_timeout, applied_weights=applied_weights or {},
-                     drained_by_us=drained_by_us, failed_grace=failed_grace)
+                     held_by_us=held_by_us, removing=removing, failed_grace=failed_grace,
+                     failed_timeout=failed_timeout)
 
 
 KEEPER = st("keeper", "10.0.0.9")
@@ -85,80 +87,109 @@ def test_adds_are_sorted_by_name() -> None:
 # --- graceful leave ----------------------------------------------------------------------
 
 
-def test_leave_starts_a_drain() -> None:
+def test_leave_puts_the_server_in_maintenance() -> None:
+    # Not drain: HAProxy's drain still sends it the clients that carry its cookie.
     p = plan([KEEPER, st("a")], want(KEEPER_SRV, leaving=["a"]))
-    assert p == Plan(drain=("a",))
+    assert p == Plan(maint=("a",))
 
 
-def test_unknown_server_in_haproxy_is_drained() -> None:
+def test_unknown_server_in_haproxy_is_put_in_maintenance() -> None:
     # Neither desired nor leaving nor failed: e.g. added by hand, or a reaped member.
     p = plan([KEEPER, st("stranger")], want(KEEPER_SRV))
-    assert p == Plan(drain=("stranger",))
+    assert p == Plan(maint=("stranger",))
 
 
-def test_draining_with_sessions_waits() -> None:
+def test_a_drained_leaving_server_goes_to_maintenance_too() -> None:
+    # Drained by a node's older agent-check, an operator, or as a suspect before its
+    # leave intent arrived: its cookie holders still land there until it is in maint.
     p = plan([KEEPER, st("a", admin=ADMIN_FDRAIN, sessions=3)], want(KEEPER_SRV, leaving=["a"]),
-             now=110.0, drain_started={"a": 100.0}, drain_timeout=30.0)
+             now=110.0, drain_started={"a": 100.0})
+    assert p == Plan(maint=("a",))
+
+
+def test_maintenance_with_sessions_waits() -> None:
+    p = plan([KEEPER, st("a", admin=ADMIN_FMAINT, op=OP_STOPPED, sessions=3)],
+             want(KEEPER_SRV, leaving=["a"]), now=110.0, drain_started={"a": 100.0},
+             held_by_us=frozenset({"a"}))
     assert p == Plan(waiting=("a",))
     assert p.empty  # waiting is not work
 
 
-def test_draining_without_sessions_is_removed() -> None:
-    p = plan([KEEPER, st("a", admin=ADMIN_FDRAIN, sessions=0)], want(KEEPER_SRV, leaving=["a"]),
-             now=101.0, drain_started={"a": 100.0})
+@pytest.mark.parametrize("held", [frozenset({"a"}), frozenset()])
+def test_maintenance_without_sessions_is_removed(held: frozenset[str]) -> None:
+    p = plan([KEEPER, st("a", admin=ADMIN_FMAINT, sessions=0)], want(KEEPER_SRV, leaving=["a"]),
+             now=101.0, drain_started={"a": 100.0}, held_by_us=held)
     assert p == Plan(remove=("a",))
 
 
 @pytest.mark.parametrize(("now", "removed"), [(129.9, False), (130.0, True), (500.0, True)])
 def test_drain_timeout_removes_despite_sessions(now: float, removed: bool) -> None:
-    p = plan([KEEPER, st("a", admin=ADMIN_FDRAIN, sessions=7)], want(KEEPER_SRV, leaving=["a"]),
+    p = plan([KEEPER, st("a", admin=ADMIN_FMAINT, sessions=7)], want(KEEPER_SRV, leaving=["a"]),
              now=now, drain_started={"a": 100.0}, drain_timeout=30.0)
     assert p == (Plan(remove=("a",)) if removed else Plan(waiting=("a",)))
 
 
-def test_drain_with_unknown_start_waits_from_now() -> None:
-    p = plan([KEEPER, st("a", admin=ADMIN_FDRAIN, sessions=1)], want(KEEPER_SRV, leaving=["a"]),
+def test_leave_with_unknown_start_waits_from_now() -> None:
+    p = plan([KEEPER, st("a", admin=ADMIN_FMAINT, sessions=1)], want(KEEPER_SRV, leaving=["a"]),
              now=1e9, drain_started={}, drain_timeout=30.0)
     assert p.waiting == ("a",)
 
 
-def test_leaving_server_already_in_maintenance_is_removed() -> None:
-    # An interrupted removal: set to maint, then lbsync stopped before `del server`.
-    p = plan([KEEPER, st("a", admin=ADMIN_FMAINT, sessions=4)], want(KEEPER_SRV, leaving=["a"]))
+def test_maintenance_set_by_the_leaving_node_itself_waits_like_lbsyncs() -> None:
+    # A stopping node's agent-check answers `maint` before its `serf leave`: the same
+    # FMAINT bit, not lbsync's, and its sessions are not cut for it.
+    p = plan([KEEPER, st("a", admin=ADMIN_FMAINT, op=OP_STOPPED, sessions=4)],
+             want(KEEPER_SRV, leaving=["a"]))
+    assert p == Plan(waiting=("a",))
+
+
+def test_a_removal_lbsync_had_started_is_finished() -> None:
+    # `maint` + `shutdown sessions` went out, `del server` was refused (connections not yet
+    # freed) or lbsync stopped before it.
+    p = plan([KEEPER, st("a", admin=ADMIN_FMAINT, sessions=4)], want(KEEPER_SRV, leaving=["a"]),
+             removing=frozenset({"a"}), held_by_us=frozenset({"a"}))
     assert p == Plan(remove=("a",))
 
 
 # --- failure -----------------------------------------------------------------------------
 
 
-def test_failed_is_killed_at_once_even_with_sessions() -> None:
+def test_failed_is_drained_first_even_without_a_grace() -> None:
+    # Serf's word alone does not cut sessions.
     p = plan([KEEPER, st("a", sessions=50)], want(KEEPER_SRV, failed=["a"]))
-    assert p == Plan(kill=("a",))
-
-
-def test_failed_while_draining_is_killed() -> None:
-    p = plan([KEEPER, st("a", admin=ADMIN_FDRAIN, sessions=5)], want(KEEPER_SRV, failed=["a"]),
-             drain_started={"a": 99.0})
-    assert p == Plan(kill=("a",))
-
-
-def test_failed_with_a_grace_is_drained_first() -> None:
-    # Out of rotation at once; its sessions are not cut yet.
-    p = plan([KEEPER, st("a", sessions=50)], want(KEEPER_SRV, failed=["a"]), failed_grace=2.0)
     assert p == Plan(suspect=("a",))
     assert not p.empty
 
 
+def test_failed_with_its_check_down_is_killed_at_once_without_a_grace() -> None:
+    p = plan([KEEPER, st("a", admin=ADMIN_FDRAIN, op=OP_STOPPED, sessions=5)],
+             want(KEEPER_SRV, failed=["a"]), drain_started={"a": 100.0})
+    assert p == Plan(kill=("a",))
+
+
 def test_failed_within_its_grace_waits_for_its_sessions() -> None:
-    p = plan([KEEPER, st("a", admin=ADMIN_FDRAIN, sessions=5)], want(KEEPER_SRV, failed=["a"]),
-             now=100.0, drain_started={"a": 99.0}, failed_grace=2.0)
+    p = plan([KEEPER, st("a", admin=ADMIN_FDRAIN, op=OP_STOPPED, sessions=5)],
+             want(KEEPER_SRV, failed=["a"]), now=100.0, drain_started={"a": 99.0},
+             failed_grace=2.0)
     assert p == Plan(waiting=("a",))
 
 
-def test_failed_past_its_grace_is_killed() -> None:
-    p = plan([KEEPER, st("a", admin=ADMIN_FDRAIN, sessions=5)], want(KEEPER_SRV, failed=["a"]),
-             now=101.0, drain_started={"a": 99.0}, failed_grace=2.0)
+def test_failed_past_its_grace_with_its_check_down_is_killed() -> None:
+    # A crash or a real partition: HAProxy's check agrees within fall x inter.
+    p = plan([KEEPER, st("a", admin=ADMIN_FDRAIN, op=OP_STOPPED, sessions=5)],
+             want(KEEPER_SRV, failed=["a"]), now=101.0, drain_started={"a": 99.0},
+             failed_grace=2.0)
     assert p == Plan(kill=("a",))
+
+
+@pytest.mark.parametrize(("now", "killed"), [(101.0, False), (158.9, False), (159.0, True)])
+def test_failed_with_its_check_passing_keeps_its_sessions_until_the_failed_timeout(
+        now: float, killed: bool) -> None:
+    # Gossip lost while HTTP flows: the member still serves its sessions.
+    p = plan([KEEPER, st("a", admin=ADMIN_FDRAIN, op=OP_RUNNING, sessions=5)],
+             want(KEEPER_SRV, failed=["a"]), now=now, drain_started={"a": 99.0},
+             failed_grace=2.0, failed_timeout=60.0)
+    assert p == (Plan(kill=("a",)) if killed else Plan(waiting=("a",)))
 
 
 def test_failed_without_sessions_is_removed_within_its_grace() -> None:
@@ -167,17 +198,31 @@ def test_failed_without_sessions_is_removed_within_its_grace() -> None:
     assert p == Plan(remove=("a",))
 
 
-def test_failed_already_in_maintenance_is_removed() -> None:
-    p = plan([KEEPER, st("a", admin=ADMIN_FMAINT, sessions=2)], want(KEEPER_SRV, failed=["a"]),
-             failed_grace=2.0)
+def test_failed_in_maintenance_is_not_killed_for_its_paused_check() -> None:
+    # Maintenance pauses the health check (op_state reads stopped): that is no evidence,
+    # so its sessions wait for the failed timeout.
+    down_in_maint = st("a", admin=ADMIN_FMAINT, op=OP_STOPPED, sessions=2)
+    p = plan([KEEPER, down_in_maint], want(KEEPER_SRV, failed=["a"]), now=110.0,
+             drain_started={"a": 100.0}, failed_grace=2.0, failed_timeout=60.0)
+    assert p == Plan(waiting=("a",))
+    p = plan([KEEPER, down_in_maint], want(KEEPER_SRV, failed=["a"]), now=160.0,
+             drain_started={"a": 100.0}, failed_grace=2.0, failed_timeout=60.0)
+    assert p == Plan(kill=("a",))
+
+
+def test_failed_in_maintenance_without_sessions_is_removed() -> None:
+    p = plan([KEEPER, st("a", admin=ADMIN_FMAINT, op=OP_STOPPED)],
+             want(KEEPER_SRV, failed=["a"]), failed_grace=2.0)
     assert p == Plan(remove=("a",))
 
 
-def test_failed_then_left_gets_the_leave_drain() -> None:
-    # Serf's failed -> left flap of a graceful leave: the drain timeout applies, not the grace.
+def test_failed_then_left_gets_the_leave_maintenance() -> None:
+    # Serf's failed -> left flap of a graceful leave: the suspect's drain becomes the
+    # leave's maintenance; the drain timeout applies, not the failed grace.
     p = plan([KEEPER, st("a", admin=ADMIN_FDRAIN, sessions=5)], want(KEEPER_SRV, leaving=["a"]),
-             now=105.0, drain_started={"a": 99.0}, drain_timeout=30.0, failed_grace=2.0)
-    assert p == Plan(waiting=("a",))
+             now=105.0, drain_started={"a": 99.0}, drain_timeout=30.0, failed_grace=2.0,
+             held_by_us=frozenset({"a"}))
+    assert p == Plan(maint=("a",))
 
 
 def test_suspect_server_stays_in_the_file() -> None:
@@ -203,15 +248,22 @@ def test_other_maintenance_sources_are_not_enabled(admin: int) -> None:
     assert plan([st("a", admin=admin)], want(srv("a"))) == Plan()
 
 
-def test_server_lbsync_drained_whose_member_is_back_is_undrained() -> None:
-    p = plan([st("a", admin=ADMIN_FDRAIN, sessions=2)], want(srv("a")),
-             drained_by_us=frozenset({"a"}))
+@pytest.mark.parametrize("admin", [ADMIN_FDRAIN, ADMIN_FMAINT])
+def test_hold_lbsync_set_whose_member_is_back_is_undone(admin: int) -> None:
+    p = plan([st("a", admin=admin, sessions=2)], want(srv("a")), held_by_us=frozenset({"a"}))
     assert p == Plan(undrain=("a",))
 
 
-def test_drain_set_outside_lbsync_is_left_alone() -> None:
-    # A node's agent-check answering `drain` (it is shutting down), or an operator.
-    p = plan([st("a", admin=ADMIN_FDRAIN, sessions=2)], want(srv("a")))
+def test_removal_whose_member_is_back_is_undone() -> None:
+    p = plan([st("a", admin=ADMIN_FMAINT)], want(srv("a")), held_by_us=frozenset({"a"}),
+             removing=frozenset({"a"}))
+    assert p == Plan(undrain=("a",))
+
+
+@pytest.mark.parametrize("admin", [ADMIN_FDRAIN, ADMIN_FMAINT])
+def test_hold_set_outside_lbsync_is_left_alone(admin: int) -> None:
+    # A node's agent-check answering `maint` (it is stopping), or an operator.
+    p = plan([st("a", admin=admin, sessions=2)], want(srv("a")), held_by_us=frozenset({"b"}))
     assert p == Plan()
 
 
@@ -270,18 +322,18 @@ def test_all_vanished_are_kept() -> None:
 def test_all_going_with_an_add_proceeds() -> None:
     new = srv("c", "10.0.0.3")
     p = plan([st("a"), st("b")], want(new, leaving=["a"], failed=["b"]))
-    assert p == Plan(add=(new,), drain=("a",), kill=("b",))
+    assert p == Plan(add=(new,), maint=("a",), suspect=("b",))
 
 
 def test_one_staying_server_lets_the_others_go() -> None:
-    p = plan([st("a"), st("b"), st("c", admin=ADMIN_FDRAIN, sessions=0)],
+    p = plan([st("a"), st("b"), st("c", admin=ADMIN_FMAINT, sessions=0)],
              want(srv("a"), leaving=["b"]), drain_started={"c": 0.0})
-    assert p == Plan(drain=("b",), remove=("c",))
+    assert p == Plan(maint=("b",), remove=("c",))
 
 
 def test_staying_server_in_maintenance_still_counts_as_staying() -> None:
     p = plan([st("a", admin=ADMIN_FMAINT), st("b")], want(srv("a"), leaving=["b"]))
-    assert p == Plan(drain=("b",))
+    assert p == Plan(maint=("b",))
 
 
 # --- everything at once ------------------------------------------------------------------
@@ -289,19 +341,19 @@ def test_staying_server_in_maintenance_still_counts_as_staying() -> None:
 
 def test_mixed_plan() -> None:
     actual = [
-        st("add-me-not"),  # vanished from membership: drain
+        st("add-me-not"),  # vanished from membership: maintenance
         st("back", admin=ADMIN_FDRAIN, sessions=1),
-        st("dead", sessions=9),
+        st("dead", admin=ADMIN_FDRAIN, op=OP_STOPPED, sessions=9),
         st("heavy", weight=10),
         st("moved", "10.0.0.5"),
-        st("slow", admin=ADMIN_FDRAIN, sessions=2),
+        st("slow", admin=ADMIN_FMAINT, sessions=2),
     ]
     desired = want(srv("back"), srv("heavy", weight=200), srv("moved", "10.0.0.6"),
                    srv("new"), leaving=["slow"], failed=["dead"])
-    p = plan(actual, desired, now=10.0, drain_started={"slow": 5.0},
-             drained_by_us=frozenset({"back", "slow"}))
+    p = plan(actual, desired, now=10.0, drain_started={"slow": 5.0, "dead": 5.0},
+             held_by_us=frozenset({"back", "slow", "dead"}))
     assert p == Plan(
-        add=(srv("new"),), undrain=("back",), drain=("add-me-not",), kill=("dead",),
+        add=(srv("new"),), undrain=("back",), maint=("add-me-not",), kill=("dead",),
         weights=(WeightUpdate("heavy", 200),), addrs=(AddrUpdate("moved", "10.0.0.6", 8080),),
         waiting=("slow",),
     )
@@ -312,12 +364,13 @@ def test_mixed_plan() -> None:
 
 def test_servers_after_lists_desired_and_draining_but_not_removed() -> None:
     actual = [st("a"), st("drain-now", "10.0.0.2", 9001, weight=30),
-              st("waiting", "10.0.0.3", admin=ADMIN_FDRAIN, sessions=4),
-              st("done", admin=ADMIN_FDRAIN, sessions=0), st("dead")]
+              st("waiting", "10.0.0.3", admin=ADMIN_FMAINT, sessions=4),
+              st("done", admin=ADMIN_FMAINT, sessions=0),
+              st("dead", admin=ADMIN_FDRAIN, op=OP_STOPPED, sessions=1)]
     desired = want(srv("a"), srv("new", "10.0.0.4"),
                    leaving=["drain-now", "waiting", "done"], failed=["dead"])
-    p = plan(actual, desired, now=1.0, drain_started={"waiting": 0.5})
-    assert (p.drain, p.waiting, p.remove, p.kill) == (
+    p = plan(actual, desired, now=1.0, drain_started={"waiting": 0.5, "dead": 0.5})
+    assert (p.maint, p.waiting, p.remove, p.kill) == (
         ("drain-now",), ("waiting",), ("done",), ("dead",))
     after = servers_after(p, actual, desired, {"waiting": 60})
     assert after == [

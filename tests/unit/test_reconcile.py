@@ -12,6 +12,7 @@ from lbsync.model import (
     ADMIN_FDRAIN,
     ADMIN_FMAINT,
     OP_RUNNING,
+    OP_STOPPED,
     LbsyncError,
     Member,
     MemberStatus,
@@ -89,9 +90,10 @@ def setup(tmp_path: Path) -> Rig:
 
 
 def reconciler(settings: Settings, registry: Registry, haproxy: FakeHAProxy,
-               master: FakeMaster, check: Callable[[Path], None] = ok_check) -> Reconciler:
+               master: FakeMaster, check: Callable[[Path], None] = ok_check,
+               wall: Callable[[], float] = lambda: 1_000_000.0) -> Reconciler:
     return Reconciler(settings, registry, haproxy, master, (2, 6, 12), check,
-                      lambda command, answer: None)
+                      lambda command, answer: None, wall=wall)
 
 
 def edge(name: str, addr: str, status: MemberStatus = MemberStatus.ALIVE) -> Member:
@@ -124,11 +126,12 @@ def two_then_n2_leaves_busy(setup: Rig, status: MemberStatus = MemberStatus.LEFT
     return r
 
 
-def test_leave_drains_waits_for_sessions_then_removes(setup: Rig) -> None:
+def test_leave_sets_maintenance_waits_for_sessions_then_removes(setup: Rig) -> None:
     settings, registry, haproxy, _ = setup
     r = two_then_n2_leaves_busy(setup)
-    assert haproxy.servers["n2"].draining
-    assert r.tick(2.0).busy, "a drain in progress asks to be called again soon"
+    assert haproxy.servers["n2"].forced_maint and not haproxy.servers["n2"].draining
+    assert "shutdown sessions server nodes/n2" not in haproxy.commands
+    assert r.tick(2.0).busy, "a leave in progress asks to be called again soon"
     assert "n2" in haproxy.servers
     haproxy.sessions["n2"] = 0
     r.tick(3.0)
@@ -145,18 +148,47 @@ def test_drain_timeout_removes_a_busy_server(setup: Rig) -> None:
     assert "n2" not in haproxy.servers
 
 
-def test_failed_member_leaves_rotation_at_once_and_is_killed_after_its_grace(
+def check_fails(haproxy: FakeHAProxy, name: str) -> None:
+    s = haproxy.servers[name]
+    haproxy.servers[name] = ServerState(s.backend, s.name, s.addr, s.port, OP_STOPPED,
+                                        s.admin_state, s.uweight, s.iweight)
+
+
+def test_failed_member_is_drained_at_once_and_killed_once_its_check_fails_too(
         setup: Rig) -> None:
     settings, registry, haproxy, _ = setup
     r = two_then_n2_leaves_busy(setup, MemberStatus.FAILED)
     assert r.tick(1.05).busy, "a failed member's drain asks to be called again soon"
     assert haproxy.servers["n2"].draining
-    assert "shutdown sessions server nodes/n2" not in haproxy.commands
+    check_fails(haproxy, "n2")
     r.tick(1.0 + settings.failed_grace / 2)
-    assert "n2" in haproxy.servers
+    assert "shutdown sessions server nodes/n2" not in haproxy.commands, "within the grace"
     r.tick(1.0 + settings.failed_grace)
     assert "shutdown sessions server nodes/n2" in haproxy.commands
     assert set(haproxy.servers) == {"n1"}
+
+
+def test_failed_member_whose_check_passes_keeps_its_sessions_until_the_failed_timeout(
+        setup: Rig) -> None:
+    # Gossip lost while HTTP flows: Serf's word alone cuts nothing.
+    settings, registry, haproxy, _ = setup
+    r = two_then_n2_leaves_busy(setup, MemberStatus.FAILED)
+    r.tick(1.0 + settings.failed_grace + 1)
+    assert r.tick(1.0 + settings.failed_timeout - 0.5).busy
+    assert "shutdown sessions server nodes/n2" not in haproxy.commands
+    assert haproxy.servers["n2"].draining, "drained, not maint: its check keeps running"
+    r.tick(1.0 + settings.failed_timeout)
+    assert "shutdown sessions server nodes/n2" in haproxy.commands
+    assert set(haproxy.servers) == {"n1"}
+
+
+def test_failed_member_that_comes_back_is_undrained(setup: Rig) -> None:
+    settings, registry, haproxy, _ = setup
+    r = two_then_n2_leaves_busy(setup, MemberStatus.FAILED)
+    r.tick(1.0 + settings.failed_grace + 1)
+    registry.put(edge("n2", "10.0.0.2"))
+    r.tick(5.0)
+    assert not haproxy.servers["n2"].out_of_rotation
 
 
 def test_failed_then_left_flap_cuts_no_session_before_the_drain_timeout(setup: Rig) -> None:
@@ -202,9 +234,117 @@ def test_member_back_after_lbsync_drained_it_is_undrained(setup: Rig) -> None:
     registry.put(edge("n2", "10.0.0.2", MemberStatus.LEAVING))
     haproxy.sessions["n2"] = 1
     r.tick(1.0)
+    assert haproxy.servers["n2"].forced_maint
     registry.put(edge("n2", "10.0.0.2"))
     r.tick(2.0)
-    assert not haproxy.servers["n2"].draining
+    assert not haproxy.servers["n2"].out_of_rotation
+
+
+def test_maintenance_lbsync_did_not_set_is_left_alone(setup: Rig) -> None:
+    # An operator's, or a stopping node's agent-check answering `maint`.
+    _, registry, haproxy, _ = setup
+    r = reconciler(*setup)
+    for n in ("n1", "n2"):
+        registry.put(edge(n, f"10.0.0.{n[1]}"))
+    r.tick(0.0)
+    haproxy.execute(["set server nodes/n2 state maint"])
+    r.tick(1.0)
+    assert haproxy.servers["n2"].forced_maint
+    haproxy.commands.clear()
+    r.tick(2.0)
+    assert haproxy.commands == []
+
+
+# --- the memory file: lbsync's holds survive a restart -----------------------------------
+
+
+class Wall:
+    def __init__(self, t: float = 1_000_000.0) -> None:
+        self.t = t
+
+    def __call__(self) -> float:
+        return self.t
+
+
+def test_restart_mid_leave_keeps_the_leaves_deadline(setup: Rig) -> None:
+    settings, registry, haproxy, master = setup
+    wall = Wall()
+    r = reconciler(*setup, wall=wall)
+    for n in ("n1", "n2"):
+        registry.put(edge(n, f"10.0.0.{n[1]}"))
+    r.tick(0.0)
+    registry.put(edge("n2", "10.0.0.2", MemberStatus.LEFT))
+    haproxy.sessions["n2"] = 3
+    r.tick(1.0)  # maint at wall 1_000_000
+    assert (settings.haproxy_config.parent / "lbsync-memory.json").exists()
+    # A new process with another monotonic origin, 4 s later.
+    wall.t += 4
+    r2 = reconciler(*setup, wall=wall)
+    r2.tick(5000.0)
+    assert "n2" in haproxy.servers, "its sessions are not cut for the restart"
+    wall.t += 5.5
+    r2.tick(5005.5)  # 9.5 s into the 10 s drain timeout
+    assert "n2" in haproxy.servers
+    wall.t += 0.5
+    r2.tick(5006.0)  # 10 s since the maint, 6 s since the restart
+    assert "n2" not in haproxy.servers, "the deadline counts from the leave, not the restart"
+
+
+def test_restart_remembers_which_maintenance_was_lbsyncs(setup: Rig) -> None:
+    _, registry, haproxy, _ = setup
+    r = reconciler(*setup)
+    for n in ("n1", "n2", "n3"):
+        registry.put(edge(n, f"10.0.0.{n[1]}"))
+    r.tick(0.0)
+    registry.put(Member("n2", "10.0.0.2", {"role": "edge", "ready": "0"}))
+    haproxy.sessions["n2"] = 1
+    r.tick(1.0)
+    assert haproxy.servers["n2"].forced_maint
+    haproxy.execute(["set server nodes/n3 state maint"])  # an operator's
+    r2 = reconciler(*setup)
+    registry.put(edge("n2", "10.0.0.2"))  # ready again
+    r2.tick(2.0)
+    assert not haproxy.servers["n2"].out_of_rotation, "lbsync's own maint is undone"
+    assert haproxy.servers["n3"].forced_maint, "the operator's is not"
+
+
+def test_restart_finishes_a_removal_lbsync_had_started(setup: Rig) -> None:
+    _, registry, haproxy, _ = setup
+    r = reconciler(*setup)
+    for n in ("n1", "n2"):
+        registry.put(edge(n, f"10.0.0.{n[1]}"))
+    r.tick(0.0)
+    registry.put(edge("n2", "10.0.0.2", MemberStatus.LEFT))
+    r.tick(1.0)
+    haproxy.sessions["n2"] = 2
+    r.tick(12.0)  # past the drain timeout: maint, shutdown sessions, del
+    assert "n2" not in haproxy.servers
+    # As if `del` had been refused and the agent stopped: n2 is back in maint, removing.
+    haproxy.servers["n2"] = ServerState("nodes", "n2", "10.0.0.2", 8080, OP_STOPPED,
+                                        ADMIN_FMAINT, 100, 100)
+    r.mem.removing.add("n2")
+    r.save_memory(12.0)
+    haproxy.commands.clear()
+    reconciler(*setup).tick(13.0)
+    assert "del server nodes/n2" in haproxy.commands
+    assert "n2" not in haproxy.servers
+
+
+def test_damaged_memory_file_is_one_warning_and_an_empty_memory(
+        setup: Rig, caplog: pytest.LogCaptureFixture) -> None:
+    settings, registry, haproxy, _ = setup
+    path = settings.haproxy_config.parent / "lbsync-memory.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text('{"version": 1, "held_by_us": "n2"')
+    registry.put(edge("n1", "10.0.0.1"))
+    r = reconciler(*setup)
+    r.tick(0.0)
+    r.tick(1.0)
+    warnings = [rec for rec in caplog.records if rec.name == "lbsync.memory"]
+    assert len(warnings) == 1 and "damaged" in warnings[0].getMessage()
+    assert r.mem.held_by_us == set()
+    assert set(haproxy.servers) == {"n1"}
+    assert '"version": 1' in path.read_text(), "rewritten whole"
 
 
 def test_rejected_config_keeps_the_old_file(setup: Rig) -> None:

@@ -68,23 +68,44 @@ def test_in_haproxy_but_missing_from_config_is_drift() -> None:
     assert r["b"] == Row("b", "alive", "UP", False, "haproxy.cfg lacks it", True)
 
 
-def test_draining_is_not_drift() -> None:
+def test_leaving_in_maintenance_with_sessions_is_not_drift() -> None:
     r = rows([member("a"), member("b", status=MemberStatus.LEFT)],
-             [st("a"), st("b", admin=ADMIN_FDRAIN, sessions=3)], {"a", "b"})
-    assert r["b"] == Row("b", "left", "DRAIN", True, "draining", False)
+             [st("a"), st("b", admin=ADMIN_FMAINT, op=OP_STOPPED, sessions=3)], {"a", "b"})
+    assert r["b"] == Row("b", "left", "MAINT", True, "leaving: waiting for its sessions to end",
+                         False)
 
 
-def test_leaving_but_not_yet_drained_is_drift() -> None:
+def test_leaving_but_still_in_rotation_is_drift() -> None:
     r = rows([member("a"), member("b", status=MemberStatus.LEAVING)],
              [st("a"), st("b")], {"a", "b"})
-    assert r["b"] == Row("b", "leaving", "UP", True, "leaving but not drained", True)
+    assert r["b"] == Row("b", "leaving", "UP", True, "leaving but not in maintenance", True)
+
+
+def test_leaving_but_only_drained_is_drift() -> None:
+    # Drain still takes the clients that carry its cookie.
+    r = rows([member("a"), member("b", status=MemberStatus.LEFT)],
+             [st("a"), st("b", admin=ADMIN_FDRAIN, sessions=3)], {"a", "b"})
+    assert r["b"] == Row("b", "left", "DRAIN", True, "leaving but not in maintenance", True)
 
 
 def test_drained_but_not_removed_is_drift() -> None:
     r = rows([member("a"), member("b", status=MemberStatus.LEFT)],
-             [st("a"), st("b", admin=ADMIN_FDRAIN, sessions=0)], {"a", "b"})
+             [st("a"), st("b", admin=ADMIN_FMAINT, sessions=0)], {"a", "b"})
     assert r["b"].note == "drained but not removed"
     assert r["b"].drift is True
+
+
+def test_failed_member_whose_check_passes_keeps_its_sessions_not_drift() -> None:
+    r = rows([member("a"), member("b", status=MemberStatus.FAILED)],
+             [st("a"), st("b", admin=ADMIN_FDRAIN, sessions=2)], {"a", "b"})
+    assert r["b"] == Row("b", "failed", "DRAIN", True, "failed in Serf, HAProxy's check "
+                         "passes: sessions kept (at most --failed-timeout)", False)
+
+
+def test_failed_member_whose_check_fails_too_is_drift() -> None:
+    r = rows([member("a"), member("b", status=MemberStatus.FAILED)],
+             [st("a"), st("b", admin=ADMIN_FDRAIN, op=OP_STOPPED, sessions=2)], {"a", "b"})
+    assert (r["b"].note, r["b"].drift) == ("failed but still in HAProxy", True)
 
 
 def test_kept_last_servers_are_not_drift() -> None:
@@ -135,7 +156,7 @@ def test_address_mismatch_is_drift() -> None:
 
 def test_unknown_server_in_haproxy() -> None:
     r = rows([member("a")], [st("a"), st("stray")], {"a", "stray"})
-    assert r["stray"] == Row("stray", "-", "UP", True, "leaving but not drained", True)
+    assert r["stray"] == Row("stray", "-", "UP", True, "leaving but not in maintenance", True)
 
 
 def test_refused_member_is_shown_with_its_reason() -> None:
