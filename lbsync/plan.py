@@ -32,6 +32,7 @@ def make_plan(
     removing: frozenset[str] = frozenset(),
     failed_grace: float = 0.0,
     failed_timeout: float = float("inf"),
+    unreadable: frozenset[str] = frozenset(),
 ) -> Plan:
     """What to do now. Servers out of rotation come back as `waiting` until they are empty.
 
@@ -58,6 +59,9 @@ def make_plan(
     check says. A crash fails the check within a couple of intervals, and a crashed
     member's sessions end by themselves (a server with none left is removed at once), so
     a crash still costs no longer than before.
+
+    A server whose member's registry file could not be read (`unreadable`) is left as it
+    is: a damaged file says nothing about the member, and must not take it out.
     """
     have = {s.name: s for s in actual}
     add: list[Server] = []
@@ -82,7 +86,7 @@ def make_plan(
     kill: list[str] = []
     waiting: list[str] = []
     for name, cur in sorted(have.items()):
-        if name in desired.servers:
+        if name in desired.servers or name in unreadable:
             continue
         since = now - drain_started.get(name, now)
         if cur.forced_maint and name in removing:

@@ -134,6 +134,7 @@ class Reconciler:
             removing=frozenset(self.mem.removing),
             failed_grace=self.settings.failed_grace,
             failed_timeout=self.settings.failed_timeout,
+            unreadable=self.registry.damaged,
         )
         if plan.kept:
             log.warning("keeping servers=%s: removing them would empty backend %s",

@@ -403,3 +403,17 @@ def test_servers_after_uses_desired_address_for_moved_server() -> None:
     desired = want(srv("a", "10.0.0.2"))
     p = plan(actual, desired)
     assert servers_after(p, actual, desired, {}) == [srv("a", "10.0.0.2")]
+
+
+# --- a damaged registry file -------------------------------------------------------------
+
+
+def test_a_member_whose_registry_file_is_unreadable_keeps_its_server() -> None:
+    actual = [KEEPER, st("a", sessions=3)]
+    p = make_plan(actual, want(KEEPER_SRV), now=100.0, drain_started={}, drain_timeout=30.0,
+                  applied_weights={}, unreadable=frozenset({"a"}))
+    assert p == Plan()
+    # Readable again and really gone: the normal leave.
+    p = make_plan(actual, want(KEEPER_SRV), now=100.0, drain_started={}, drain_timeout=30.0,
+                  applied_weights={})
+    assert p.maint == ("a",)
