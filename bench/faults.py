@@ -212,12 +212,16 @@ class Sampler:
             before = views(self.stack)
             r = self.stack.lbsync("status", "--check", *self.stack.settings_flags())
             after = views(self.stack)
-            # Judged only when the views did not move while the command ran.
-            steady = before == after
+            # Judged only when the views did not move while the command ran, and when
+            # it answered with its table: a status that could not read a view (an agent
+            # restarting) says so on stderr and exits 1, which is counted apart.
+            answered = r.stdout.startswith("MEMBER")
+            steady = before == after and answered
             self.checks.append({
                 "t": time.time(), "exit": r.returncode, "drift": before.drift(),
+                "error": None if answered else r.stderr.strip()[-300:],
                 "truthful": None if not steady else (r.returncode != 0) == before.drift(),
-                **({"output": r.stdout[-1500:]} if steady and (r.returncode != 0)
+                **({"output": (r.stdout + r.stderr)[-1500:]} if steady and (r.returncode != 0)
                    != before.drift() else {})})
             self._stop.wait(1.0)
 
@@ -520,6 +524,7 @@ def run_scenario(r: Rig, sc: Scenario, *, settle_timeout: float = 90) -> dict[st
         "status_truthful": sum(bool(c["truthful"]) for c in judged),
         "status_judged": len(judged),
         "status_untruthful": [c for c in judged if not c["truthful"]][:3],
+        "status_errors": [c["error"] for c in sampler.checks if c["error"] is not None][:3],
         "status_exit_1_during_fault": sum(c["exit"] != 0 for c in sampler.checks
                                           if t_fault <= c["t"] <= t_heal),
         "config_valid": cfg_ok,
