@@ -113,6 +113,7 @@ class Views:
     registry: frozenset[str]  # alive edge members in lbsync's registry
     haproxy: dict[str, str]  # servers HAProxy has -> UP, DOWN, DRAIN or MAINT
     config: frozenset[str]  # servers in haproxy.cfg
+    idle: frozenset[str] = frozenset()  # servers with no session left
 
     @property
     def alive(self) -> set[str]:
@@ -127,7 +128,8 @@ class Views:
         """What `lbsync status --check` must report, judged from the views alone: haproxy.cfg
         and HAProxy differ, an alive member is missing or out of rotation, or a server whose
         member is not alive is neither drained/in maintenance (on its way out) nor one of the
-        last servers lbsync keeps so the backend is not emptied (while Serf still knows it)."""
+        last servers lbsync keeps so the backend is not emptied (while Serf still knows it),
+        or one already out of rotation with no session left (drained but not removed)."""
         if set(self.config) != set(self.haproxy):
             return True
         alive = self.alive
@@ -136,7 +138,7 @@ class Views:
         going = set(self.haproxy) - alive
         if going and going == set(self.haproxy):  # kept: the last servers of the backend
             return any(n not in self.serf for n in going)
-        return any(self.haproxy[n] not in ("DRAIN", "MAINT") for n in going)
+        return any(self.haproxy[n] not in ("DRAIN", "MAINT") or n in self.idle for n in going)
 
 
 def views(stack: NetnsStack) -> Views:
@@ -147,13 +149,16 @@ def views(stack: NetnsStack) -> Views:
     registry = {n for n, m in stack.registry_view.load().items()
                 if m.status == "alive" and m.tags.get("role") == "edge"}
     servers: dict[str, str] = {}
+    idle: set[str] = set()
     with contextlib.suppress(LbsyncError, OSError):
-        servers = {n: s.state_word for n, s in stack.servers().items()}
+        state = stack.servers()
+        servers = {n: s.state_word for n, s in state.items()}
+        idle = {n for n, s in state.items() if s.sessions == 0}
     try:
         config = config_servers(stack.paths["config"].read_text(encoding="utf-8"))
     except OSError:
         config = set()
-    return Views(serf, frozenset(registry), servers, frozenset(config))
+    return Views(serf, frozenset(registry), servers, frozenset(config), frozenset(idle))
 
 
 @dataclass
@@ -486,6 +491,7 @@ def run_scenario(r: Rig, sc: Scenario, *, settle_timeout: float = 90) -> dict[st
             converge_s: float | None = round(time.time() - t_heal, 2)
         except StackError:
             converge_s = None
+        settled = views(r.stack)  # members still missing here never came back
         time.sleep(1.0)
     finally:
         http.stop()
@@ -495,7 +501,6 @@ def run_scenario(r: Rig, sc: Scenario, *, settle_timeout: float = 90) -> dict[st
         except RuntimeError:
             wamp.kill()
             raise
-    end = views(r.stack)
     hit = range(1, r.fabric.members + 1) if sc.all_hit else sc.hit
     hit_nodes = {crossbar_id(i) for i in hit}
     drops = [d for d in wamp_result["drops"] if d["t"] >= t_fault]
@@ -517,7 +522,8 @@ def run_scenario(r: Rig, sc: Scenario, *, settle_timeout: float = 90) -> dict[st
         "wamp_opened_on_hit": sum(o["node"] in hit_nodes and t_fault + 1 <= o["t"] <= t_heal
                                   for o in wamp_result["opened"]),
         "wamp_opened_with_cookie": sum(bool(o.get("cookie")) for o in wamp_result["opened"]),
-        "members_lost": sorted(r.want - (set(end.haproxy) & end.config & end.alive)),
+        "members_lost": sorted(r.want - (set(settled.haproxy) & settled.config
+                                         & settled.alive)),
         "members_duplicated": len(addrs) - len(set(addrs)),
         "converge_s": converge_s,
         "status_checks": len(sampler.checks),

@@ -65,3 +65,11 @@ def test_no_drift(serf: dict[str, str], haproxy: dict[str, str]) -> None:
 def test_scenarios_have_unique_names_and_a_description() -> None:
     assert len(BY_NAME) == len(SCENARIOS)
     assert all(s.what and s.hold > 0 for s in SCENARIOS)
+
+
+def test_a_drained_server_with_no_session_left_is_drift() -> None:
+    """What status calls "drained but not removed": lbsync should have deleted it."""
+    views = Views({"node1": "alive", "node3": "left"}, frozenset({"node1"}),
+                  {"node1": "UP", "node3": "MAINT"}, frozenset({"node1", "node3"}),
+                  frozenset({"node3"}))
+    assert views.drift()
