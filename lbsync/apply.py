@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -46,19 +46,31 @@ class Outcome:
 _STILL_ATTACHED = "still has connections attached"
 
 
-def _removal(be: str, name: str) -> tuple[str, ...]:
+def _removal(be: str, name: str, cur: ServerState | None) -> tuple[str, ...]:
     # `del server` needs maintenance and no connection left: the sessions a leave waited
     # for have ended by now, or --drain-timeout (--failed-timeout) has passed.
-    return (f"set server {be}/{name} state maint", f"shutdown sessions server {be}/{name}",
-            f"del server {be}/{name}")
+    cmds = [f"set server {be}/{name} state maint"]
+    if cur is not None:
+        # A connection whose stream ends while its server is in maintenance goes back to
+        # the idle pool, and HAProxy < 3.0 refuses `del server` while one is there (for
+        # up to two pool-purge-delay periods). Changing the address is what purges the
+        # pool; changed and changed back, nothing else differs if the del is refused.
+        other = cur.port + 1 if cur.port < 65535 else cur.port - 1
+        cmds += [f"set server {be}/{name} addr {cur.addr} port {other}",
+                 f"set server {be}/{name} addr {cur.addr} port {cur.port}"]
+    return (*cmds, f"shutdown sessions server {be}/{name}", f"del server {be}/{name}")
 
 
-def steps(plan: Plan, settings: Settings, *, dynamic_cookies: bool) -> list[Step]:
+def steps(plan: Plan, settings: Settings, *, dynamic_cookies: bool,
+          current: Mapping[str, ServerState] | None = None) -> list[Step]:
+    """`current` (HAProxy's servers by name) lets a removal purge the idle connections
+    that would make HAProxy 2.6 refuse `del server`."""
     be = settings.backend
+    have = current or {}
     out: list[Step] = []
     # Removals of crashed members first: they are the ones failing requests right now.
     for name in plan.kill:
-        out.append(Step("kill", name, "member failed", _removal(be, name)))
+        out.append(Step("kill", name, "member failed", _removal(be, name, have.get(name))))
     for name in plan.suspect:
         # Drain, not maint: the health check keeps running and says whether Serf is right.
         out.append(Step("drain", name, "member failed",
@@ -90,7 +102,7 @@ def steps(plan: Plan, settings: Settings, *, dynamic_cookies: bool) -> list[Step
         # sessions go on (no `shutdown sessions` until the removal).
         out.append(Step("maint", name, "member leaving", (f"set server {be}/{name} state maint",)))
     for name in plan.remove:
-        out.append(Step("del", name, "leave done", _removal(be, name)))
+        out.append(Step("del", name, "leave done", _removal(be, name, have.get(name))))
     return out
 
 

@@ -145,9 +145,9 @@ class Reconciler:
             self.mem.removing |= going
             self.mem.held_by_us |= going
             self.save_memory(now)
-        outcomes = apply_steps(self.runtime, steps(plan, self.settings,
-                                                   dynamic_cookies=not desired.explicit_cookies),
-                               self.response_error)
+        todo = steps(plan, self.settings, dynamic_cookies=not desired.explicit_cookies,
+                     current={s.name: s for s in actual})
+        outcomes = apply_steps(self.runtime, todo, self.response_error)
         self._record(plan, outcomes, now)
         self.save_memory(now)
         servers = servers_after(plan, actual, desired, self.mem.applied_weights)

@@ -8,10 +8,13 @@ binaries of `haproxy_bin`: 2.6 (dynamic cookies) and 3.0 (node-name cookies).
 from __future__ import annotations
 
 import itertools
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +22,7 @@ import pytest
 import requests
 from haproxy_fixtures import HAProxyBin, dynamic_cookie
 
-from lbsync.cluster.devstack import HTTP_PORT, DevStack, wait_for
+from lbsync.cluster.devstack import HTTP_PORT, DevStack, StackError, wait_for
 from lbsync.settings import Settings
 
 pytestmark = [
@@ -55,8 +58,17 @@ def status_check(stack: DevStack) -> subprocess.CompletedProcess[str]:
 
 def assert_converged(stack: DevStack) -> None:
     """`lbsync status --check` passes (allowing the agent a moment) and nothing reloaded."""
-    wait_for(lambda: status_check(stack).returncode == 0, 15, "lbsync status --check",
-             interval=0.3)
+    last: list[subprocess.CompletedProcess[str]] = []
+
+    def converged() -> bool:
+        last[:] = [status_check(stack)]
+        return last[0].returncode == 0
+
+    try:
+        wait_for(converged, 15, "lbsync status --check", interval=0.3)
+    except StackError:
+        raise AssertionError(f"lbsync status --check:\n{last[0].stdout}{last[0].stderr}"
+                             ) from None
     assert stack.master().reload_count() == 0, "a membership change reloaded HAProxy"
 
 
@@ -144,34 +156,143 @@ def test_cookies_keep_clients_on_their_node_across_a_join_and_a_reload(
     assert stack.master().reload_count() == 1
 
 
-def test_graceful_leave_drains_then_removes(stack: DevStack) -> None:
+class Held:
+    """A request on `name` through HAProxy, held there `seconds` by the backend's /slow."""
+
+    def __init__(self, stack: DevStack, client: requests.Session, name: str,
+                 seconds: float) -> None:
+        self.name = name
+        self.result: dict[str, object] = {}
+        cookies = client.cookies.copy()
+        self._thread = threading.Thread(target=self._run, args=(
+            f"{stack.frontend}/slow?s={seconds:g}", cookies, seconds), daemon=True)
+        self._thread.start()
+
+    def _run(self, url: str, cookies: requests.cookies.RequestsCookieJar,
+             seconds: float) -> None:
+        try:
+            r = requests.get(url, timeout=seconds + 30, cookies=cookies)
+            self.result = {"status": r.status_code, "node": r.headers.get("X-Node")}
+        except requests.RequestException as e:  # a cut session: the test says so
+            self.result = {"error": str(e)}
+
+    def join(self, timeout: float) -> dict[str, object]:
+        self._thread.join(timeout)
+        assert not self._thread.is_alive(), "the held request never ended"
+        return self.result
+
+
+def hold_on(stack: DevStack, name: str, seconds: float) -> tuple[requests.Session, Held]:
+    """A client pinned to `name`, and one of its requests held open there."""
+    client = client_on(stack, name)
+    held = Held(stack, client, name, seconds)
+    wait_for(lambda: stack.servers()[name].sessions == 1, 5, f"the held session on {name}")
+    return client, held
+
+
+def test_graceful_leave_redispatches_cookie_holders_then_removes(stack: DevStack) -> None:
     stack.add_member(1)
     stack.add_member(2)
     wait_for(lambda: stack.up_servers() == {"node1", "node2"}, 15, "both UP")
-    # Hold a session on node2 through HAProxy (cookie pins it), then make node2 leave.
-    cookie = requests.get(f"{stack.frontend}/info", timeout=5).cookies
-    while requests.get(f"{stack.frontend}/info", timeout=5, cookies=cookie).headers[
-            "X-Node"] != "node2":
-        cookie = requests.get(f"{stack.frontend}/info", timeout=5).cookies
-    held: dict[str, int] = {}
-
-    def slow() -> None:
-        r = requests.get(f"{stack.frontend}/slow?s=3", timeout=20, cookies=cookie)
-        held["status"] = r.status_code
-        held["node"] = r.headers["X-Node"] == "node2"
-
-    t = threading.Thread(target=slow)
-    t.start()
-    wait_for(lambda: stack.servers()["node2"].sessions == 1, 5, "the held session on node2")
+    client, held = hold_on(stack, "node2", 4)
     stack.leave_member("node2")
-    wait_for(lambda: stack.servers()["node2"].state_word == "DRAIN", 5, "node2 draining")
+    # Maintenance, not drain: drain would still send node2's cookie holders to node2.
+    wait_for(lambda: stack.servers()["node2"].state_word == "MAINT", 5, "node2 in MAINT")
+    assert served_by(client, stack, 5) == {"node1"}, "a cookie holder went to the leaver"
     assert "node2" in stack.servers(), "removed before its session ended"
-    t.join()
-    assert held == {"status": 200, "node": True}, "the drained session was cut"
-    wait_for(lambda: "node2" not in stack.servers(), 10, "node2 removed after the drain")
+    assert held.join(20) == {"status": 200, "node": "node2"}, "the held session was cut"
+    wait_for(lambda: "node2" not in stack.servers(), 10, "node2 removed after its session")
     # The file follows the runtime change a few milliseconds later.
     wait_for(lambda: " node2 " not in config_text(stack), 5, "node2 out of haproxy.cfg")
     assert nodes_answering(stack, 5) == {"node1"}
+    assert "shutdown sessions" not in stack.log("agent").split("maint server=node2")[0]
+    assert_converged(stack)
+
+
+@pytest.fixture
+def slow_drain_stack(tmp_path: Path, haproxy_bin: HAProxyBin) -> Iterator[DevStack]:
+    yield from make_stack(tmp_path, haproxy_bin, agent_args=["--drain-timeout", "12s"])
+
+
+def test_leave_goes_on_across_an_agent_restart(slow_drain_stack: DevStack) -> None:
+    """The agent restarts in the middle of a leave: the open session is not cut early (the
+    maint is not taken for a half-done removal), cookie holders stay redispatched, and
+    the server is removed at the leave's deadline, not at one counted from the restart."""
+    stack = slow_drain_stack
+    stack.add_member(1)
+    stack.add_member(2)
+    wait_for(lambda: stack.up_servers() == {"node1", "node2"}, 15, "both UP")
+    client, short = hold_on(stack, "node2", 6)
+    across = Held(stack, client, "node2", 10)  # open across the restart, ends before 12 s
+    forever = Held(stack, client, "node2", 40)  # outlives the drain timeout
+    wait_for(lambda: stack.servers()["node2"].sessions == 3, 5, "3 held sessions on node2")
+    stack.leave_member("node2")
+    wait_for(lambda: stack.servers()["node2"].state_word == "MAINT", 5, "node2 in MAINT")
+    left = time.monotonic()
+    memory_file = stack.paths["config"].with_name("lbsync-memory.json")
+    wait_for(lambda: memory_file.exists() and "node2" in memory_file.read_text(), 5,
+             "node2 in lbsync's memory file")
+    assert served_by(client, stack, 5) == {"node1"}, "a cookie holder went to the leaver"
+    assert short.join(20) == {"status": 200, "node": "node2"}
+    stack.restart_agent()
+    restarted = time.monotonic()
+    assert restarted - left > 4, "the restart must come well into the drain"
+    assert served_by(client, stack, 5) == {"node1"}, "a cookie holder went to the leaver"
+    assert across.join(20) == {"status": 200, "node": "node2"}, "cut after the restart"
+    wait_for(lambda: "node2" not in stack.servers(), 20, "node2 removed at its deadline")
+    removed = time.monotonic() - left
+    # Counted from the restart, the deadline would be more than 16 s after the leave.
+    assert removed < 12 + 2.5, f"removed {removed:.1f} s after the leave (timeout 12 s)"
+    # The 40 s session did not keep node2 past the deadline: it was cut there (3.0 says
+    # so to the client; 2.6 replays the GET on node1, retry-on empty-response).
+    assert forever.result.get("node") != "node2", "removed only once every session ended"
+    wait_for(lambda: " node2 " not in config_text(stack), 5, "node2 out of haproxy.cfg")
+    assert_converged(stack)
+
+
+def test_maint_lbsync_set_is_undone_after_an_agent_restart(stack: DevStack) -> None:
+    """A member that says ready=0 gets lbsync's maint; it says ready=1 again after the
+    agent restarted: lbsync remembers the maint was its own and undoes it."""
+    for i in (1, 2):
+        stack.add_member(i)
+    wait_for(lambda: stack.up_servers() == {"node1", "node2"}, 15, "both UP")
+    _, held = hold_on(stack, "node2", 8)  # keeps node2 in HAProxy while it is out
+    set_ready(stack, "node2", "0")
+    wait_for(lambda: stack.servers()["node2"].state_word == "MAINT", 5, "node2 in MAINT")
+    stack.restart_agent()
+    set_ready(stack, "node2", "1")
+    wait_for(lambda: "node2" in stack.up_servers(), 10, "node2 UP again")
+    assert held.join(20) == {"status": 200, "node": "node2"}
+    assert_converged(stack)
+
+
+def set_ready(stack: DevStack, name: str, value: str) -> None:
+    m = stack.members[name]
+    subprocess.run(["serf", "tags", "-rpc-addr", f"{m.ip}:7373", "-set", f"ready={value}"],
+                   check=True, capture_output=True, timeout=10)
+
+
+def test_serf_failed_alone_cuts_no_session(stack: DevStack) -> None:
+    """Gossip lost while HTTP flows (the member's Serf agent frozen): the server is drained
+    (Serf says failed), but HAProxy's check passes, so its session is not cut after
+    --failed-grace; it finishes, and the member serves again when gossip comes back."""
+    for i in (1, 2):
+        stack.add_member(i)
+    wait_for(lambda: stack.up_servers() == {"node1", "node2"}, 15, "both UP")
+    _, held = hold_on(stack, "node2", 14)
+    serf = stack.members["node2"].serf
+    assert serf is not None
+    os.kill(serf.pid, signal.SIGSTOP)
+    try:
+        wait_for(lambda: "member-failed member=node2" in stack.log("agent"), 30,
+                 "Serf calls node2 failed")
+        wait_for(lambda: stack.servers()["node2"].state_word == "DRAIN", 5, "node2 drained")
+        assert stack.servers()["node2"].sessions == 1
+        assert held.join(30) == {"status": 200, "node": "node2"}, "Serf's word cut it"
+    finally:
+        os.kill(serf.pid, signal.SIGCONT)
+    assert "kill server=node2" not in stack.log("agent")
+    wait_for(lambda: "node2" in stack.up_servers(), 30, "node2 back in rotation")
     assert_converged(stack)
 
 

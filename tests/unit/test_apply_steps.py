@@ -110,6 +110,19 @@ def test_kill() -> None:
     assert cmds(Plan(kill=("a",))) == [("kill", "a", REMOVAL)]
 
 
+@pytest.mark.parametrize(("port", "other"), [(8080, 8081), (65535, 65534)])
+def test_removal_purges_idle_connections_by_moving_the_port_and_back(port: int,
+                                                                      other: int) -> None:
+    # HAProxy 2.6 refuses `del server` while a connection sits in the idle pool, and one
+    # that ended in maintenance does; an address change purges the pool.
+    cur = ServerState("web", "a", "10.0.0.1", port, 0, 1, 100, 100)
+    (step,) = steps(Plan(remove=("a",)), S, dynamic_cookies=True, current={"a": cur})
+    assert step.commands == (
+        "set server web/a state maint", f"set server web/a addr 10.0.0.1 port {other}",
+        f"set server web/a addr 10.0.0.1 port {port}", "shutdown sessions server web/a",
+        "del server web/a")
+
+
 def test_weight() -> None:
     assert cmds(Plan(weights=(WeightUpdate("a", 0),))) == [
         ("weight", "a", ("set weight web/a 0",))]
