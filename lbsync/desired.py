@@ -66,7 +66,7 @@ def desired_state(
         if m.status == MemberStatus.FAILED:
             failed.add(name)
         elif m.status != MemberStatus.ALIVE or m.tags.get("ready", "1").lower() in _NOT_READY:
-            # leaving/left, or a node that says it is not (or no longer) ready: drain it.
+            # leaving/left, or a node that says it is not (or no longer) ready: it leaves.
             leaving.add(name)
         else:
             servers[name] = result
@@ -86,7 +86,7 @@ def server_args(server: Server, settings: Settings) -> str:
             # (HAProxy 2.6: idle_lim 0, purge_delay 0); these are a config server's defaults.
             f" pool-max-conn -1 pool-purge-delay 5s weight {server.weight}")
     if server.agent_port is not None:
-        # The node reports its own weight (CPU idle) and `drain` while it shuts down.
+        # The node reports its own weight (CPU idle) and `maint` while it shuts down.
         args += f" agent-check agent-port {server.agent_port} agent-inter {inter_ms}"
     if server.cookie:
         args += f" cookie {server.cookie}"

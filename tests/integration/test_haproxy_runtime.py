@@ -21,6 +21,7 @@ from haproxy_fixtures import (
     http_get,
 )
 
+from lbsync.edge.agentcheck import AgentCheck
 from lbsync.haproxy import runtime as runtime_module
 from lbsync.haproxy.binary import ConfigInvalid, check_config, haproxy_version
 from lbsync.haproxy.master import MasterCLI, ReloadFailed
@@ -30,7 +31,7 @@ from lbsync.haproxy.runtime import (
     RuntimeAPIError,
     response_error,
 )
-from lbsync.model import ADMIN_FDRAIN, ServerState
+from lbsync.model import ADMIN_FDRAIN, ADMIN_FMAINT, ServerState
 
 pytestmark = [pytest.mark.integration]  # haproxy_bin skips when a binary is missing
 
@@ -319,3 +320,67 @@ def test_missing_socket_and_refused_port_raise_runtime_api_error(tmp_path: Path)
     address = f"127.0.0.1:{free_port()}"
     with pytest.raises(RuntimeAPIError, match=f"{re.escape(address)}: connection refused"):
         RuntimeAPI(address).servers_state(BACKEND)
+
+
+def test_drain_keeps_cookie_holders_and_maint_redispatches_them(haproxy_rig: HAProxyRig) -> None:
+    """Why a leave is maintenance: a drained server still takes the clients that carry its
+    cookie; in maintenance they go to another server, while its open session finishes."""
+    rt = haproxy_rig.runtime()
+    for i, name in enumerate(("n0", "n1")):
+        add_and_enable(rt, name, haproxy_rig.nodes[i].port)
+    rt.run([f"enable dynamic-cookie backend {BACKEND}"])
+    wait_for("both up", lambda: all((s := server(rt, n)) is not None and s.up
+                                    for n in ("n0", "n1")))
+    cookie = f"SERVERID={dynamic_cookie(COOKIE_KEY, '127.0.0.1', haproxy_rig.nodes[0].port)}"
+    assert http_get(haproxy_rig.nodes_port, cookie=cookie).body == "node0"
+
+    rt.run([f"set server {BACKEND}/n0 state drain"])
+    assert {http_get(haproxy_rig.nodes_port, cookie=cookie).body for _ in range(5)} == {"node0"}
+
+    # A session on n0 (n1 out of the way while it starts), then n0 into maintenance.
+    rt.run([f"set server {BACKEND}/n0 state ready", f"set server {BACKEND}/n1 state maint"])
+    held = HeldRequest(haproxy_rig.nodes_port)
+    haproxy_rig.nodes[0].wait_held()
+    rt.run([f"set server {BACKEND}/n1 state ready", f"set server {BACKEND}/n0 state maint"])
+    wait_for("n1 up again", lambda: (s := server(rt, "n1")) is not None and s.up)
+    assert {http_get(haproxy_rig.nodes_port, cookie=cookie).body for _ in range(5)} == {"node1"}
+    n0 = server(rt, "n0")
+    assert n0 is not None and n0.forced_maint and n0.sessions == 1
+    haproxy_rig.nodes[0].release()
+    result = held.join()
+    assert not isinstance(result, BaseException) and result is not None, result
+    assert (result.status, result.body) == (200, "node0"), "maintenance cut the session"
+
+
+def test_agent_check_maint_is_forced_maintenance_and_ready_undoes_it(
+        haproxy_rig: HAProxyRig) -> None:
+    """What the node's agent-check says while it stops: `maint` sets the same bit as
+    `set server ... state maint`, and the agent keeps being asked in maintenance, so its
+    `ready` takes it back."""
+    rt = haproxy_rig.runtime()
+    agent = AgentCheck("127.0.0.1", 0, FixedIdle())
+    agent.start()
+    try:
+        add_and_enable(rt, "a0", haproxy_rig.nodes[0].port,
+                       f"agent-check agent-port {agent.port} agent-inter 200")
+        rt.run([f"enable agent {BACKEND}/a0"])
+        wait_for("a0 up", lambda: (s := server(rt, "a0")) is not None and s.up)
+        agent.maint()
+        wait_for("a0 in maintenance", lambda: (s := server(rt, "a0")) is not None
+                 and s.forced_maint)
+        s = server(rt, "a0")
+        assert s is not None and s.admin_state == ADMIN_FMAINT and s.state_word == "MAINT"
+        agent.resume()
+        wait_for("a0 up again", lambda: (s := server(rt, "a0")) is not None and s.up)
+    finally:
+        agent.close()
+
+
+class FixedIdle:
+    percent = 100.0
+
+    def start(self) -> None:
+        pass
+
+    def stop(self) -> None:
+        pass

@@ -194,8 +194,8 @@ def test_prometheus_scrapes_lbsync_and_haproxy_through_a_join_and_a_leave(
         assert joins is not None and joins - joins_before >= 2  # node1 and node2
         assert prom.value('lbsync_runtime_ops_total{op="add",result="ok"}') == 2
         # At least 1: Serf's coalesced member-join can arrive on the stream after the poll
-        # saw node2 leaving, and lbsync then undrains and drains it again (seen here).
-        assert (prom.value('lbsync_runtime_ops_total{op="drain",result="ok"}') or 0) >= 1
+        # saw node2 leaving, and lbsync then undoes its maint and sets it again (seen here).
+        assert (prom.value('lbsync_runtime_ops_total{op="maint",result="ok"}') or 0) >= 1
         assert prom.value('sum(lbsync_runtime_ops_total{result="error"})') == 0
         assert (prom.value('lbsync_reconcile_passes_total{result="ok"}') or 0) >= 3
         assert (prom.value("lbsync_reconcile_duration_seconds_count") or 0) >= 3
