@@ -306,11 +306,11 @@ def test_scale_to_5_then_1_under_load_loses_nothing_and_never_reloads(stack: Sta
     assert load.failures == [], f"{len(load.failures)} failed: {load.failures[:5]}"
     assert load.ok > 200
     assert stack.show_proc() == (reloads, workers), "HAProxy reloaded"
-    # They left: deleted once drained (the agent-check drains them first), never treated
-    # as failed.
+    # They left: deleted once their sessions ended (their agent-check put them in
+    # maintenance first), never treated as failed.
     log = logs(stack.lb(), since)
     for name in set(five.values()) - set(one.values()):
-        assert f"del server={name} drained" in log
+        assert f"del server={name} leave done" in log
         assert f"kill server={name}" not in log
 
 
@@ -333,7 +333,7 @@ def test_docker_stop_of_a_node_is_a_graceful_leave_within_the_stop_timeout(
                  "serf: left the cluster; not restarting", "stop command 's6-svc"):
         assert step in log, f"{step!r} missing from the node's log"
     assert set(stack.servers()) == set(nodes.values()) - {nodes[victim]}
-    assert f"del server={nodes[victim]} drained" in logs(stack.lb(), since)
+    assert f"del server={nodes[victim]} leave done" in logs(stack.lb(), since)
     # Else a later `--scale` may start this container again and stop a running one.
     run("docker", "rm", victim)
 

@@ -265,7 +265,7 @@ def test_scale_to_5_then_1_under_load_loses_nothing_and_never_reloads(
         if name in one.values():
             continue
         # Deleted once drained, never treated as failed...
-        assert f"del server={name} drained" in lb_log
+        assert f"del server={name} leave done" in lb_log
         assert f"kill server={name}" not in lb_log
         # ... because the node drained and left before it stopped, by itself (exit 0, not
         # Swarm's SIGKILL at the end of stop_grace_period), well within it.
