@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 NET = "10.231.0"
@@ -59,7 +59,6 @@ class Fabric:
     # The FORWARD rule that lets bridged frames through when br_netfilter hands them to
     # the root namespace's iptables (Docker sets that chain's policy to DROP).
     _forward_rule: tuple[str, ...] = ("FORWARD", "-i", BRIDGE, "-o", BRIDGE, "-j", "ACCEPT")
-    faults: list[str] = field(default_factory=list)
 
     # --- names and addresses ------------------------------------------------------------
     lb_ns = NS_PREFIX + "lb"
@@ -122,20 +121,17 @@ class Fabric:
         ns = self.member_ns(index)
         self._rule(ns, "INPUT", "-s", self.lb_ip, "-j", "DROP")
         self._rule(ns, "OUTPUT", "-d", self.lb_ip, "-j", "DROP")
-        self.faults.append(f"partition m{index}")
 
     def partition_all(self) -> None:
         """The load balancer hears no member (the host's load still reaches it)."""
         for i in range(1, self.members + 1):
             self._rule(self.lb_ns, "INPUT", "-s", self.member_ip(i), "-j", "DROP")
             self._rule(self.lb_ns, "OUTPUT", "-d", self.member_ip(i), "-j", "DROP")
-        self.faults.append("partition all")
 
     def one_way(self, index: int) -> None:
         """Asymmetric: the load balancer's packets to member `index` are lost; the
         member's packets to the load balancer arrive."""
         self._rule(self.member_ns(index), "INPUT", "-s", self.lb_ip, "-j", "DROP")
-        self.faults.append(f"one-way lb->m{index}")
 
     def gossip_loss(self, index: int) -> None:
         """Member `index`'s Serf traffic (7946, TCP and UDP, both ways) is lost; its
@@ -145,7 +141,6 @@ class Fabric:
             for chain, way in (("INPUT", "--dport"), ("INPUT", "--sport"),
                                ("OUTPUT", "--dport"), ("OUTPUT", "--sport")):
                 self._rule(ns, chain, "-p", proto, way, str(SERF_PORT), "-j", "DROP")
-        self.faults.append(f"gossip loss m{index}")
 
     def packet_loss(self, index: int, probability: float) -> None:
         """Member `index` loses `probability` of its packets, each way, at random."""
@@ -153,12 +148,10 @@ class Fabric:
         for chain, iface in (("INPUT", "-i"), ("OUTPUT", "-o")):
             self._rule(ns, chain, iface, "eth0", "-m", "statistic", "--mode", "random",
                        "--probability", f"{probability:.2f}", "-j", "DROP")
-        self.faults.append(f"loss {probability:.0%} m{index}")
 
     def heal(self) -> None:
         for ns in self.namespaces:
             run(*self.prefix(ns), "iptables", "-F", check=False)
-        self.faults.clear()
 
 
 def _bridge_netfilter() -> bool:
