@@ -240,8 +240,14 @@ def _bench(c: Context) -> str:
     r = run(argv, timeout=1200)
     c.write("bench.txt", r.transcript())
     if r.code != 0:
+        # A failed collection leaves the lab folder as it was, so the transcript goes to
+        # the student's own work/ folder: a failed run is worth reading too.
+        kept = c.workdir / "work" / f"{c.final.name}-failed.txt"
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        kept.write_text(r.transcript(), encoding="utf-8")
         raise LabError(f"the benchmark failed (exit {r.code}): "
-                       f"{(r.out.strip().splitlines() or ['no output'])[-1]}")
+                       f"{(r.out.strip().splitlines() or ['no output'])[-1]} "
+                       f"(its whole output: {kept})")
     # The results name their own paths: name the step folder, not the staging folder.
     for path in c.out.iterdir():
         if path.suffix in (".md", ".json", ".txt"):

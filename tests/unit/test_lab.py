@@ -953,6 +953,20 @@ def test_collect_that_fails_leaves_the_old_step(tmp_path: Path, fake_versions: N
     assert sorted(p.name for p in (root / "logs/task-1").iterdir()) == ["after-kill"]
 
 
+def test_a_failed_benchmark_keeps_its_transcript_in_work(
+        tmp_path: Path, fake_versions: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = new_lab(tmp_path)
+    step = step_of(6, "measure")
+    monkeypatch.setattr(collect, "preflight", lambda step, workdir: None)
+    failed = collect.Run(["bench"], 1, "part 4: timed out waiting for node 2\n")
+    monkeypatch.setattr(collect, "run", lambda argv, timeout: failed)
+    with pytest.raises(LabError, match="timed out waiting for node 2.*measure-failed.txt"):
+        collect.collect(LAB, step, root, FakeTrack(dict(PIDS)), io.StringIO())
+    assert not (root / step.folder).exists()  # nothing half-collected
+    kept = (root / "work" / "measure-failed.txt").read_text()
+    assert "timed out waiting for node 2" in kept and "(exit code 1)" in kept
+
+
 # --- the CLI -------------------------------------------------------------------------------
 
 
