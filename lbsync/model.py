@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 
 
 class LbsyncError(Exception):
@@ -45,6 +46,24 @@ class EventKind(StrEnum):
     FAILED = "member-failed"
     UPDATE = "member-update"
     REAP = "member-reap"
+
+
+# The status a member event leaves its members in: the one reading of Serf's event names,
+# for `lbsync handle` (serf.handler) and the registry alike. A reaped member had failed or
+# left long enough ago (Serf's reconnect_timeout / tombstone_timeout) that Serf forgot it:
+# it has no status any more, and lbsync forgets it too. The registry deletes its file, as
+# a resync does for a member the `members` poll no longer lists, so its server goes the
+# way of any server no member stands behind.
+EVENT_STATUS: Mapping[EventKind, MemberStatus] = MappingProxyType({
+    EventKind.JOIN: MemberStatus.ALIVE,
+    EventKind.UPDATE: MemberStatus.ALIVE,
+    EventKind.LEAVE: MemberStatus.LEFT,
+    EventKind.FAILED: MemberStatus.FAILED,
+    EventKind.REAP: MemberStatus.NONE,
+})
+# The events after which the registry keeps no record of their members.
+FORGETS: frozenset[EventKind] = frozenset(
+    kind for kind, status in EVENT_STATUS.items() if status is MemberStatus.NONE)
 
 
 @dataclass(frozen=True)

@@ -16,17 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from .files import atomic_write
-from .model import EventKind, Member, MemberEvent, MemberStatus, Refusal
+from .model import EVENT_STATUS, FORGETS, EventKind, Member, MemberEvent, MemberStatus, Refusal
 from .validate import name_problem
 
 log = logging.getLogger("lbsync.registry")
 
-_EVENT_STATUS = {
-    EventKind.JOIN: MemberStatus.ALIVE,
-    EventKind.UPDATE: MemberStatus.ALIVE,
-    EventKind.LEAVE: MemberStatus.LEFT,
-    EventKind.FAILED: MemberStatus.FAILED,
-}
 # What a status change seen by the members poll is called in `last_event`.
 _STATUS_EVENT = {
     MemberStatus.ALIVE: "member-join",
@@ -158,7 +152,7 @@ class Registry:
             if problem := name_problem(m.name):
                 refused.append(Refusal(m.name, problem))
                 continue
-            if event.kind == EventKind.REAP:
+            if event.kind in FORGETS:  # reaped: Serf forgot it, so does lbsync
                 if self.delete(m.name):
                     changed.append(m.name)
                 continue
@@ -168,7 +162,7 @@ class Registry:
                     log.debug("registry: %s for %s ignored: recorded %s since", event.kind,
                               m.name, old.status)
                     continue
-            stored = Member(m.name, m.addr, dict(m.tags), _EVENT_STATUS[event.kind],
+            stored = Member(m.name, m.addr, dict(m.tags), EVENT_STATUS[event.kind],
                             str(event.kind), m.time)
             if self.put(stored):
                 changed.append(m.name)

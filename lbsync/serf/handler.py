@@ -13,16 +13,9 @@ extra tags the member could have set itself anyway.
 
 from __future__ import annotations
 
-from lbsync.model import EventKind, Member, MemberEvent, MemberStatus, Refusal
+from lbsync.model import EVENT_STATUS, EventKind, Member, MemberEvent, Refusal
 from lbsync.validate import addr_problem, name_problem, tags_problem
 
-_STATUS = {
-    EventKind.JOIN: MemberStatus.ALIVE,
-    EventKind.UPDATE: MemberStatus.ALIVE,
-    EventKind.LEAVE: MemberStatus.LEFT,
-    EventKind.FAILED: MemberStatus.FAILED,
-    EventKind.REAP: MemberStatus.LEFT,
-}
 NON_MEMBER_EVENTS = frozenset({"user", "query"})
 _KNOWN = ", ".join([*(k.value for k in EventKind), *sorted(NON_MEMBER_EVENTS)])
 _SHOWN = 40  # characters of a bad name quoted back in a Refusal
@@ -82,7 +75,7 @@ def _parse_line(line: str, kind: EventKind, now: float) -> tuple[Member | None, 
         # Serf derives the column from the tag, so a mismatch means the line was split
         # somewhere other than where Serf put the tabs.
         problem = f"role column {role!r:.{_SHOWN}} does not match the role tag"
-    member = Member(name, addr, tags, _STATUS[kind], kind.value, now)
+    member = Member(name, addr, tags, EVENT_STATUS[kind], kind.value, now)
     return member, problem
 
 

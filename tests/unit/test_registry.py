@@ -11,6 +11,7 @@ import pytest
 
 from lbsync.model import EventKind, Member, MemberEvent, MemberStatus
 from lbsync.registry import Registry, from_json, to_json
+from lbsync.serf.handler import parse_handler_input
 
 
 def _m(name: str, addr: str = "10.0.0.1", time: float = 1.0, **tags: str) -> Member:
@@ -86,6 +87,41 @@ def test_reap_deletes_the_file(tmp_path: Path) -> None:
     assert changed == ["n1"]  # ghost had no file: nothing changed
     assert refused == []
     assert _files(tmp_path) == ["n2.json"]
+
+
+# What an event means (lbsync.model.EVENT_STATUS), as `lbsync handle` and the daemon see it.
+_LINE = "n1\t10.0.0.1\tedge\trole=edge,port=8080,ready=1\n"
+
+
+@pytest.mark.parametrize("before", [EventKind.LEAVE, EventKind.FAILED])
+def test_a_reaped_member_is_gone(tmp_path: Path, before: EventKind) -> None:
+    """member-reap: Serf forgot a member that left or failed long enough ago, and lbsync
+    forgets it too: no file is left, so no server stands for it (not even a left one)."""
+    reg = Registry(tmp_path)
+    for kind in (EventKind.JOIN, before, EventKind.REAP):
+        event, refused = parse_handler_input(kind.value, _LINE, 1.0)
+        assert event is not None and refused == []
+        reg.apply_event(event)
+    assert reg.load() == {}
+    assert _files(tmp_path) == []
+    # The daemon's stream hands the member over with the status Serf last had for it.
+    reg.apply_event(_ev(EventKind.JOIN, _m("n2")))
+    reaped = Member("n2", "10.0.0.1", {"role": "edge"}, MemberStatus.FAILED, "", 2.0)
+    assert reg.apply_event(_ev(EventKind.REAP, reaped), revive=False) == (["n2"], [])
+    assert _files(tmp_path) == []
+
+
+@pytest.mark.parametrize("kind", list(EventKind))
+def test_the_handler_and_the_registry_read_an_event_alike(tmp_path: Path,
+                                                          kind: EventKind) -> None:
+    event, _ = parse_handler_input(kind.value, _LINE, 1.0)
+    assert event is not None
+    said = event.members[0].status
+    reg = Registry(tmp_path)
+    reg.apply_event(_ev(EventKind.JOIN, _m("n1")))
+    reg.apply_event(event)
+    stored = reg.get("n1")
+    assert (stored.status if stored is not None else MemberStatus.NONE) is said
 
 
 def test_repeated_event_changes_nothing(tmp_path: Path) -> None:
