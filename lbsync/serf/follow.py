@@ -16,13 +16,12 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable
 from typing import TypeVar
 
 from lbsync.model import Member, MemberEvent
 from lbsync.serf.rejoin import GOSSIP_PORT, gossip_addr
-from lbsync.serf.rpc import MEMBER_EVENT_TYPES, SerfError, SerfRPC
+from lbsync.serf.rpc import MEMBER_EVENT_TYPES, REAL_CLOCK, Clock, SerfError, SerfRPC
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,8 @@ class Follower:
     `on_event` gets every member event from the stream; `on_members` gets the full member
     list every `poll_interval` seconds (and straight after each (re)connect, which is how
     events missed while disconnected are made up for). Exceptions from the callbacks are
-    logged and do not stop the follower.
+    logged and do not stop the follower. `clock` is the time it and its connection see
+    (its backoff pauses and reply waits), replaced in unit tests.
     """
 
     def __init__(
@@ -58,6 +58,7 @@ class Follower:
         types: str = MEMBER_EVENT_TYPES,
         rejoin: Callable[[list[Member]], list[Member]] | None = None,
         gossip_port: int = GOSSIP_PORT,
+        clock: Clock = REAL_CLOCK,
     ) -> None:
         if poll_interval <= 0:
             raise ValueError(f"poll interval must be positive, not {poll_interval}")
@@ -71,6 +72,7 @@ class Follower:
         self._types = types
         self._rejoin = rejoin
         self._gossip_port = gossip_port
+        self._clock = clock  # also the connection's: its reply waits
         self._where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self._events: queue.Queue[object] = queue.Queue()
         self._stopping = threading.Event()
@@ -115,15 +117,15 @@ class Follower:
                 if self._stopping.is_set():
                     break
                 if outage_since is None:
-                    outage_since = time.monotonic()
+                    outage_since = self._clock.now()
                     log.warning("%s; retrying (backoff up to %g s)", exc, BACKOFF_MAX)
-                self._stopping.wait(delay)
+                self._clock.wait(self._stopping, delay)
                 delay = min(delay * 2, BACKOFF_MAX)
                 continue
             if outage_since is not None:
                 log.info(
                     "serf agent at %s is back after %.1f s",
-                    self._where, time.monotonic() - outage_since,
+                    self._where, self._clock.now() - outage_since,
                 )
             elif not ever_connected:
                 log.info("following serf agent at %s", self._where)
@@ -136,13 +138,13 @@ class Follower:
                 rpc.close()
                 self._drain()
             if not self._stopping.is_set():
-                outage_since = time.monotonic()
+                outage_since = self._clock.now()
                 log.warning(
                     "lost serf agent at %s (%s); reconnecting", self._where, reason
                 )
 
     def _connect(self) -> SerfRPC:
-        rpc = SerfRPC(self.host, self.port, self._auth_key, self._timeout)
+        rpc = SerfRPC(self.host, self.port, self._auth_key, self._timeout, clock=self._clock)
         with self._lock:
             if self._stopping.is_set():
                 raise SerfError("stopping")
@@ -159,11 +161,11 @@ class Follower:
 
     def _follow(self, rpc: SerfRPC) -> str:
         """Deliver events and polls until the connection drops; returns why it did."""
-        next_poll = time.monotonic()
+        next_poll = self._clock.now()
         while not self._stopping.is_set():
             if rpc.closed:
                 return rpc.close_reason or "connection closed"
-            wait = next_poll - time.monotonic()
+            wait = next_poll - self._clock.now()
             if wait <= 0:
                 try:
                     members = self._rejoined(rpc, rpc.members())
@@ -171,7 +173,7 @@ class Follower:
                     return str(exc)
                 self._deliver(self._on_members, members)
                 # Skip missed ticks instead of bursting to catch up after a slow callback.
-                next_poll = max(next_poll + self.poll_interval, time.monotonic())
+                next_poll = max(next_poll + self.poll_interval, self._clock.now())
                 continue
             try:
                 item = self._events.get(timeout=min(wait, _MAX_IDLE))

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import msgpack
 
@@ -34,6 +34,26 @@ _BODYLESS_ERRORS = frozenset(
 )
 _AUTH_REQUIRED = "Authentication required"
 _AUTH_INVALID = "Invalid authentication token"
+
+
+class Clock(Protocol):
+    """The time SerfRPC and the follower see; unit tests pass a fake that skips the waits."""
+
+    def now(self) -> float: ...
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        """`event.wait(seconds)`: True when the event was set, False when the time ran out."""
+        ...
+
+
+class RealClock:
+    def now(self) -> float:
+        return time.monotonic()
+
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        return event.wait(seconds)
+
+
+REAL_CLOCK = RealClock()
 
 
 class SerfError(LbsyncError):
@@ -144,11 +164,13 @@ class SerfRPC:
     """
 
     def __init__(
-        self, host: str, port: int, auth_key: str | None = None, timeout: float = 5.0
+        self, host: str, port: int, auth_key: str | None = None, timeout: float = 5.0,
+        *, clock: Clock = REAL_CLOCK,
     ) -> None:
         self.host = host
         self.port = port
         self.timeout = timeout
+        self._clock = clock
         self._auth_key = auth_key
         self._where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         self._sock: socket.socket | None = None
@@ -334,7 +356,7 @@ class SerfRPC:
             self._fail(f"send failed: {exc.strerror or exc}")
             raise SerfError(self._lost_message(command)) from None
         wait = self.timeout if timeout is None else timeout
-        if not call.done.wait(wait):
+        if not self._clock.wait(call.done, wait):
             # The entry stays in _pending so a late reply (and its body) is still consumed.
             raise SerfError(
                 f"serf agent at {self._where} did not answer {command!r} within {wait:g} s"

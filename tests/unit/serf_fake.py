@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -139,3 +140,51 @@ class FakeAgent:
             else:
                 self._send({"Seq": seq, "Error": "Unsupported command"})
                 return
+
+
+class FakeClock:
+    """A Clock (lbsync.serf.rpc) whose waits take no time unless a test lets them.
+
+    A wait ends when its event is set (a reply came, stop() was called), or when the test
+    lets it time out (`expire(n)`: the next n waits time out at once, counted as their full
+    timeout). `now()` is the real monotonic clock plus the time the expired waits skipped,
+    so what the code measures across a wait is the wait's timeout, not the machine's speed.
+    A wait that neither happens within `STUCK` real seconds ends False and is recorded stuck.
+    """
+
+    STUCK = 20.0
+
+    def __init__(self) -> None:
+        self.waits: list[float] = []  # the timeout of each wait, in the order they began
+        self.ended: list[str] = []  # how each one ended: "event", "expired" or "stuck"
+        self._skipped = 0.0
+        self._expiring = 0
+        self._cond = threading.Condition()
+
+    def now(self) -> float:
+        with self._cond:
+            return time.monotonic() + self._skipped
+
+    def expire(self, n: int = 1) -> None:
+        with self._cond:
+            self._expiring += n
+            self._cond.notify_all()
+
+    def wait(self, event: threading.Event, seconds: float) -> bool:
+        start = time.monotonic()
+        with self._cond:
+            self.waits.append(seconds)
+            while True:
+                if event.is_set():
+                    how = "event"
+                elif self._expiring > 0:
+                    self._expiring -= 1
+                    self._skipped += seconds - (time.monotonic() - start)
+                    how = "expired"
+                elif time.monotonic() - start > self.STUCK:
+                    how = "stuck"
+                else:
+                    self._cond.wait(0.005)  # the event is not ours to be notified of
+                    continue
+                self.ended.append(how)
+                return how == "event"

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
-from serf_fake import FakeAgent
+from serf_fake import FakeAgent, FakeClock
 
 from lbsync.model import Member, MemberEvent
 from lbsync.serf.follow import Follower
@@ -80,13 +81,18 @@ def test_outage_logs_once_and_recovery_once(
 ) -> None:
     caplog.set_level(logging.INFO, logger="lbsync.serf.follow")
     port = free_port()
-    follower = Follower("127.0.0.1", port, recorder.on_event, recorder.on_members)
+    clock = FakeClock()
+    clock.expire(4)  # four backoffs run out at once; the fifth waits for the agent below
+    follower = Follower("127.0.0.1", port, recorder.on_event, recorder.on_members,
+                        clock=clock)
     follower.start()
     agent: FakeAgent | None = None
     try:
-        time.sleep(1.0)  # several failed attempts: 0.1, 0.2, 0.4 s apart
+        wait_for(lambda: len(clock.waits) == 5)
+        assert clock.waits == [0.1, 0.2, 0.4, 0.8, 1.6]  # doubling from BACKOFF_FIRST
         assert not follower.connected
         agent = FakeAgent(port=port)
+        clock.expire(1)  # the fifth backoff: the agent is up now
         wait_for(lambda: follower.connected and recorder.polls)
         agent.drop()  # as when the agent restarts: the follower must notice and come back
         fake = agent
@@ -100,28 +106,33 @@ def test_outage_logs_once_and_recovery_once(
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert len([w for w in warnings if "connection refused" in w]) == 1
-    assert any("is back after" in i for i in infos)
+    # The outage as the follower measured it: the five backoffs, 3.1 s on the fake clock.
+    back = [i for i in infos if "is back after" in i]
+    assert back and re.search(r"is back after 3\.[12] s", back[0]), back
     assert sum("lost serf agent" in w for w in warnings) == 1
 
 
-def test_stop_is_prompt_while_reconnecting(recorder: Recorder) -> None:
-    follower = Follower("127.0.0.1", free_port(), recorder.on_event, recorder.on_members)
+def test_stop_cuts_the_reconnect_backoff_short(recorder: Recorder) -> None:
+    clock = FakeClock()  # no wait runs out: the first backoff lasts until stop() ends it
+    follower = Follower("127.0.0.1", free_port(), recorder.on_event, recorder.on_members,
+                        clock=clock)
     follower.start()
-    time.sleep(0.5)
-    start = time.monotonic()
+    wait_for(lambda: clock.waits)
     follower.stop()
-    assert time.monotonic() - start < 0.5
+    assert clock.waits == [0.1] and clock.ended == ["event"]
 
 
 def test_stop_is_prompt_with_a_hung_agent(agent: FakeAgent, recorder: Recorder) -> None:
     agent.silent.add("members")
+    clock = FakeClock()  # no reply wait runs out: the members call waits until stop()
     follower = Follower("127.0.0.1", agent.port, recorder.on_event, recorder.on_members,
-                        timeout=30.0)
+                        timeout=30.0, clock=clock)
     follower.start()
     wait_for(lambda: any(c == "members" for c, _ in agent.requests))
-    start = time.monotonic()
     follower.stop()
-    assert time.monotonic() - start < 1
+    # Every reply wait (30 s each) is over, ended by its event: stop() closed the connection.
+    assert clock.waits and set(clock.waits) == {30.0}
+    assert clock.ended == ["event"] * len(clock.waits)
 
 
 def test_callback_errors_are_logged_not_fatal(
