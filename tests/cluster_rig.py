@@ -17,6 +17,8 @@ import psutil
 import pytest
 
 from lbsync.cluster.local import Layout, leftovers
+from lbsync.haproxy.runtime import RuntimeAPIError
+from lbsync.serf.rpc import SerfError
 
 CROSSBAR = Path(sys.executable).parent / "crossbar"
 # The marks of a module that starts the local cluster.
@@ -35,18 +37,29 @@ def lbsync(*args: str, timeout: float = 300, cwd: Path | None = None,
                           text=True, timeout=timeout, check=False, cwd=cwd, env=env)
 
 
-def wait(cond: Callable[[], object], timeout: float, what: str) -> None:
-    """Call COND every 0.2 s until it is true; an exception means "not yet"."""
+# What a check may raise while the world is still settling: a refused, reset or timed-out
+# connection (OSError, requests' errors included), a missing file, a Serf or HAProxy client
+# that cannot reach its agent yet, a command that fails until the thing is ready. Anything
+# else (a KeyError, a failed assert, a TypeError) is a failure of the test, raised at once.
+NOT_YET: tuple[type[Exception], ...] = (
+    OSError, SerfError, RuntimeAPIError, subprocess.CalledProcessError)
+
+
+def wait(cond: Callable[[], object], timeout: float, what: str, *,
+         not_yet: tuple[type[Exception], ...] = NOT_YET) -> None:
+    """Call COND every 0.2 s until it is true. An exception of NOT_YET means "not yet"; the
+    last one is chained to the timeout's AssertionError, and any other one is raised."""
     deadline = time.monotonic() + timeout
     last: Exception | None = None
     while time.monotonic() < deadline:
         try:
             if cond():
                 return
-        except Exception as e:  # noqa: BLE001 (the world is still settling)
+        except not_yet as e:
             last = e
         time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}" + (f" ({last!r})" if last else ""))
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}"
+                         + (f" (last: {last!r})" if last else "")) from last
 
 
 def stop_cluster(layout: Layout) -> None:

@@ -16,11 +16,22 @@ from pathlib import Path
 
 import pytest
 import requests
-from cluster_rig import wait
+from cluster_rig import NOT_YET
+from cluster_rig import wait as _wait
 
 ROOT = Path(__file__).resolve().parents[2]
 FRONTEND = "http://127.0.0.1:8080"
 NODE_UP = 180.0  # Crossbar nodes starting side by side on 2 cores take a while
+
+
+class CommandFailed(AssertionError):
+    """A command `run` checked exited non-zero: the test fails, or, inside `wait`, not yet."""
+
+
+def wait(cond: Callable[[], object], timeout: float, what: str) -> None:
+    """cluster_rig.wait, where a failing command of `run` (docker exec of a service that is
+    still starting, say) also means "not yet"."""
+    _wait(cond, timeout, what, not_yet=(*NOT_YET, CommandFailed))
 
 
 def run(*cmd: str, timeout: float = 120, check: bool = True, env: dict[str, str] | None = None,
@@ -28,7 +39,7 @@ def run(*cmd: str, timeout: float = 120, check: bool = True, env: dict[str, str]
     r = subprocess.run(list(cmd), cwd=ROOT, capture_output=True, text=True, timeout=timeout,
                        env=env, input=input, check=False)
     if check and r.returncode != 0:
-        raise AssertionError(f"{' '.join(cmd)} exited {r.returncode}:\n"
+        raise CommandFailed(f"{' '.join(cmd)} exited {r.returncode}:\n"
                              f"{r.stdout[-3000:]}\n{r.stderr[-3000:]}")
     return r
 

@@ -427,6 +427,8 @@ def test_probe_status_and_no_reload(cluster: Layout) -> None:
         r = lbsync("status", env=env, timeout=60)
         table[:] = [r.stdout + r.stderr]
         lines = r.stdout.splitlines()
+        if not lines:
+            return {}  # no table yet (an agent still starting): not yet
         column = lines[0].split().index("LINKS")
         return {row.split()[0]: row.split()[column] for row in lines[1:]}
 
