@@ -1,5 +1,6 @@
 """The Docker end-to-end tests build images and start the compose stack (minutes), so a
-plain `pytest` skips them: select them with `pytest -m e2e tests/e2e` (or LBSYNC_E2E=1)."""
+plain `pytest` skips them: select them with `pytest -m e2e tests/e2e` (or LBSYNC_E2E=1).
+Once selected, they fail when Docker cannot be prepared (e2e_docker.prepared_engine)."""
 
 from __future__ import annotations
 
