@@ -437,11 +437,22 @@ def test_sidecar_sets_ready_once_crossbar_serves_then_drains_and_leaves(
     assert m.tags["agent-port"] == str(side.agent[1])
     assert side.agent_says().startswith("up ")
 
+    # Watch the order from the node's own agent (where the sidecar sets the tag, no gossip
+    # in between): each sample reads the tag, then asks /info. Crossbar keeps answering once
+    # it does, so a ready=1 read before an /info that does not answer was set too early.
     node.start()
-    node.wait_info()
-    info_at = time.monotonic()
-    wait_for(lambda: tag(lb, "edge2", "ready") == "1", 10, "ready=1")
-    assert time.monotonic() >= info_at
+    samples: list[tuple[bool, bool]] = []  # (ready=1, /info answered right after)
+
+    def ready_in_order() -> bool:
+        ready = tag(serf, "edge2", "ready") == "1"
+        samples.append((ready, node.info_ok()))
+        if ready and not samples[-1][1]:
+            pytest.fail(f"ready=1 while /info does not answer yet (sample {len(samples)})")
+        return ready
+
+    wait_for(ready_in_order, 70, "ready=1")
+    assert not samples[0][1], "/info answered at once: the order was not observed"
+    wait_for(lambda: tag(lb, "edge2", "ready") == "1", 10, "ready=1 on the lb agent")
     # For a few seconds after ready=1 it also says `ready`, taking back a `maint` that a
     # stop which did not finish left on HAProxy.
     words = side.agent_says().split()
