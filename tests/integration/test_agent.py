@@ -90,13 +90,20 @@ def expected_cookie(stack: DevStack, haproxy_bin: HAProxyBin, name: str) -> str:
 
 
 def client_on(stack: DevStack, name: str) -> requests.Session:
-    """A client whose first request landed on `name`: its cookie now pins it there."""
-    for _ in range(60):
+    """A client whose first request landed on `name`: its cookie now pins it there.
+
+    New clients are spread by leastconn, so one lands on `name` within a few tries unless
+    `name` takes no traffic: then the test fails after 15 s, naming where they went."""
+    deadline = time.monotonic() + 15.0
+    landed: list[str] = []
+    while time.monotonic() < deadline:
         client = requests.Session()
-        if client.get(f"{stack.frontend}/info", timeout=5).headers["X-Node"] == name:
+        landed.append(client.get(f"{stack.frontend}/info", timeout=5).headers["X-Node"])
+        if landed[-1] == name:
             return client
         client.close()
-    raise AssertionError(f"no new client landed on {name} in 60 tries")
+    raise AssertionError(f"no new client landed on {name} within 15 s: {len(landed)} went to "
+                         f"{sorted(set(landed))}")
 
 
 def served_by(client: requests.Session, stack: DevStack, n: int = 10) -> set[str]:
