@@ -94,6 +94,28 @@ def assert_one_realm(ws_url: str, sessions: int) -> None:
     assert f"ok: {sessions} sessions on {sessions} node(s) are one realm" in probe.stdout
 
 
+CONTROL_DONE = "=== control done"
+
+
+def http_info(host: str, port: int) -> str:
+    """A shell line for a probe container: GET /info from HOST:PORT with nc, the positive
+    control run before a negative check (then `after_control` reads the output)."""
+    return (f'printf "GET /info HTTP/1.0\\r\\n\\r\\n" | nc -w 3 {host} {port}; '
+            f'echo "{CONTROL_DONE}"')
+
+
+def after_control(probe: subprocess.CompletedProcess[str]) -> str:
+    """What a probe printed after its `http_info` control, once the control reached the
+    frontend: a probe that fails for any other reason (no image, no network, no nc) would
+    pass the negative check as well, and proves nothing."""
+    out = probe.stdout + probe.stderr
+    control, done, rest = probe.stdout.partition(CONTROL_DONE)
+    status = control.split("\n", 1)[0]
+    assert done and status.startswith("HTTP/1.") and " 200 " in status, out
+    assert "<h1>node " in control, out
+    return rest
+
+
 def parse_show_proc(out: str) -> tuple[int, list[str]]:
     """The master's reload count and its workers' pids, from the master CLI's `show proc`."""
     reloads, workers = -1, []

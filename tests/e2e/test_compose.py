@@ -1,11 +1,12 @@
 """The Docker stack end to end: scripts/docker-prepare.sh builds the images (installing and
 starting Docker when it must), then docker-compose.yml runs `lb` and N `node` containers.
 
-One compose project (`lbsynce2e`) serves the whole module; the tests run in file order,
-each leaving the stack as the next one expects. The project is always taken down (with its
-key volume), also on failure, and a dockerd that the preparation started is stopped. It
-runs with no SERF_ENCRYPT_KEY and no .env, as a fresh clone does: the lb makes the gossip
-key; the last test sets SERF_ENCRYPT_KEY to check that it overrides the made one.
+One compose project (`lbsynce2e`) serves the whole module; each test scales it to the
+nodes it needs itself (`Stack.nodes_up`), so it passes alone (`-k`) as in file order. The
+project is always taken down (with its key volume), also on failure, and a dockerd that
+the preparation started is stopped. It runs with no SERF_ENCRYPT_KEY and no .env, as a
+fresh clone does: the lb makes the gossip key; the last test sets SERF_ENCRYPT_KEY to
+check that it overrides the made one.
 
 Select with `pytest -m e2e tests/e2e`. LBSYNC_COMPOSE picks the compose command
 (default: `docker compose` when the plugin answers, else `docker-compose`).
@@ -31,8 +32,10 @@ from e2e_docker import (
     FRONTEND,
     NODE_UP,
     SHOW_PROC,
+    after_control,
     assert_every_node_serves,
     assert_one_realm,
+    http_info,
     logs,
     node_in_info,
     parse_show_proc,
@@ -100,6 +103,15 @@ class Stack:
     def up_servers(self, runtime: str = "127.0.0.1:9999") -> set[str]:
         return {n for n, s in self.servers(runtime).items() if s.up}
 
+    def nodes_up(self, n: int) -> dict[str, str]:
+        """The precondition of a test: N node containers (`up --scale node=N`), all UP in
+        HAProxy; container -> node name."""
+        self.compose("up", "-d", "--scale", f"node={n}")
+        nodes = self.node_names()
+        assert len(nodes) == n, nodes
+        wait(lambda: self.up_servers() == set(nodes.values()), NODE_UP, f"{n} servers UP")
+        return nodes
+
     def show_proc(self) -> tuple[int, list[str]]:
         """The master's reload count and its workers' pids (master CLI `show proc`)."""
         return parse_show_proc(self.exec(self.lb(), "sh", "-c", SHOW_PROC).stdout)
@@ -139,9 +151,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 
 def test_three_nodes_are_up_and_all_serve(stack: Stack) -> None:
-    nodes = stack.node_names()
-    assert len(nodes) == 3
-    wait(lambda: stack.up_servers() == set(nodes.values()), NODE_UP, "3 servers UP")
+    nodes = stack.nodes_up(3)
     # What the README tells a user to type.
     out = run("sh", "-c", 'echo "show servers state" | nc -w 3 127.0.0.1 9999').stdout
     rows = [line.split() for line in out.splitlines() if not line.startswith("#")]
@@ -151,8 +161,7 @@ def test_three_nodes_are_up_and_all_serve(stack: Stack) -> None:
 
 
 def test_the_nodes_are_one_realm_through_their_router_links(stack: Stack) -> None:
-    nodes = stack.node_names()
-    wait(lambda: stack.up_servers() == set(nodes.values()), NODE_UP, "3 servers UP")
+    nodes = stack.nodes_up(3)
     # Each node links to the two others (the fleet key comes from the gossip key).
     for cid, table in wait_links_up(stack.exec, nodes).items():
         assert "2/2 links up" in table, table
@@ -171,9 +180,8 @@ def serf_keys(stack: Stack, cid: str) -> str:
 
 
 def test_the_gossip_key_is_made_once_and_shared_with_the_project_alone(stack: Stack) -> None:
+    nodes = stack.nodes_up(3)
     lb = stack.lb()
-    nodes = stack.node_names()
-    assert nodes
     # The lb made it, once, in the volume; mode 0600 in a 0700 folder.
     made = [line for line in logs(lb).splitlines() if "made a new gossip key" in line]
     assert len(made) == 1 and KEY_FILE in made[0], made
@@ -213,9 +221,7 @@ def test_lab_collect_from_the_compose_stack(stack: Stack, tmp_path: Path) -> Non
         pytest.fail("Chromium is not installed, and `lbsync lab collect` of a snapshot step "
                     "screenshots the stats page with it: apt-get install -y chromium (or "
                     "bash scripts/setup.sh)")
-    nodes = set(stack.node_names().values())
-    assert len(nodes) == 3
-    wait(lambda: stack.up_servers() == nodes, NODE_UP, "3 servers UP")
+    nodes = set(stack.nodes_up(3).values())
     workdir = tmp_path / "lab"
     lab("init", workdir)
     t0 = time.monotonic()
@@ -316,9 +322,7 @@ def test_scale_to_5_then_1_under_load_loses_nothing_and_never_reloads(stack: Sta
 
 def test_docker_stop_of_a_node_is_a_graceful_leave_within_the_stop_timeout(
         stack: Stack) -> None:
-    stack.compose("up", "-d", "--scale", "node=3")
-    nodes = stack.node_names()
-    wait(lambda: stack.up_servers() == set(nodes.values()), NODE_UP, "3 servers UP")
+    nodes = stack.nodes_up(3)
     victim = sorted(nodes)[0]
     since = utc_now()
     t0 = time.monotonic()
@@ -339,9 +343,7 @@ def test_docker_stop_of_a_node_is_a_graceful_leave_within_the_stop_timeout(
 
 
 def test_killed_node_leaves_the_server_list(stack: Stack) -> None:
-    nodes = stack.node_names()
-    assert len(nodes) == 2
-    wait(lambda: stack.up_servers() == set(nodes.values()), NODE_UP, "2 servers UP")
+    nodes = stack.nodes_up(2)
     victim, survivor = sorted(nodes, key=lambda cid: nodes[cid])
     run("docker", "kill", victim)
     # Serf's failure detection, then lbsync removes it at once.
@@ -352,6 +354,7 @@ def test_killed_node_leaves_the_server_list(stack: Stack) -> None:
 
 
 def test_restarted_lb_comes_back_with_the_same_servers(stack: Stack) -> None:
+    stack.nodes_up(1)
     before = {n: (s.addr, s.port) for n, s in stack.servers().items()}
     assert before
     run("docker", "restart", stack.lb(), timeout=90)
@@ -362,6 +365,8 @@ def test_restarted_lb_comes_back_with_the_same_servers(stack: Stack) -> None:
 
 
 def test_killed_lbsync_agent_is_restarted_by_s6_and_nothing_drifts(stack: Stack) -> None:
+    stack.nodes_up(1)
+    wait(stack.status_check, 60, "lbsync status --check to pass before the kill")
     lb = stack.lb()
     pid = stack.exec(lb, "s6-svstat", "-p", "/etc/s6/lb/agent").stdout.strip()
     assert int(pid) > 0
@@ -379,9 +384,7 @@ def test_killed_lbsync_agent_is_restarted_by_s6_and_nothing_drifts(stack: Stack)
 
 
 def test_second_lb_agrees_on_servers_and_cookies(stack: Stack) -> None:
-    stack.compose("up", "-d", "--scale", "node=2")
-    nodes = set(stack.node_names().values())
-    wait(lambda: stack.up_servers() == nodes, NODE_UP, "2 servers UP")
+    nodes = set(stack.nodes_up(2).values())
     stack.compose("--profile", "ha", "up", "-d", "--no-deps", "lb2")
     wait(lambda: stack.up_servers("127.0.0.1:9998") == nodes, 60, "lb2 to list the same")
     for frontend in (FRONTEND, "http://127.0.0.1:8081"):
@@ -396,6 +399,7 @@ def test_second_lb_agrees_on_servers_and_cookies(stack: Stack) -> None:
 
 
 def test_container_without_the_gossip_key_does_not_become_a_server(stack: Stack) -> None:
+    stack.nodes_up(2)
     net = stack.network()
     before = set(stack.servers())
     wrong_key = base64.b64encode(os.urandom(32)).decode()
@@ -428,10 +432,14 @@ def test_container_without_the_gossip_key_does_not_become_a_server(stack: Stack)
     assert "down" in stack.exec(keyless, "s6-svstat", "/etc/s6/lb/serf").stdout
     assert stack.exec(keyless, "pgrep", "-x", "serf", check=False).returncode == 1
     # Nor can a container of the network use HAProxy's Runtime API: only the host can.
+    # Controls: the same command inside the lb answers, and the same probe container
+    # reaches the lb's frontend before it tries the Runtime API.
+    query = 'echo "show servers state" | nc -w 3 {} 9999'
+    assert "nodes" in stack.exec(stack.lb(), "sh", "-c", query.format("127.0.0.1")).stdout
     probe = run("docker", "run", "--rm", "--label", INTRUDER_LABEL, "--network", net,
                 "--entrypoint", "sh", "lbsync-node", "-c",
-                'echo "show servers state" | nc -w 3 lb 9999', check=False)
-    assert "nodes" not in probe.stdout
+                f"{http_info('lb', 8080)}; {query.format('lb')}", check=False)
+    assert "nodes" not in after_control(probe)
 
 
 def test_serf_encrypt_key_overrides_the_made_key(stack: Stack) -> None:

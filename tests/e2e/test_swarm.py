@@ -32,8 +32,10 @@ from e2e_docker import (
     NODE_UP,
     ROOT,
     SHOW_PROC,
+    after_control,
     assert_every_node_serves,
     assert_one_realm,
+    http_info,
     logs,
     node_in_info,
     parse_show_proc,
@@ -104,6 +106,15 @@ class Swarm:
 
     def up_servers(self) -> set[str]:
         return {n for n, s in self.servers().items() if s.up}
+
+    def nodes_up(self, n: int) -> dict[str, str]:
+        """The precondition of a test: N node tasks running, all UP in HAProxy; container ->
+        node name."""
+        self.scale(n)
+        wait(lambda: len(self.node_names()) == n, 60, f"{n} node tasks running")
+        nodes = self.node_names()
+        wait(lambda: self.up_servers() == set(nodes.values()), NODE_UP, f"{n} servers UP")
+        return nodes
 
     def show_proc(self) -> tuple[int, list[str]]:
         return parse_show_proc(self.exec(self.lb(), "sh", "-c", SHOW_PROC).stdout)
@@ -188,9 +199,7 @@ def swarm() -> Iterator[Swarm]:
 
 
 def test_nodes_join_through_tasks_lb_and_are_up(swarm: Swarm) -> None:
-    wait(lambda: len(swarm.node_names()) == 3, 60, "3 node tasks running")
-    nodes = swarm.node_names()
-    wait(lambda: swarm.up_servers() == set(nodes.values()), NODE_UP, "3 servers UP")
+    nodes = swarm.nodes_up(3)
     assert_every_node_serves(FRONTEND, set(nodes.values()))
     # Everyone advertises its overlay address (not docker_gwbridge's), and HAProxy sends
     # to it.
@@ -212,8 +221,7 @@ def test_nodes_join_through_tasks_lb_and_are_up(swarm: Swarm) -> None:
 
 
 def test_the_nodes_are_one_realm_over_the_overlay(swarm: Swarm) -> None:
-    nodes = swarm.node_names()
-    wait(lambda: swarm.up_servers() == set(nodes.values()), NODE_UP, "3 servers UP")
+    nodes = swarm.nodes_up(3)
     # Each link goes to a peer's overlay address, where its Serf agent gossips from.
     for cid, table in wait_links_up(swarm.exec, nodes).items():
         peers = [p for p in nodes if p != cid]
@@ -301,18 +309,21 @@ def test_the_runtime_api_is_the_hosts_alone(swarm: Swarm) -> None:
     assert not ports.get("9999/tcp"), ports
     assert "down" in swarm.exec(lb, "s6-svstat", "/etc/s6/lb/admin-port").stdout
     # So a container of the host's default bridge reaches it on no address of the host
-    # (published in host mode, it did: through the docker_gwbridge gateway).
-    targets = " ".join(host_addresses())
+    # (published in host mode, it did: through the docker_gwbridge gateway). The control:
+    # the same probe reaches the frontend the lb publishes on the first of them.
+    addresses = host_addresses()
+    assert addresses, "no address of the host to probe from a container"
+    targets = " ".join(addresses)
     probe = docker("run", "--rm", "--name", f"{STACK}-probe", "--entrypoint", "sh",
                    "lbsync-node", "-c",
+                   f"{http_info(addresses[0], HTTP_PORT)}; "
                    f'for a in {targets}; do echo "show servers state" | nc -w 2 $a 9999; done',
                    check=False)
-    assert "nodes" not in probe.stdout, probe.stdout
+    assert "nodes" not in after_control(probe), probe.stdout
 
 
 def test_killed_lb_task_is_replaced_and_finds_the_nodes_again(swarm: Swarm) -> None:
-    nodes = set(swarm.node_names().values())
-    assert len(nodes) == 1
+    nodes = set(swarm.nodes_up(1).values())
     old = swarm.lb()
     docker("kill", old)
     # A new task is a new container: no registry, no Serf snapshot. Its agent joins
@@ -355,9 +366,10 @@ def test_container_without_the_secret_cannot_join(swarm: Swarm) -> None:
     refusals = [line for line in logs(keyless_cid).splitlines() if "gossip key" in line]
     assert len(refusals) == 1 and "/run/secrets" in refusals[0], refusals
     assert "down" in swarm.exec(keyless_cid, "s6-svstat", "/etc/s6/lb/serf").stdout
-    # Nor can a container of the overlay network use HAProxy's Runtime API.
+    # Nor can a container of the overlay network use HAProxy's Runtime API, though the same
+    # container reaches the lb's frontend (the control).
     (probe,) = swarm.containers(services[0])
     for target in ("tasks.lb", "lb"):
-        out = swarm.exec(probe, "sh", "-c", f'echo "show servers state" | nc -w 3 {target} 9999',
-                         check=False).stdout
-        assert "nodes" not in out, target
+        out = swarm.exec(probe, "sh", "-c", f"{http_info(target, 8080)}; "
+                         f'echo "show servers state" | nc -w 3 {target} 9999', check=False)
+        assert "nodes" not in after_control(out), target
