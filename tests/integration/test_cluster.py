@@ -1,7 +1,8 @@
 """`lbsync up / scale / down` end to end: supervisord, HAProxy, Serf, Crossbar, sidecars.
 
-One cluster serves the whole module (Crossbar nodes take seconds to start); the tests
-run in file order, each leaving the cluster as the next one expects.
+One cluster serves the whole module (Crossbar nodes take seconds to start); each test
+brings it to the nodes it needs itself (`nodes_up`: `lbsync up` the first time, else
+`lbsync scale`), so it passes alone (`-k`) as in file order.
 """
 
 from __future__ import annotations
@@ -41,6 +42,21 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Layout]:
         yield layout
     finally:
         stop_cluster(layout)
+
+
+UP_FLAGS = ("--proxies", "1", "--drain-timeout", f"{DRAIN:g}s", "--net", str(NET))
+
+
+def nodes_up(layout: Layout, n: int) -> set[str]:
+    """The precondition of a test: the cluster running with nodes node1..nodeN, all UP."""
+    if Supervisor(layout).running():
+        r = lbsync("scale", str(n), "--dir", str(layout.dir))
+    else:
+        r = lbsync("up", "--nodes", str(n), *UP_FLAGS, "--dir", str(layout.dir))
+    assert r.returncode == 0, r.stdout + r.stderr
+    nodes = {f"node{i}" for i in range(1, n + 1)}
+    wait(lambda: up_servers(layout) == nodes, 60, f"{', '.join(sorted(nodes))} UP")
+    return nodes
 
 
 def runtime(layout: Layout) -> RuntimeAPI:
@@ -152,8 +168,7 @@ class WampSessions:
 
 
 def test_up_two_nodes_serves_from_both_with_sticky_cookies(cluster: Layout) -> None:
-    r = lbsync("up", "--nodes", "2", "--proxies", "1", "--drain-timeout", f"{DRAIN:g}s",
-               "--dir", str(cluster.dir), "--net", str(NET))
+    r = lbsync("up", "--nodes", "2", *UP_FLAGS, "--dir", str(cluster.dir))
     assert r.returncode == 0, r.stdout + r.stderr
     assert f"echo \"show servers state\" | nc {cluster.lb_ip} 9999" in r.stdout
     assert up_servers(cluster) == {"node1", "node2"}
@@ -175,6 +190,7 @@ def test_up_two_nodes_serves_from_both_with_sticky_cookies(cluster: Layout) -> N
 
 def test_the_gossip_is_keyed_and_an_agent_without_the_key_never_becomes_a_server(
         cluster: Layout) -> None:
+    nodes_up(cluster, 2)
     for path in (cluster.serf_key, cluster.serf_token, cluster.serf_config):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     key, token = cluster.serf_key.read_text().strip(), cluster.serf_token.read_text().strip()
@@ -221,6 +237,7 @@ def test_the_gossip_is_keyed_and_an_agent_without_the_key_never_becomes_a_server
 
 
 def test_status_works_with_no_flags(cluster: Layout) -> None:
+    nodes_up(cluster, 2)
     # Only the cluster folder is named (a user's default one needs not even that).
     env = {k: v for k, v in os.environ.items() if not k.startswith("LBSYNC_")}
     env["LBSYNC_CLUSTER_DIR"] = str(cluster.dir)
@@ -231,12 +248,14 @@ def test_status_works_with_no_flags(cluster: Layout) -> None:
 
 
 def test_wamp_probe_through_haproxy(cluster: Layout) -> None:
+    nodes_up(cluster, 2)
     r = lbsync("probe", f"ws://{cluster.lb_ip}:8080/ws", "--realm", "realm1", timeout=60)
     assert r.returncode == 0, r.stderr
     assert "node node1" in r.stdout or "node node2" in r.stdout
 
 
 def test_scale_up_then_down_under_load_loses_nothing(cluster: Layout) -> None:
+    nodes_up(cluster, 2)
     r = lbsync("scale", "4", "--dir", str(cluster.dir))
     assert r.returncode == 0, r.stdout + r.stderr
     assert up_servers(cluster) == {"node1", "node2", "node3", "node4"}
@@ -275,8 +294,7 @@ def test_scale_up_then_down_under_load_loses_nothing(cluster: Layout) -> None:
 
 
 def test_crossbar_crash_is_marked_down_and_clients_keep_being_served(cluster: Layout) -> None:
-    r = lbsync("scale", "2", "--dir", str(cluster.dir))
-    assert r.returncode == 0, r.stdout + r.stderr
+    nodes_up(cluster, 2)
     victim = "node2"
     info = Supervisor(cluster).rpc().supervisor.getProcessInfo(f"{victim}:{victim}-crossbar")
     frontend = f"http://{cluster.lb_ip}:8080"
@@ -297,6 +315,7 @@ def test_crossbar_crash_is_marked_down_and_clients_keep_being_served(cluster: La
 def test_a_killed_lb_serf_agent_knows_the_members_again_at_once(cluster: Layout) -> None:
     """The lb's Serf agent restarts from its snapshot and rejoins the members it knew,
     instead of waiting for their reconnects (about 35 s without it)."""
+    nodes_up(cluster, 2)
     assert serf_alive(cluster) >= {"node1", "node2"}
     kill_lb_serf(cluster, forget=False)
     wait(lambda: serf_alive(cluster) >= {"node1", "node2"}, 10,
@@ -310,7 +329,7 @@ def test_a_lb_serf_agent_restarted_without_its_snapshot_is_whole_again_at_once(
         cluster: Layout) -> None:
     """Without a snapshot the new agent knows no member; lbsync joins the ones its registry
     knows alive, and neither the registry nor HAProxy ever loses them."""
-    nodes = {"node1", "node2"}
+    nodes = nodes_up(cluster, 2)
     wait(lambda: serf_alive(cluster) >= nodes and registry_alive(cluster) >= nodes
          and up_servers(cluster) == nodes, 30, "a settled cluster")
     seen: list[tuple[set[str], set[str]]] = []
@@ -351,7 +370,7 @@ def test_status_check_reports_drift_while_serf_does_not_know_served_servers(
     """With lbsync's agent stopped nothing rejoins the members: HAProxy keeps serving
     them, and `status --check` must not call that fine. Started again, the agent rejoins
     them from its registry."""
-    nodes = {"node1", "node2"}
+    nodes = nodes_up(cluster, 2)
     env = {**os.environ, "LBSYNC_CLUSTER_DIR": str(cluster.dir)}
     api = Supervisor(cluster).rpc().supervisor
     api.stopProcess("lb-agent", True)
@@ -376,6 +395,7 @@ def test_status_check_reports_drift_while_serf_does_not_know_served_servers(
 
 
 def test_down_leaves_no_process(cluster: Layout) -> None:
+    nodes_up(cluster, 2)
     r = lbsync("down", "--dir", str(cluster.dir))
     assert r.returncode == 0, r.stdout + r.stderr
     assert leftovers(cluster) == []
