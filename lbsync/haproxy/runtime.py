@@ -283,6 +283,27 @@ class CLISession:
             )
         return answer
 
+    def command_with_payload(self, command: str, payload: str) -> str:
+        """`command <<`, then `payload` and the empty line that ends it (HAProxy 2.2+).
+
+        The payload must hold no empty line (the first one would end it, and the rest
+        would be read as commands): ValueError, nothing sent."""
+        problem = command_problem(command)
+        lines = payload.replace("\r\n", "\n").strip("\n").split("\n")
+        if problem is None and any(not line.strip() for line in lines):
+            problem = "an empty line inside a payload would end it early"
+        if problem is None and any(ord(ch) < 0x20 and ch != "\t" for ch in "".join(lines)):
+            problem = "control character in a payload"
+        if problem:
+            raise ValueError(f"refusing to send to HAProxy: {problem}")
+        self._send(f"{command} <<\n" + "\n".join(lines) + "\n")
+        answer, closed = self.read_answer()
+        if closed:
+            raise RuntimeAPIError(
+                f"HAProxy at {self.address.text} closed the connection during '{command} <<'"
+            )
+        return answer
+
     def send_last(self, command: str) -> str:
         """Send a command after which HAProxy may close the connection (master `reload`)."""
         self._send(command)
