@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .. import __version__, self_command
+from ..cluster.addresses import HTTP_PORT, RUNTIME_PORT, SERF_RPC_PORT, STATS_PORT
 from ..cluster.local import ENV_FILE, Layout, Supervisor, default_dir, read_state
 from ..haproxy.master import MasterCLI
 from .spec import LabError
@@ -112,8 +113,8 @@ class LocalTrack:
 
     def __post_init__(self) -> None:
         ip = self.layout.lb_ip
-        self.runtime, self.stats_url = f"{ip}:9999", f"http://{ip}:1936/"
-        self.frontend_url = f"http://{ip}:8080"
+        self.runtime, self.stats_url = f"{ip}:{RUNTIME_PORT}", f"http://{ip}:{STATS_PORT}/"
+        self.frontend_url = f"http://{ip}:{HTTP_PORT}"
 
     @classmethod
     def find(cls, cluster_dir: Path | None) -> LocalTrack | None:
@@ -148,7 +149,7 @@ class LocalTrack:
         return {}
 
     def serf_members(self) -> Run:
-        argv = ["serf", "members", "-rpc-addr", f"{self.layout.lb_ip}:7373"]
+        argv = ["serf", "members", "-rpc-addr", f"{self.layout.lb_ip}:{SERF_RPC_PORT}"]
         token = self.layout.serf_auth_key()
         if token is None:  # a cluster an lbsync before RPC auth started
             return run(argv)
