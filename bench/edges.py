@@ -20,10 +20,11 @@ from typing import Any
 
 import psutil
 import requests
-from common import BENCH
 
-from lbsync.cluster.devstack import HTTP_PORT, DevStack, StackError, wait_for
+from lbsync.cluster.addresses import HTTP_PORT
 from lbsync.edge.crossbar import prepare_cbdir, render_crossbar_config, write_config
+from tests.rig.devstack import DevStack, checkout_env
+from tests.rig.procs import StackError, wait_for
 
 
 def crossbar_id(index: int) -> str:
@@ -49,8 +50,8 @@ class CrossbarMembers:
             crossbar_id(index), self.stack.member_ip(index), HTTP_PORT, proxies=1))
         (cbdir / "node.pid").unlink(missing_ok=True)  # a killed node leaves it behind
         argv = [self.crossbar, "start", "--cbdir", str(cbdir), "--loglevel", "warn"]
-        proc = self.stack._spawn(self.key(index),
-                                 ["nice", "-n", str(nice), *argv] if nice else argv)
+        proc = self.stack.spawn(self.key(index),
+                                ["nice", "-n", str(nice), *argv] if nice else argv)
         if nice:
             _autogroup_nice(proc.pid, nice)
 
@@ -123,11 +124,11 @@ class WampLoad:
         self.started = time.time()
         with open(self.out.with_suffix(".log"), "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, str(BENCH / "wampload.py"), "--url", self.url,
+                [sys.executable, "-m", "bench.wampload", "--url", self.url,
                  "--held", str(self.held), "--rotating", str(self.rotating),
                  "--timeout", str(self.timeout), "--out", str(self.out),
                  *(["--sticky"] if self.sticky else [])],
-                stdout=log, stderr=subprocess.STDOUT)
+                stdout=log, stderr=subprocess.STDOUT, env=checkout_env())
 
     def kill(self) -> None:
         """Stop at once, results lost: a failed run leaves no load generator behind."""

@@ -1,6 +1,6 @@
 """WAMP load for the benchmark: autobahn clients holding sessions through HAProxy.
 
-    python bench/wampload.py --url ws://127.201.0.1:8080/ws --held 10 --rotating 20 \\
+    python -m bench.wampload --url ws://127.201.0.1:8080/ws --held 10 --rotating 20 \\
         --out wamp.json          # runs until SIGTERM/SIGINT, then writes --out
 
 Two kinds of client, all in one asyncio process:
@@ -35,7 +35,8 @@ from autobahn.asyncio.wamp import ApplicationSession
 from autobahn.asyncio.websocket import WampWebSocketClientFactory
 from autobahn.wamp.types import CloseDetails, ComponentConfig, SessionDetails
 from autobahn.websocket.util import parse_url
-from common import pct
+
+from bench.common import pct
 
 ROTATE_MIN, ROTATE_MAX = 2.0, 6.0
 

@@ -589,15 +589,17 @@ def probe_(urls: tuple[str, ...], realm: str, timeout: str) -> None:
 def bench_(args: tuple[str, ...]) -> None:
     """Run the benchmark suite: lbsync bench [--quick] --out FILE (`lbsync bench --help`).
 
-    It is bench/run.py of a source checkout (bench/ is not in the wheel); every argument
-    goes to it. --quick takes about 5 minutes.
+    It is `python -m bench.run` of a source checkout (bench/ is not in the wheel); every
+    argument goes to it. --quick takes about 5 minutes.
     """
-    script = Path(__file__).resolve().parent.parent / "bench" / "run.py"
-    if not script.is_file():
-        _fail(f"lbsync bench needs a source checkout: {script} is missing (bench/ is not "
+    from . import BENCH_RUN, bench_command
+
+    if not BENCH_RUN.is_file():
+        _fail(f"lbsync bench needs a source checkout: {BENCH_RUN} is missing (bench/ is not "
               "installed with the package; clone the repository and `pip install -e "
               "'.[edge,bench]'`)")
-    os.execv(sys.executable, [sys.executable, str(script), *args])
+    argv, env = bench_command(*args)
+    os.execve(argv[0], argv, env)
 
 
 # --- the classroom lab -------------------------------------------------------------------

@@ -17,7 +17,7 @@ import csv
 import re
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from lbsync.model import LbsyncError, ServerState
@@ -442,25 +442,3 @@ class RuntimeAPI:
             raise RuntimeAPIError(
                 f"unexpected 'show info' from HAProxy at {self.address.text}: {exc}"
             ) from None
-
-    def wait_ready(self, timeout: float = 10.0) -> None:
-        """Wait until the socket answers `show info`; RuntimeAPIError with the last reason."""
-        deadline = time.monotonic() + timeout
-        for delay in _backoff():
-            try:
-                self.version()
-                return
-            except RuntimeAPIError as exc:
-                if time.monotonic() + delay > deadline:
-                    raise RuntimeAPIError(
-                        f"HAProxy runtime API at {self.address.text} not ready after "
-                        f"{timeout:g}s: {exc}"
-                    ) from None
-            time.sleep(delay)
-
-
-def _backoff() -> Iterator[float]:
-    delay = 0.02
-    while True:
-        yield delay
-        delay = min(delay * 2, 0.25)

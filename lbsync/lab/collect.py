@@ -23,7 +23,7 @@ from typing import TextIO
 
 import requests
 
-from .. import self_command
+from .. import BENCH_RUN, bench_command, self_command
 from ..haproxy.runtime import RuntimeAPI
 from ..model import LbsyncError
 from .screenshot import find_chromium, screenshot
@@ -229,15 +229,11 @@ def _probe(c: Context) -> str:
     return line
 
 
-def bench_script() -> Path:
-    return Path(__file__).resolve().parents[2] / "bench" / "run.py"
-
-
 def _bench(c: Context) -> str:
-    argv = [sys.executable, str(bench_script()), "--quick", "--only", "4",
-            "--out", str(c.out / "bench.json"), "--results", str(c.out)]
+    argv, env = bench_command("--quick", "--only", "4", "--out", str(c.out / "bench.json"),
+                              "--results", str(c.out))
     started = time.monotonic()
-    r = run(argv, timeout=1200)
+    r = run(argv, env=env, timeout=1200)
     c.write("bench.txt", r.transcript())
     if r.code != 0:
         # A failed collection leaves the lab folder as it was, so the transcript goes to
@@ -274,8 +270,8 @@ def preflight(step: Step, workdir: Path) -> None:
     """What can be known to fail before anything is collected."""
     if "screenshot" in step.collect:
         find_chromium()
-    if "bench" in step.collect and not bench_script().is_file():
-        raise LabError(f"the benchmark needs a source checkout: {bench_script()} is missing")
+    if "bench" in step.collect and not BENCH_RUN.is_file():
+        raise LabError(f"the benchmark needs a source checkout: {BENCH_RUN} is missing")
     for name in step.attach:
         if not (workdir / "work" / name).is_file():
             raise LabError(f"step {step.name} needs your file work/{name} "

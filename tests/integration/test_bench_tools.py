@@ -13,12 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from lbsync.cluster.devstack import HTTP_PORT, DevStack, wait_for
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "bench"))
-
-from edges import CrossbarMembers, WampLoad, crossbar_id  # noqa: E402
+from bench.edges import CrossbarMembers, WampLoad, crossbar_id
+from lbsync.cluster.addresses import HTTP_PORT
+from tests.rig.devstack import DevStack
+from tests.rig.procs import wait_for
 
 pytestmark = pytest.mark.integration
 CROSSBAR = Path(sys.executable).parent / "crossbar"
