@@ -116,19 +116,34 @@ class WampLoad:
     rotating: int = 20
     timeout: float = 5.0  # connect/join/call timeout of each attempt
     sticky: bool = False  # clients send back HAProxy's cookie when they reconnect
+    report_progress: bool = False  # keep the counts so far in progress_file (progress())
     proc: subprocess.Popen[bytes] | None = None
     started: float = 0.0
 
     def start(self) -> None:
         self.out.unlink(missing_ok=True)
+        self.progress_file.unlink(missing_ok=True)
         self.started = time.time()
         with open(self.out.with_suffix(".log"), "wb") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "bench.wampload", "--url", self.url,
                  "--held", str(self.held), "--rotating", str(self.rotating),
                  "--timeout", str(self.timeout), "--out", str(self.out),
-                 *(["--sticky"] if self.sticky else [])],
+                 *(["--sticky"] if self.sticky else []),
+                 *(["--progress", str(self.progress_file)] if self.report_progress else [])],
                 stdout=log, stderr=subprocess.STDOUT, env=checkout_env())
+
+    @property
+    def progress_file(self) -> Path:
+        return self.out.with_suffix(".progress.json")
+
+    def progress(self) -> dict[str, int]:
+        """The counts so far (with report_progress); {} until the first sample."""
+        try:
+            counts: dict[str, int] = json.loads(self.progress_file.read_text())
+        except FileNotFoundError:
+            return {}
+        return counts
 
     def kill(self) -> None:
         """Stop at once, results lost: a failed run leaves no load generator behind."""
