@@ -1,4 +1,5 @@
-"""`pip install .` (not only editable) ships the templates: a wheel alone can render."""
+"""`pip install .` (not only editable) ships the templates, so a wheel alone can render, and
+product code only: no test rig, no benchmark."""
 
 from __future__ import annotations
 
@@ -61,6 +62,18 @@ def wheel_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target",
                     str(tmp / "site"), str(wheel)], check=True, capture_output=True, timeout=300)
     return tmp / "site"
+
+
+@pytest.mark.integration
+def test_wheel_ships_no_test_or_bench_code(wheel_site: Path) -> None:
+    top = {p.name for p in wheel_site.iterdir()}
+    assert not top & {"bench", "tests", "rig"}, top
+    shipped = [p.relative_to(wheel_site).as_posix() for p in (wheel_site / "lbsync").rglob("*")
+               if p.suffix == ".py"]
+    assert "lbsync/cli.py" in shipped  # the listing is the package's
+    rigs = [f for f in shipped
+            if any(word in f for word in ("devstack", "httpmember", "backend.py", "bench"))]
+    assert rigs == [], "test or benchmark code in the wheel"
 
 
 @pytest.mark.integration
