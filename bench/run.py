@@ -2,9 +2,9 @@
 
     lbsync bench --quick --out bench/results/quick.json   # about 5 minutes
     lbsync bench --out bench/results/full.json            # about 15 minutes
-(`lbsync bench` runs this file; `bash scripts/bench.sh ARGS` sets up first.)
+(`lbsync bench` runs `python -m bench.run`; `bash scripts/bench.sh ARGS` sets up first.)
 
-Everything runs on loopback with real haproxy, serf and wrk processes (lbsync's devstack).
+Everything runs on loopback with real haproxy, serf and wrk processes (tests.rig.devstack).
 In parts 1-3 and 5 the members' HTTP servers are light Python backends, so what is measured
 is the load balancer (HAProxy + lbsync), not the application; in part 4 the members are
 real Crossbar.io nodes and autobahn WAMP clients hold sessions through HAProxy beside wrk.

@@ -1,4 +1,4 @@
-"""lbsync agent against real haproxy and serf processes on loopback (lbsync.cluster.devstack).
+"""lbsync agent against real haproxy and serf processes on loopback (tests.rig.devstack).
 
 Every scenario ends with `lbsync status --check` and with HAProxy's own reload counter
 at zero: membership changes must never reload. Each one runs against both HAProxy
