@@ -50,7 +50,7 @@ class BaselineStack(DevStack):
                 "-tag", "role=lb",
                 "-event-handler", f"{BENCH / 'baseline_handler.sh'} {self.workdir}"]
         self.spawn("serf-lb", argv)
-        wait_for(lambda: self._rpc_ok(self.lb_ip), 10, "the load balancer's Serf agent")
+        wait_for(lambda: self.rpc_ok(self.lb_ip), 10, "the load balancer's Serf agent")
 
     def _handler(self, event: str, stdin: str) -> None:
         r = subprocess.run([str(BENCH / "baseline_handler.sh"), str(self.workdir)],

@@ -170,13 +170,14 @@ class DevStack:
                        f"--registry-dir {self.paths['registry']}")
             argv += ["-event-handler", handler]
         self.spawn("serf-lb", argv)
-        wait_for(lambda: self._rpc_ok(self.lb_ip), 10, "the load balancer's Serf agent")
+        wait_for(lambda: self.rpc_ok(self.lb_ip), 10, "the load balancer's Serf agent")
 
     def start_agent(self) -> None:
         self.spawn("agent", [sys.executable, "-m", "lbsync", "agent", *self.settings_flags(),
                               *self.agent_args])
 
-    def _rpc_ok(self, ip: str) -> bool:
+    def rpc_ok(self, ip: str) -> bool:
+        """Whether the Serf agent at IP answers `serf members` on its RPC port."""
         r = subprocess.run(["serf", "members", "-rpc-addr", f"{ip}:{SERF_RPC_PORT}"],
                            capture_output=True, timeout=5, check=False)
         return r.returncode == 0
