@@ -23,7 +23,8 @@ BENCH_RUN = CHECKOUT / "bench" / "run.py"
 def bench_command(*args: str) -> tuple[list[str], dict[str, str]]:
     """`python -m bench.run ARGS` of the checkout, and the environment it runs in: the
     checkout first on PYTHONPATH, so the bench package and the tests' rig it imports are
-    found from any folder (relative paths in ARGS stay the caller's)."""
+    found from any folder (relative paths in ARGS stay the caller's), and the current folder
+    kept off sys.path (-P), so that a bench/ or tests/ there cannot shadow them."""
     path = os.environ.get("PYTHONPATH")
     env = {**os.environ, "PYTHONPATH": str(CHECKOUT) + (os.pathsep + path if path else "")}
-    return [sys.executable, "-m", "bench.run", *args], env
+    return [sys.executable, "-P", "-m", "bench.run", *args], env

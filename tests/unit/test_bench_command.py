@@ -15,7 +15,7 @@ def test_bench_command_runs_the_package_with_the_checkout_first_on_the_path(
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PYTHONPATH", "/elsewhere")
     argv, env = bench_command("--quick", "--out", "x.json")
-    assert argv[1:] == ["-m", "bench.run", "--quick", "--out", "x.json"]
+    assert argv[1:] == ["-P", "-m", "bench.run", "--quick", "--out", "x.json"]
     assert env["PYTHONPATH"].split(os.pathsep) == [str(CHECKOUT), "/elsewhere"]
     assert BENCH_RUN.is_file() and (CHECKOUT / "bench" / "__init__.py").is_file()
 
