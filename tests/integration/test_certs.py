@@ -12,7 +12,6 @@ import socket
 import ssl
 import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -26,7 +25,8 @@ from cryptography.x509.oid import NameOID
 from haproxy_fixtures import HAProxyBin
 
 from lbsync.haproxy.certs import CertError, Certificates
-from lbsync.haproxy.runtime import CLISession, RuntimeAPI, RuntimeAPIError, parse_address
+from lbsync.haproxy.runtime import CLISession, RuntimeAPI, parse_address
+from tests.rig.procs import free_port, reap, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -95,18 +95,12 @@ def get_ok(conn: ssl.SSLSocket) -> bool:
     return conn.recv(4096).startswith(b"HTTP/1.1 200")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((ADDR, 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture
 def tls_rig(haproxy_bin: HAProxyBin, tmp_path: Path) -> Iterator[TLSRig]:
     sock_dir = Path(tempfile.mkdtemp(prefix="lbsync-tls-"))  # short unix socket path
     pem = tmp_path / "site.pem"
     pem.write_text(make_pem("first"))
-    port = free_port()
+    port = free_port(ADDR)
     cfg = tmp_path / "haproxy.cfg"
     cfg.write_text(CONFIG.format(sock=sock_dir / "admin.sock", addr=ADDR, port=port, pem=pem))
     log = (tmp_path / "haproxy.log").open("wb")
@@ -114,23 +108,16 @@ def tls_rig(haproxy_bin: HAProxyBin, tmp_path: Path) -> Iterator[TLSRig]:
                                stderr=subprocess.STDOUT)
     try:
         runtime = RuntimeAPI(str(sock_dir / "admin.sock"))
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                runtime.version()
-                break
-            except RuntimeAPIError:
-                assert process.poll() is None, (tmp_path / "haproxy.log").read_text()
-                assert time.monotonic() < deadline, "HAProxy did not answer in 10 s"
-                time.sleep(0.05)
+
+        def answers() -> bool:
+            assert process.poll() is None, (tmp_path / "haproxy.log").read_text()
+            runtime.version()
+            return True
+
+        wait_for(answers, 10, "HAProxy's runtime API")
         yield TLSRig(pem, port, Certificates(str(sock_dir / "admin.sock")), process)
     finally:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        reap(process, 5)
         log.close()
         with contextlib.suppress(OSError):
             (sock_dir / "admin.sock").unlink()

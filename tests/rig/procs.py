@@ -56,20 +56,29 @@ def free_port(ip: str = "127.0.0.1", *, udp_too: bool = False) -> int:
     raise StackError(f"no free port on {ip}")
 
 
+def _signal(proc: subprocess.Popen[bytes], sig: int) -> None:
+    """`sig` to the process group the process leads, or to the process alone when it leads
+    none (started without start_new_session)."""
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        with contextlib.suppress(ProcessLookupError):
+            proc.send_signal(sig)
+
+
 def reap(proc: subprocess.Popen[bytes], timeout: float) -> None:
     """SIGTERM the process group, SIGKILL it when it does not go within `timeout` s.
 
-    For processes started with start_new_session=True (the pid is the group's). Whatever
-    the leader leaves in its group (workers that outlive a controller killed mid-start) is
-    SIGKILLed at the end, so nothing of a test outlives it."""
+    For processes started with start_new_session=True (the pid is the group's); one that
+    leads no group gets the signals alone. Whatever the leader leaves in its group (workers
+    that outlive a controller killed mid-start) is SIGKILLed at the end, so nothing of a
+    test outlives it."""
     if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
+        _signal(proc, signal.SIGTERM)
         try:
             proc.wait(timeout)
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            _signal(proc, signal.SIGKILL)
             proc.wait()
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
@@ -78,6 +87,5 @@ def reap(proc: subprocess.Popen[bytes], timeout: float) -> None:
 def kill(proc: subprocess.Popen[bytes]) -> None:
     """SIGKILL the process group at once (a crash) and wait for it."""
     if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        _signal(proc, signal.SIGKILL)
         proc.wait()
