@@ -23,7 +23,7 @@ import requests
 from common import BENCH
 
 from lbsync.cluster.devstack import HTTP_PORT, DevStack, StackError, wait_for
-from lbsync.edge.crossbar import prepare_cbdir, render_crossbar_config, write_config
+from lbsync.edge.crossbar import prepare_cbdir, render_crossbar_config, write_crossbar_config
 
 
 def crossbar_id(index: int) -> str:
@@ -45,7 +45,7 @@ class CrossbarMembers:
         a restart during a measurement takes only spare CPU (wait() sets it back to 0)."""
         cbdir = self.stack.workdir / "cb" / str(index)
         prepare_cbdir(cbdir)
-        write_config(cbdir, render_crossbar_config(
+        write_crossbar_config(cbdir, render_crossbar_config(
             crossbar_id(index), self.stack.member_ip(index), HTTP_PORT, proxies=1))
         (cbdir / "node.pid").unlink(missing_ok=True)  # a killed node leaves it behind
         argv = [self.crossbar, "start", "--cbdir", str(cbdir), "--loglevel", "warn"]

@@ -419,7 +419,7 @@ def crossbar_config(cbdir: Path, node: str, listen: str, proxies: int | None, li
         prepare_cbdir,
         render_crossbar_config,
         router_socket,
-        write_config,
+        write_crossbar_config,
     )
 
     host, port = parse_hostport(listen, "--listen")
@@ -439,7 +439,7 @@ def crossbar_config(cbdir: Path, node: str, listen: str, proxies: int | None, li
             links.write_wanted(cbdir, REALM, {})
     else:
         (cbdir / links.WANTED_FILE).unlink(missing_ok=True)
-    changed = write_config(cbdir, text)
+    changed = write_crossbar_config(cbdir, text)
     where = (f"router links on {host}:{link_port} (fleet key {fleet_key[:12]}...)"
              if fleet_key else "router links off (no fleet secret)")
     click.echo(f"{cbdir / 'config.json'}: node {node}, {count} proxy workers on {listen}, "
@@ -496,10 +496,10 @@ def node(name: str, serf_rpc: str, listen: str, agent_port: int, weight: int | N
     """Edge-node sidecar: tag this node in Serf, answer agent-check, keep the router links
     to the other edge nodes, drain and leave on SIGTERM."""
     from .edge.agentcheck import AgentCheck
-    from .edge.sidecar import NodeConfig, Sidecar, check_config, real_effects
+    from .edge.sidecar import NodeConfig, Sidecar, real_effects, validate_node_config
 
     host, port = parse_hostport(listen, "--listen")
-    config = check_config(NodeConfig(
+    config = validate_node_config(NodeConfig(
         name=name, serf_rpc=parse_hostport(serf_rpc, "--serf-rpc"), host=host, port=port,
         agent_port=agent_port, weight=weight,
         drain_timeout=parse_duration(drain_timeout, "--drain-timeout"),
