@@ -16,7 +16,8 @@ from watchdog.events import (
     FileSystemEvent,
 )
 
-from lbsync.agent import TOUCHED, RegistryWatch
+from lbsync.daemon import RegistryWatch
+from lbsync.loop import TOUCHED
 
 
 def woke(event: FileSystemEvent) -> bool:

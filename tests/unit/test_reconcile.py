@@ -18,7 +18,7 @@ from lbsync.model import (
     MemberStatus,
     ServerState,
 )
-from lbsync.reconcile import Reconciler
+from lbsync.reconcile import Effects, Reconciler
 from lbsync.registry import Registry
 from lbsync.settings import Settings
 
@@ -92,8 +92,8 @@ def setup(tmp_path: Path) -> Rig:
 def reconciler(settings: Settings, registry: Registry, haproxy: FakeHAProxy,
                master: FakeMaster, check: Callable[[Path], None] = ok_check,
                wall: Callable[[], float] = lambda: 1_000_000.0) -> Reconciler:
-    return Reconciler(settings, registry, haproxy, master, (2, 6, 12), check,
-                      lambda command, answer: None, wall=wall)
+    return Reconciler(settings, registry, (2, 6, 12),
+                      Effects(haproxy, master, check, lambda command, answer: None, wall=wall))
 
 
 def edge(name: str, addr: str, status: MemberStatus = MemberStatus.ALIVE) -> Member:
@@ -207,7 +207,7 @@ def test_failed_then_left_flap_cuts_no_session_before_the_drain_timeout(setup: R
 def test_a_del_refused_for_attached_connections_is_retried_soon(setup: Rig) -> None:
     _, registry, haproxy, _ = setup
     r = reconciler(*setup)
-    r.response_error = lambda command, answer: (  # type: ignore[method-assign]
+    r.fx.response_error = lambda command, answer: (
         answer if answer.startswith("Server still") else None)
     for n in ("n1", "n2"):
         registry.put(edge(n, f"10.0.0.{n[1]}"))
@@ -323,7 +323,7 @@ def test_restart_finishes_a_removal_lbsync_had_started(setup: Rig) -> None:
     haproxy.servers["n2"] = ServerState("nodes", "n2", "10.0.0.2", 8080, OP_STOPPED,
                                         ADMIN_FMAINT, 100, 100)
     r.mem.removing.add("n2")
-    r.save_memory(12.0)
+    r.mem.save(12.0)
     haproxy.commands.clear()
     reconciler(*setup).tick(13.0)
     assert "del server nodes/n2" in haproxy.commands
@@ -386,7 +386,7 @@ def test_structure_change_reloads_once_rate_limited(setup: Rig) -> None:
     assert master.reloads == 1, "same structure: no second reload"
     again = Settings(**{**settings.__dict__, "check_rise": 4})
     r2 = reconciler(again, registry, haproxy, master)
-    r2.mem.last_reload = 10.0
+    r2.config.last_reload = 10.0
     assert r2.tick(12.0).busy, "held back by --reload-min-interval, and says so"
     assert master.reloads == 1
     r2.tick(15.5)
@@ -427,9 +427,10 @@ def test_tick_result_problem_when_the_config_is_rejected(setup: Rig) -> None:
 
 def test_tick_result_problem_when_haproxy_refuses_a_command(setup: Rig) -> None:
     settings, registry, haproxy, master = setup
-    r = Reconciler(settings, registry, haproxy, master, (2, 6, 12), ok_check,
-                   lambda command, answer: "No such backend." if command.startswith(
-                       "add server") else None)
+    r = Reconciler(settings, registry, (2, 6, 12), Effects(
+        haproxy, master, ok_check,
+        lambda command, answer: "No such backend." if command.startswith(
+            "add server") else None))
     registry.put(edge("n1", "10.0.0.1"))
     result = r.tick(0.0)
     assert result.problem == "HAProxy refused 1 command(s)"

@@ -373,7 +373,7 @@ def test_member_input_never_changes_structure_or_escapes_a_server_line(
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
 @pytest.mark.parametrize("explicit", [False, True], ids=["dynamic-cookies", "explicit-cookies"])
 def test_rendered_config_passes_haproxy_check(tmp_path: Path, explicit: bool) -> None:
-    from lbsync.haproxy.binary import check_config
+    from lbsync.haproxy.binary import check_haproxy_config
 
     settings = Settings(
         haproxy_config=tmp_path / "haproxy.cfg",
@@ -396,7 +396,7 @@ def test_rendered_config_passes_haproxy_check(tmp_path: Path, explicit: bool) ->
                           desired.explicit_cookies)
     assert (" cookie e1" in text) is explicit
     settings.haproxy_config.write_text(text, encoding="utf-8")
-    check_config(settings.haproxy_config)  # raises ConfigInvalid with HAProxy's alerts
+    check_haproxy_config(settings.haproxy_config)  # raises ConfigInvalid with HAProxy's alerts
 
 
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
@@ -414,7 +414,7 @@ def test_rendered_config_passes_haproxy_check(tmp_path: Path, explicit: bool) ->
 def test_settings_that_pass_check_render_a_config_haproxy_accepts(
     tmp_path: Path, changes: dict[str, Any]
 ) -> None:
-    from lbsync.haproxy.binary import check_config
+    from lbsync.haproxy.binary import check_haproxy_config
 
     base = Settings(
         haproxy_config=tmp_path / "haproxy.cfg", runtime_socket=str(tmp_path / "admin.sock"),
@@ -426,4 +426,4 @@ def test_settings_that_pass_check_render_a_config_haproxy_accepts(
     text = render_haproxy(LABEL, SOURCE, settings, [Server("e1", "127.0.0.1", 18001)], False)
     settings.haproxy_config.write_text(text, encoding="utf-8")
     # Settings.check() accepted the value, so HAProxy must accept what it renders to.
-    check_config(settings.haproxy_config)
+    check_haproxy_config(settings.haproxy_config)

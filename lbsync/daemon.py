@@ -1,8 +1,9 @@
-"""The daemon: follow Serf (stream + fast members poll) and the registry folder, reconcile.
+"""The daemon behind `lbsync agent`: follow Serf (stream + fast members poll) and the
+registry folder, reconcile.
 
-Threads only feed one queue; the loop drains the queue, updates the registry, then
-reconciles once, so a burst of events costs one pass. It also reconciles on a timer,
-which heals lost events, and every 0.25 s while a drain or a reload is pending.
+This module wires the real effects: the Runtime API, the master CLI, `haproxy -c`, the
+Serf follower and the registry watch feeding one queue, the metrics. The loop that drains
+the queue and reconciles is lbsync.loop; the pass itself lbsync.reconcile.
 
 When the Serf agent restarts without its snapshot it knows no member; the follower then
 joins the members the registry knows alive (lbsync.serf.rejoin) before the loop sees the
@@ -14,38 +15,24 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
-from dataclasses import dataclass
 
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
-from .haproxy.binary import check_config, haproxy_version
+from .haproxy.binary import check_haproxy_config, haproxy_version
 from .haproxy.master import MasterCLI
 from .haproxy.runtime import RuntimeAPI, response_error
+from .loop import TOUCHED, Loop, RealClock, Snapshot
 from .metrics import Metrics, MetricsServer, Views
-from .model import LbsyncError, Member, MemberEvent, Refusal
-from .reconcile import Reconciler
+from .model import LbsyncError, Member
+from .reconcile import Effects, Reconciler
 from .registry import Registry
 from .serf.follow import Follower
 from .serf.rejoin import Rejoin
 from .serf.rpc import SerfAuthError, SerfError, SerfRPC
 from .settings import Settings
 
-log = logging.getLogger("lbsync.agent")
-BUSY_INTERVAL = 0.25
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    members: list[Member]
-
-
-class _Touched:
-    """The registry folder changed (for example `lbsync handle` wrote a member)."""
-
-
-TOUCHED = _Touched()
+log = logging.getLogger("lbsync.daemon")
 
 
 # Events that change a registry file. Watchdog also reports plain reads ("opened",
@@ -65,14 +52,6 @@ class RegistryWatch(FileSystemEventHandler):
         paths = (str(event.src_path), str(getattr(event, "dest_path", "") or ""))
         if any(p.endswith(".json") for p in paths):
             self.q.put(TOUCHED)
-
-
-_Key = tuple[tuple[str, str, str, tuple[tuple[str, str], ...]], ...]
-
-
-def _snapshot_key(members: list[Member]) -> _Key:
-    return tuple(sorted((m.name, m.addr, str(m.status), tuple(sorted(m.tags.items())))
-                        for m in members))
 
 
 def detect_version(settings: Settings, runtime: RuntimeAPI) -> tuple[int, int, int]:
@@ -120,11 +99,11 @@ def run_agent(settings: Settings, stop: threading.Event, metrics: Metrics | None
     # `lbsync agent` has checked the binary exists; it runs `-v` only if HAProxy is down.
     version = detect_version(settings, runtime)
     master = MasterCLI(settings.master_socket) if settings.master_socket else None
-    reconciler = Reconciler(
-        settings, registry, runtime, master, version,
-        check_config=lambda p: check_config(p, settings.haproxy_bin),
+    reconciler = Reconciler(settings, registry, version, Effects(
+        runtime=runtime, master=master,
+        haproxy_check=lambda p: check_haproxy_config(p, settings.haproxy_bin),
         response_error=response_error,
-    )
+    ))
     log.info("start version=haproxy-%s registry=%s runtime=%s serf=%s metrics=%s",
              ".".join(map(str, version)), settings.registry_dir, settings.runtime_socket,
              f"{settings.serf_rpc[0]}:{settings.serf_rpc[1]}" if settings.serf_rpc
@@ -163,7 +142,8 @@ def run_agent(settings: Settings, stop: threading.Event, metrics: Metrics | None
                                 rejoin=Rejoin(Registry(settings.registry_dir).load))
             latest.follower = follower
             follower.start()
-        _loop(settings, registry, reconciler, q, stop, metrics)
+        Loop(registry, reconciler, metrics, RealClock(), serf=bool(settings.serf_rpc),
+             resync_interval=settings.resync_interval).run(q, stop)
     finally:
         if follower is not None:
             follower.stop()
@@ -171,90 +151,4 @@ def run_agent(settings: Settings, stop: threading.Event, metrics: Metrics | None
         observer.join(timeout=5)
         if metrics_server is not None:
             metrics_server.stop()
-        log.info("stop reloads=%d", reconciler.mem.reloads)
-
-
-def _loop(settings: Settings, registry: Registry, reconciler: Reconciler,
-          q: queue.Queue[object], stop: threading.Event, metrics: Metrics) -> None:
-    last_key: object = None
-    last_snapshot: Snapshot | None = None
-    next_resync = 0.0  # reconcile at once on start
-    busy = False
-    while not stop.is_set():
-        now = time.monotonic()
-        timeout = min(BUSY_INTERVAL if busy else 1.0, max(0.0, next_resync - now))
-        items: list[object] = []
-        try:
-            items.append(q.get(timeout=timeout))
-            while True:
-                items.append(q.get_nowait())
-        except queue.Empty:
-            pass
-        if stop.is_set():
-            return
-        changed = touched = False
-        snapshot: Snapshot | None = None
-        for item in items:
-            if isinstance(item, MemberEvent):
-                # The poll (when on) is the authority on status; the stream only hurries.
-                names, refused = registry.apply_event(item, revive=not settings.serf_rpc)
-                for m in item.members:
-                    # The poll usually saw it first; repeat it only when it is news.
-                    log.log(logging.INFO if m.name in names else logging.DEBUG,
-                            "%s member=%s addr=%s source=stream", item.kind, m.name, m.addr)
-                    if m.name in names:
-                        metrics.member_event(str(item.kind))
-                _log_refused(refused)
-                metrics.refused(refused)
-                changed |= bool(names)
-                last_key = None  # the stream lags the poll: let the next poll correct it
-            elif isinstance(item, Snapshot):
-                snapshot = item
-            elif item is TOUCHED:
-                changed = touched = True
-        now = time.monotonic()
-        resync = now >= next_resync
-        if snapshot is not None:
-            last_snapshot = snapshot
-        elif resync or touched:
-            # The poll's latest list is the truth: a resync, or a registry file changed
-            # behind lbsync's back (damaged, deleted), is answered with it. A resync
-            # rarely finds a fresh list in its batch, so without this it healed nothing.
-            snapshot = last_snapshot
-        if snapshot is not None:
-            key = _snapshot_key(snapshot.members)
-            if key != last_key or resync or touched:
-                names, refused = registry.sync(snapshot.members, time.time())
-                _log_refused(refused)
-                metrics.refused(refused)
-                for name in names:
-                    stored = registry.get(name)
-                    kind = stored.last_event if stored else "member-reap"
-                    log.info("%s member=%s addr=%s source=members", kind, name,
-                             stored.addr if stored else "-")
-                    metrics.member_event(kind)
-                changed |= bool(names)
-                last_key = key
-        if changed or busy or resync:
-            started = time.monotonic()
-            try:
-                result = reconciler.tick(now)
-                busy = result.busy
-                metrics.observe_pass(result, time.monotonic() - started, time.time())
-            except LbsyncError as e:
-                log.error("reconcile failed: %s", e)
-                busy = True
-                metrics.failed_pass(time.monotonic() - started)
-            except Exception:
-                # A bug must not stop the load balancer from following the fleet: log it
-                # with its traceback and try again on the next pass.
-                log.exception("reconcile crashed; retrying")
-                busy = True
-                metrics.failed_pass(time.monotonic() - started)
-        if resync:
-            next_resync = now + settings.resync_interval
-
-
-def _log_refused(refused: list[Refusal]) -> None:
-    for r in refused:
-        log.warning("refused member=%r: %s", r.member, r.reason)
+        log.info("stop reloads=%d", reconciler.config.reloads)
