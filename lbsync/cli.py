@@ -195,7 +195,7 @@ def render(out: Path | None, **kw: Any) -> None:
         settings, lambda p: check_haproxy_config(p, settings.haproxy_bin), target)
     text = pipeline.render(list(desired.servers.values()), desired.explicit_cookies)
     _prepare_dirs(settings)
-    changed = pipeline.install(text)
+    changed = pipeline.install(text, check_unchanged=True)  # as before: always validated
     click.echo(f"{target}: {len(desired.servers)} servers, "
                f"{'written' if changed else 'unchanged'} (haproxy {'.'.join(map(str, version))})")
 

@@ -110,9 +110,8 @@ def structure_hash(text: str) -> str:
 
 class ConfigPipeline:
     """The one way haproxy.cfg is written: render, `haproxy -c` on a candidate file beside
-    the target, atomic swap. Unchanged text is not checked or written again; on any
-    failure (render, check) the old file stays as it was. `lbsync render` and the daemon
-    both write through it."""
+    the target, atomic swap. Unchanged text is not written again; on any failure (render,
+    check) the old file stays as it was. `lbsync render` and the daemon write through it."""
 
     def __init__(self, settings: Settings, check: Callable[[Path], None],
                  target: Path | None = None) -> None:
@@ -125,18 +124,14 @@ class ConfigPipeline:
         return render_haproxy(self.label, self.source, self.settings, servers,
                               explicit_cookies)
 
-    def install(self, text: str) -> bool:
-        """Validate and swap in `text`; False when the file already held it."""
+    def install(self, text: str, *, check_unchanged: bool = False) -> bool:
+        """Validate and swap in `text`; False when the file already held it (then checked
+        again only with `check_unchanged`: `lbsync render` promises a validated file)."""
         try:
-            if self.target.read_text(encoding="utf-8") == text:
+            if self.target.read_text(encoding="utf-8") == text and not check_unchanged:
                 return False
         except (FileNotFoundError, UnicodeDecodeError):
             pass
         with candidate_file(self.target, text) as candidate:
             self.check(candidate)
         return atomic_write(self.target, text)
-
-    def write(self, servers: Sequence[Server], explicit_cookies: bool) -> tuple[str, bool]:
-        """(the rendered text, whether the file changed)."""
-        text = self.render(servers, explicit_cookies)
-        return text, self.install(text)
