@@ -214,7 +214,7 @@ def _prepare_dirs(settings: Settings) -> None:
 @settings_options
 def agent(**kw: Any) -> None:
     """The daemon: follow Serf and the registry, keep HAProxy and haproxy.cfg in step."""
-    from .daemon import run_agent
+    from .daemon import run_daemon
     from .haproxy.binary import find_binary
     from .metrics import Metrics, MetricsServer
 
@@ -233,7 +233,7 @@ def agent(**kw: Any) -> None:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    run_agent(settings, stop, metrics, server)
+    run_daemon(settings, stop, metrics, server)
 
 
 @main.command()

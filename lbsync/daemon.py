@@ -37,7 +37,7 @@ log = logging.getLogger("lbsync.daemon")
 
 # Events that change a registry file. Watchdog also reports plain reads ("opened",
 # "closed_no_write"): counting those made every pass, which reads the registry, queue
-# the next one, and the agent spun at 100 % CPU.
+# the next one, and the daemon spun at 100 % CPU.
 _CHANGES = {"created", "modified", "deleted", "moved", "closed"}
 
 
@@ -63,7 +63,7 @@ def detect_version(settings: Settings, runtime: RuntimeAPI) -> tuple[int, int, i
 
 
 def check_serf(host: str, port: int, auth_key: str | None) -> None:
-    """Fail at start on a wrong auth key; an agent that is not up yet is waited for."""
+    """Fail at start on a wrong auth key; a Serf agent not up yet is waited for."""
     try:
         with SerfRPC(host, port, auth_key, timeout=2.0):
             pass
@@ -88,7 +88,7 @@ class LatestMembers:
         return {m.name: m for m in self.members}
 
 
-def run_agent(settings: Settings, stop: threading.Event, metrics: Metrics | None = None,
+def run_daemon(settings: Settings, stop: threading.Event, metrics: Metrics | None = None,
               metrics_server: MetricsServer | None = None) -> None:
     """Follow and reconcile until `stop` is set. `metrics_server` (already bound, serving
     `metrics.registry`) is started here and closed on the way out."""

@@ -7,7 +7,7 @@ restart it must still know which holds were its own, when each leave began (the
 `--drain-timeout` counts from there, not from the restart) and the weights it gave. The
 file lives beside the server-state file (`lbsync-memory.json`) and is written atomically.
 
-Times are monotonic in the agent and wall-clock in the file: a monotonic clock means
+Times are monotonic in the daemon and wall-clock in the file: a monotonic clock means
 nothing to the next process.
 """
 
@@ -79,7 +79,7 @@ def decode(text: str) -> Kept:
 
 
 def read(path: Path) -> Kept:
-    """The memory a previous agent left; an empty one, with one warning, when the file
+    """The memory a previous daemon left; an empty one, with one warning, when the file
     is damaged (a guess from a bad file could cut sessions, an empty memory cannot)."""
     try:
         text = path.read_text(encoding="utf-8")
@@ -142,7 +142,7 @@ class Memory:
             self.applied_weights.setdefault(s.name, s.iweight)
 
     def start_removals(self, names: set[str], now: float) -> None:
-        """On disk before the commands: an agent stopped between `maint` and `del`
+        """On disk before the commands: a daemon stopped between `maint` and `del`
         finishes the removal when it starts again, and undoes it if the member is back."""
         self.removing |= names
         self.held_by_us |= names
@@ -176,7 +176,7 @@ class Memory:
         self.drain_started.pop(name, None)
 
     def _restore(self, kept: Kept, now: float) -> None:
-        """Merge what a previous agent left; its wall-clock times onto this pass's clock."""
+        """Merge what a previous daemon left; its wall-clock times onto this pass's clock."""
         wall = self.wall()
         for name, since in kept.out_since.items():
             self.drain_started[name] = now - max(0.0, wall - since)

@@ -131,7 +131,7 @@ def test_bad_flag_value_is_one_error_line(
     def must_not_run(*_args: object) -> None:
         raise AssertionError("the daemon started despite a bad flag")
 
-    monkeypatch.setattr(lbsync.daemon, "run_agent", must_not_run)
+    monkeypatch.setattr(lbsync.daemon, "run_daemon", must_not_run)
     result = run([command, *tmp_flags(tmp_path), *flags])
     assert_one_error_line(result, fragment)
     # Refused before doing anything: no folder or state file was prepared.
@@ -155,7 +155,7 @@ def _agent_must_not_run(monkeypatch: pytest.MonkeyPatch) -> None:
     def must_not_run(*_args: object) -> None:
         raise AssertionError("the daemon started despite a bad flag")
 
-    monkeypatch.setattr(lbsync.daemon, "run_agent", must_not_run)
+    monkeypatch.setattr(lbsync.daemon, "run_daemon", must_not_run)
 
 
 @pytest.mark.parametrize("via", ["flag", "env"])
@@ -190,7 +190,7 @@ def test_agent_hands_a_bound_metrics_server_to_the_daemon(
         port = probe.getsockname()[1]
     seen: dict[str, object] = {}
 
-    def fake_run_agent(settings: object, stop: object, metrics: object, server: object) -> None:
+    def fake_run_daemon(settings: object, stop: object, metrics: object, server: object) -> None:
         from lbsync.metrics import Metrics, MetricsServer
 
         assert isinstance(metrics, Metrics) and isinstance(server, MetricsServer)
@@ -201,7 +201,7 @@ def test_agent_hands_a_bound_metrics_server_to_the_daemon(
         finally:
             server.stop()
 
-    monkeypatch.setattr(lbsync.daemon, "run_agent", fake_run_agent)
+    monkeypatch.setattr(lbsync.daemon, "run_daemon", fake_run_daemon)
     result = run(["agent", *tmp_flags(tmp_path), "--haproxy-bin", sys.executable,
                   "--metrics-bind", f"127.0.0.1:{port}"])
     assert result.exit_code == 0, result.output
@@ -215,7 +215,7 @@ def test_agent_without_metrics_bind_serves_none(
     import lbsync.daemon
 
     seen: list[object] = []
-    monkeypatch.setattr(lbsync.daemon, "run_agent",
+    monkeypatch.setattr(lbsync.daemon, "run_daemon",
                         lambda settings, stop, metrics, server: seen.append(server))
     result = run(["agent", *tmp_flags(tmp_path), "--haproxy-bin", sys.executable])
     assert result.exit_code == 0, result.output
