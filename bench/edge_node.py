@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 
 from lbsync.cluster.addresses import HTTP_PORT, member_ip
-from lbsync.edge.crossbar import prepare_cbdir, render_crossbar_config, write_config
+from lbsync.edge.crossbar import prepare_cbdir, render_crossbar_config, write_crossbar_config
 from tests.rig.procs import StackError, reap, wait_for
 
 CROSSBAR = Path(sys.executable).parent / "crossbar"
@@ -59,7 +59,7 @@ def measure(workdir: Path, ip: str, proxies: int) -> NodeCost:
     name = f"m{proxies}edge"
     cbdir = workdir / name
     prepare_cbdir(cbdir)
-    write_config(cbdir, render_crossbar_config(name, ip, HTTP_PORT, proxies=proxies))
+    write_crossbar_config(cbdir, render_crossbar_config(name, ip, HTTP_PORT, proxies=proxies))
     with (cbdir / "crossbar.log").open("ab") as log:
         started = time.monotonic()
         proc = subprocess.Popen(

@@ -22,7 +22,7 @@ import psutil
 import requests
 
 from lbsync.cluster.addresses import HTTP_PORT
-from lbsync.edge.crossbar import prepare_cbdir, render_crossbar_config, write_config
+from lbsync.edge.crossbar import prepare_cbdir, render_crossbar_config, write_crossbar_config
 from tests.rig.devstack import DevStack, checkout_env
 from tests.rig.procs import StackError, wait_for
 
@@ -46,7 +46,7 @@ class CrossbarMembers:
         a restart during a measurement takes only spare CPU (wait() sets it back to 0)."""
         cbdir = self.stack.workdir / "cb" / str(index)
         prepare_cbdir(cbdir)
-        write_config(cbdir, render_crossbar_config(
+        write_crossbar_config(cbdir, render_crossbar_config(
             crossbar_id(index), self.stack.member_ip(index), HTTP_PORT, proxies=1))
         (cbdir / "node.pid").unlink(missing_ok=True)  # a killed node leaves it behind
         argv = [self.crossbar, "start", "--cbdir", str(cbdir), "--loglevel", "warn"]

@@ -19,7 +19,7 @@ from typing import Any, TypeVar
 import click
 
 from .edge.links import DEFAULT_LINK_PORT, REALM
-from .files import atomic_write, candidate_file
+from .files import atomic_write
 from .model import LbsyncError
 from .settings import Settings, SettingsError, parse_cidrs, parse_duration, parse_hostport
 
@@ -181,9 +181,9 @@ def _cluster_defaults() -> None:
 def render(out: Path | None, **kw: Any) -> None:
     """Render haproxy.cfg from the registry and validate it (no running HAProxy needed)."""
     from .desired import desired_state
-    from .haproxy.binary import check_config, haproxy_version
+    from .haproxy.binary import check_haproxy_config, haproxy_version
     from .registry import Registry
-    from .render import load_template, render_haproxy
+    from .render import ConfigPipeline
 
     settings = build_settings(kw)
     target = out or settings.haproxy_config
@@ -191,13 +191,11 @@ def render(out: Path | None, **kw: Any) -> None:
     desired = desired_state(Registry(settings.registry_dir).load(), settings, version)
     for r in desired.refused:
         logging.getLogger("lbsync.render").warning("refused member=%r: %s", r.member, r.reason)
-    label, source = load_template(settings.template)
-    text = render_haproxy(label, source, settings, list(desired.servers.values()),
-                          desired.explicit_cookies)
+    pipeline = ConfigPipeline(
+        settings, lambda p: check_haproxy_config(p, settings.haproxy_bin), target)
+    text = pipeline.render(list(desired.servers.values()), desired.explicit_cookies)
     _prepare_dirs(settings)
-    with candidate_file(target, text) as candidate:
-        check_config(candidate, settings.haproxy_bin)
-    changed = atomic_write(target, text)
+    changed = pipeline.install(text, check_unchanged=True)  # as before: always validated
     click.echo(f"{target}: {len(desired.servers)} servers, "
                f"{'written' if changed else 'unchanged'} (haproxy {'.'.join(map(str, version))})")
 
@@ -216,7 +214,7 @@ def _prepare_dirs(settings: Settings) -> None:
 @settings_options
 def agent(**kw: Any) -> None:
     """The daemon: follow Serf and the registry, keep HAProxy and haproxy.cfg in step."""
-    from .agent import run_agent
+    from .daemon import run_daemon
     from .haproxy.binary import find_binary
     from .metrics import Metrics, MetricsServer
 
@@ -230,12 +228,12 @@ def agent(**kw: Any) -> None:
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
-        logging.getLogger("lbsync.agent").info("signal %s: stopping", signal.Signals(signum).name)
+        logging.getLogger("lbsync.daemon").info("signal %s: stopping", signal.Signals(signum).name)
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    run_agent(settings, stop, metrics, server)
+    run_daemon(settings, stop, metrics, server)
 
 
 @main.command()
@@ -419,7 +417,7 @@ def crossbar_config(cbdir: Path, node: str, listen: str, proxies: int | None, li
         prepare_cbdir,
         render_crossbar_config,
         router_socket,
-        write_config,
+        write_crossbar_config,
     )
 
     host, port = parse_hostport(listen, "--listen")
@@ -439,7 +437,7 @@ def crossbar_config(cbdir: Path, node: str, listen: str, proxies: int | None, li
             links.write_wanted(cbdir, REALM, {})
     else:
         (cbdir / links.WANTED_FILE).unlink(missing_ok=True)
-    changed = write_config(cbdir, text)
+    changed = write_crossbar_config(cbdir, text)
     where = (f"router links on {host}:{link_port} (fleet key {fleet_key[:12]}...)"
              if fleet_key else "router links off (no fleet secret)")
     click.echo(f"{cbdir / 'config.json'}: node {node}, {count} proxy workers on {listen}, "
@@ -496,10 +494,10 @@ def node(name: str, serf_rpc: str, listen: str, agent_port: int, weight: int | N
     """Edge-node sidecar: tag this node in Serf, answer agent-check, keep the router links
     to the other edge nodes, drain and leave on SIGTERM."""
     from .edge.agentcheck import AgentCheck
-    from .edge.sidecar import NodeConfig, Sidecar, check_config, real_effects
+    from .edge.sidecar import NodeConfig, Sidecar, real_effects, validate_node_config
 
     host, port = parse_hostport(listen, "--listen")
-    config = check_config(NodeConfig(
+    config = validate_node_config(NodeConfig(
         name=name, serf_rpc=parse_hostport(serf_rpc, "--serf-rpc"), host=host, port=port,
         agent_port=agent_port, weight=weight,
         drain_timeout=parse_duration(drain_timeout, "--drain-timeout"),

@@ -496,7 +496,7 @@ def real_effects(config: NodeConfig, agent: Agent) -> Effects:
     )
 
 
-def check_config(config: NodeConfig) -> NodeConfig:
+def validate_node_config(config: NodeConfig) -> NodeConfig:
     """Raise LbsyncError naming the first value that cannot work; return the config."""
     if problem := name_problem(config.name):
         raise LbsyncError(f"--name: {problem}")

@@ -40,7 +40,7 @@ def haproxy_version(binary: str = "haproxy") -> tuple[int, int, int]:
         raise LbsyncError(f"cannot tell the version of {binary!r}: {exc}") from None
 
 
-def check_config(path: str | os.PathLike[str], binary: str = "haproxy") -> None:
+def check_haproxy_config(path: str | os.PathLike[str], binary: str = "haproxy") -> None:
     """Run `haproxy -c -f path`; ConfigInvalid with HAProxy's [ALERT] lines when it fails."""
     result = _run([find_binary(binary), "-c", "-f", os.fspath(path)], timeout=_CHECK_TIMEOUT)
     if result.returncode < 0:

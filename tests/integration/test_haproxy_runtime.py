@@ -20,7 +20,7 @@ from haproxy_fixtures import (
 
 from lbsync.edge.agentcheck import AgentCheck
 from lbsync.haproxy import runtime as runtime_module
-from lbsync.haproxy.binary import ConfigInvalid, check_config, haproxy_version
+from lbsync.haproxy.binary import ConfigInvalid, check_haproxy_config, haproxy_version
 from lbsync.haproxy.master import MasterCLI, ReloadFailed
 from lbsync.haproxy.runtime import (
     CommandFailed,
@@ -251,14 +251,14 @@ def test_failed_reload_raises_and_old_worker_keeps_serving(haproxy_rig: HAProxyR
 
 def test_check_config_returns_haproxys_alerts(haproxy_rig: HAProxyRig, tmp_path: Path) -> None:
     binary = haproxy_rig.haproxy.path
-    check_config(haproxy_rig.config, binary)  # the running config is valid
+    check_haproxy_config(haproxy_rig.config, binary)  # the running config is valid
 
     broken = tmp_path / "broken.cfg"
     broken.write_text(
         "defaults\n    mode http\nbackend b\n    server s 127.0.0.1:80 chek\n    bogus_kw 1\n"
     )
     with pytest.raises(ConfigInvalid) as invalid:
-        check_config(broken, binary)
+        check_haproxy_config(broken, binary)
     alerts = invalid.value.alerts
     assert any("unknown keyword 'chek'" in a and "broken.cfg:4" in a for a in alerts), alerts
     assert any("bogus_kw" in a for a in alerts), alerts
