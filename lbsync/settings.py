@@ -286,14 +286,14 @@ def env_of(values: Mapping[str, str]) -> dict[str, str]:
     return {env_var(name): text for name, text in values.items()}
 
 
-def _blame(error: SettingsError, from_env: Collection[str]) -> SettingsError:
+def _blame(error: LbsyncError, from_env: Collection[str]) -> LbsyncError:
     """Name the LBSYNC_* variable when the bad value came from it: messages start with the
     setting's flag (`--check-inter: ...`), which is what a variable's reader cannot see."""
     message = str(error)
     for name in from_env:
         row = BY_NAME[name]
         if message.startswith((f"{row.what}:", f"{row.what} ")):
-            return SettingsError(f"{message} (set by {row.env})")
+            return type(error)(f"{message} (set by {row.env})")
     return error
 
 
@@ -377,10 +377,11 @@ class Settings:
         """Settings from the table's text values (a flag's or a variable's), checked; a bad
         value is one SettingsError naming its flag, and its variable when it came from one."""
         values = parse_values(cls.rows(), raw, from_env)
-        values["serf_auth_key"] = auth_key(values["serf_auth_key"], values["serf_auth_key_file"])
         try:
+            values["serf_auth_key"] = auth_key(values["serf_auth_key"],
+                                               values["serf_auth_key_file"])
             return cls(**values).check()
-        except SettingsError as e:
+        except LbsyncError as e:
             raise _blame(e, from_env) from None
 
     @property
