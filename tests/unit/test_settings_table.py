@@ -289,3 +289,32 @@ def test_every_override_is_still_one() -> None:
         assert (var, value) in used, f"{var}={value} is no longer set: drop the override"
         assert BY_ENV[var].parse(value) != BY_ENV[var].value, f"{var}={value} is the default"
 
+
+
+# --- README ------------------------------------------------------------------------------
+
+README_BEGIN = "<!-- settings: made from lbsync.settings.TABLE, checked by tests/unit/" \
+               "test_settings_table.py -->"
+README_END = "<!-- settings end -->"
+
+
+def readme_table() -> str:
+    lines = ["| flag | variable | default | commands | what |", "|---|---|---|---|---|"]
+    for row in TABLE:
+        if not (row.flag or row.env):
+            continue
+        flag = f"`{row.flag}`" if row.flag else "(none)"
+        for command, other in row.flags:
+            flag += f" (`{command}`: `{other}`)"
+        default = {None: "", "": "`''`"}.get(row.default, f"`{row.default}`")
+        commands = ", ".join(sorted(row.commands)).replace("lbsync", "all (before the command)")
+        lines.append(f"| {flag} | `{row.env}` | {default} | {commands} | {row.help} |")
+    return "\n".join(lines)
+
+
+def test_the_readme_lists_the_table() -> None:
+    text = (ROOT / "README.md").read_text()
+    assert README_BEGIN in text and README_END in text
+    listed = text.split(README_BEGIN, 1)[1].split(README_END, 1)[0].strip()
+    assert listed == readme_table(), "README.md's settings table, as it should read:\n" + (
+        readme_table())
