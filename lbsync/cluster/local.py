@@ -34,6 +34,7 @@ from ..files import atomic_write
 from ..model import LbsyncError
 from ..render import load_template, render_text
 from ..serf import keys
+from ..settings import env_of, env_var
 from .addresses import (
     AGENT_PORT,
     HTTP_PORT,
@@ -57,7 +58,7 @@ class ClusterError(LbsyncError):
 
 def default_dir() -> Path:
     """Where `lbsync up` puts the cluster when --dir is not given (and where status looks)."""
-    if env := os.environ.get("LBSYNC_CLUSTER_DIR"):
+    if env := os.environ.get(env_var("cluster_dir")):
         return Path(env)
     if os.geteuid() == 0:
         return Path("/run/lbsync/cluster")
@@ -140,22 +141,23 @@ class Layout:
                 "serf_snapshot": str(lb / "serf.snapshot")}
 
     def lb_env(self, drain_timeout: float) -> dict[str, str]:
-        """The load balancer's settings, as the LBSYNC_* variables lbsync reads."""
+        """The load balancer's settings this cluster sets, as the LBSYNC_* variables of
+        their rows in lbsync.settings.TABLE; every other setting keeps its default."""
         lb = self.lb
-        return {
-            "LBSYNC_REGISTRY_DIR": lb["registry"],
-            "LBSYNC_HAPROXY_CONFIG": lb["config"],
-            "LBSYNC_RUNTIME_SOCKET": lb["admin_socket"],
-            "LBSYNC_RUNTIME_TCP": f"{self.lb_ip}:{RUNTIME_PORT}",
-            "LBSYNC_MASTER_SOCKET": lb["master_socket"],
-            "LBSYNC_FRONTEND_BIND": f"{self.lb_ip}:{HTTP_PORT}",
-            "LBSYNC_STATS_BIND": f"{self.lb_ip}:{STATS_PORT}",
-            "LBSYNC_SERF_RPC": f"{self.lb_ip}:{SERF_RPC_PORT}",
+        return env_of({
+            "registry_dir": lb["registry"],
+            "haproxy_config": lb["config"],
+            "runtime_socket": lb["admin_socket"],
+            "runtime_tcp": f"{self.lb_ip}:{RUNTIME_PORT}",
+            "master_socket": lb["master_socket"],
+            "frontend_bind": f"{self.lb_ip}:{HTTP_PORT}",
+            "stats_bind": f"{self.lb_ip}:{STATS_PORT}",
+            "serf_rpc": f"{self.lb_ip}:{SERF_RPC_PORT}",
             # The file, not the token: supervisord.conf and lbsync.env stay secret-free.
-            "LBSYNC_SERF_AUTH_KEY_FILE": str(self.serf_token),
-            "LBSYNC_DRAIN_TIMEOUT": f"{drain_timeout:g}s",
-            "LBSYNC_METRICS_BIND": f"{self.lb_ip}:{METRICS_PORT}",
-        }
+            "serf_auth_key_file": str(self.serf_token),
+            "drain_timeout": f"{drain_timeout:g}s",
+            "metrics_bind": f"{self.lb_ip}:{METRICS_PORT}",
+        })
 
     def endpoints(self) -> str:
         ip = self.lb_ip

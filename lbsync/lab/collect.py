@@ -26,6 +26,7 @@ import requests
 from .. import BENCH_RUN, bench_command, self_command
 from ..haproxy.runtime import RuntimeAPI
 from ..model import LbsyncError
+from ..settings import env_of
 from .screenshot import find_chromium, screenshot
 from .spec import Lab, LabError, Step
 from .tracks import DockerTrack, LocalTrack, Run, run, versions
@@ -181,11 +182,11 @@ def _render(c: Context) -> str:
     registry.mkdir()
     for name, text in c.track.registry().items():
         c.write(f"registry/{name}", text)
-    env = {**os.environ,
-           "LBSYNC_TEMPLATE": str(template), "LBSYNC_REGISTRY_DIR": str(registry),
-           "LBSYNC_HAPROXY_CONFIG": str(work / "haproxy.cfg"),
-           "LBSYNC_RUNTIME_SOCKET": str(work / "run" / "admin.sock"),
-           "LBSYNC_MASTER_SOCKET": str(work / "run" / "master.sock")}
+    env = {**os.environ, **env_of({
+        "template": str(template), "registry_dir": str(registry),
+        "haproxy_config": str(work / "haproxy.cfg"),
+        "runtime_socket": str(work / "run" / "admin.sock"),
+        "master_socket": str(work / "run" / "master.sock")})}
     r = run([*self_command(), "render"], env=env)
     # The transcript shows the command as a student would type it in the lab folder.
     r = Run(["lbsync", "render", "--template", "work/haproxy.cfg.j2", "--registry-dir",

@@ -21,6 +21,7 @@ from .. import __version__, self_command
 from ..cluster.addresses import HTTP_PORT, RUNTIME_PORT, SERF_RPC_PORT, STATS_PORT
 from ..cluster.local import ENV_FILE, Layout, Supervisor, default_dir, read_state
 from ..haproxy.master import MasterCLI
+from ..settings import env_of
 from .spec import LabError
 
 _TIMEOUT = 60.0
@@ -174,7 +175,7 @@ class LocalTrack:
         return MasterCLI(self.layout.lb["master_socket"]).show_proc()
 
     def status(self, check: bool) -> Run:
-        env = {**os.environ, "LBSYNC_CLUSTER_DIR": str(self.layout.dir)}
+        env = {**os.environ, **env_of({"cluster_dir": str(self.layout.dir)})}
         if not (self.layout.dir / ENV_FILE).exists():
             raise LabError(f"{self.layout.dir / ENV_FILE} is missing: is the cluster up?")
         args = ["status", *(["--check"] if check else [])]

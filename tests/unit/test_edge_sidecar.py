@@ -295,7 +295,8 @@ def test_bad_config_is_refused(change: dict[str, object], fragment: str) -> None
 
 def test_node_command_refuses_bad_flags_in_one_line() -> None:
     result = CliRunner().invoke(main, [
-        "node", "--name", "node1", "--listen", "127.0.0.1:8080", "--agent-port", "8080"],
+        "node", "--name", "node1", "--serf-rpc", "127.0.0.1:7373", "--listen", "127.0.0.1:8080",
+        "--agent-port", "8080"],
         env={"LBSYNC_LOG_LEVEL": None, "LBSYNC_SERF_RPC": None})
     assert result.exit_code == 1
     assert result.stderr.strip() == (
