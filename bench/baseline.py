@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
-from common import BENCH, haproxy_processes
 
-from lbsync.cluster.devstack import SERF_PORT, SERF_RPC_PORT, DevStack, StackError, wait_for
+from bench.common import BENCH, haproxy_processes
+from lbsync.cluster.addresses import SERF_PORT, SERF_RPC_PORT
+from tests.rig.devstack import DevStack
+from tests.rig.haproxy import wait_ready
+from tests.rig.procs import StackError, wait_for
 
 
 @dataclass
@@ -41,13 +44,13 @@ class BaselineStack(DevStack):
         # The first start is a reload with no old process; it is not counted as one.
         self._handler("member-join", "")
         (self.workdir / "reloads.log").write_text("")
-        self.runtime().wait_ready(timeout=10)
+        wait_ready(self.runtime(), timeout=10)
         argv = ["serf", "agent", "-node", "lb", "-profile", "local", "-log-level", "warn",
                 "-bind", f"{self.lb_ip}:{SERF_PORT}", "-rpc-addr", f"{self.lb_ip}:{SERF_RPC_PORT}",
                 "-tag", "role=lb",
                 "-event-handler", f"{BENCH / 'baseline_handler.sh'} {self.workdir}"]
-        self._spawn("serf-lb", argv)
-        wait_for(lambda: self._rpc_ok(self.lb_ip), 10, "the load balancer's Serf agent")
+        self.spawn("serf-lb", argv)
+        wait_for(lambda: self.rpc_ok(self.lb_ip), 10, "the load balancer's Serf agent")
 
     def _handler(self, event: str, stdin: str) -> None:
         r = subprocess.run([str(BENCH / "baseline_handler.sh"), str(self.workdir)],

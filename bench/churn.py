@@ -1,5 +1,5 @@
 """Parts 1-3 of bench/run.py on one runtime-API devstack: join latency, leave and crash
-under load. Light backends (lbsync.cluster.backend), so HAProxy + lbsync are measured."""
+under load. Light HTTP members (tests.rig.httpmember), so HAProxy + lbsync are measured."""
 
 from __future__ import annotations
 
@@ -7,14 +7,16 @@ import statistics
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
-from common import Wrk, summary
-from join_leave import one_run
+from bench.common import Wrk, summary
+from bench.join_leave import one_run
+from lbsync.cluster.addresses import SERF_RPC_PORT
+from tests.rig.devstack import DevStack
+from tests.rig.procs import wait_for
 
-from lbsync.cluster.devstack import SERF_RPC_PORT, DevStack, wait_for
 
-
-def join_latency(stack: DevStack, runs: int) -> dict[str, object]:
+def join_latency(stack: DevStack, runs: int) -> dict[str, Any]:
     """bench/join_leave.py's run: member join -> first request served by it."""
     samples = []
     for i in range(runs):
@@ -31,20 +33,20 @@ def _out_of_rotation(stack: DevStack, name: str) -> bool:
     return s is None or s.state_word in ("DRAIN", "MAINT")
 
 
-def leave_under_load(stack: DevStack, runs: int, tmp: Path, rate: int) -> dict[str, object]:
+def leave_under_load(stack: DevStack, runs: int, tmp: Path, rate: int) -> dict[str, Any]:
     """`serf leave` of a member while wrk sends a fixed rate of GETs through HAProxy."""
-    out = []
+    out: list[dict[str, Any]] = []
     for i in range(runs):
         name = f"leaver{i}"
         m = stack.add_member(60 + i, name=name)
-        wait_for(lambda n=name: n in stack.up_servers(), 30, f"{name} UP")  # type: ignore[misc]
+        wait_for(lambda n=name: n in stack.up_servers(), 30, f"{name} UP")
         wrk = Wrk(stack.frontend, tmp / f"leave{i}.json", rate=rate)
         wrk.start()
         time.sleep(2)
         t0 = time.monotonic()
         leave = subprocess.Popen(["serf", "leave", "-rpc-addr", f"{m.ip}:{SERF_RPC_PORT}"],
                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        wait_for(lambda n=name: _out_of_rotation(stack, n), 30, f"{name} out of rotation",  # type: ignore[misc]
+        wait_for(lambda n=name: _out_of_rotation(stack, n), 30, f"{name} out of rotation",
                  interval=0.005)
         out_s = time.monotonic() - t0
         wait_for(lambda n=name: n not in stack.servers(), 30, f"{name} removed", interval=0.01)
@@ -59,20 +61,20 @@ def leave_under_load(stack: DevStack, runs: int, tmp: Path, rate: int) -> dict[s
         print(f"  leave {i + 1}/{runs}: out of rotation {out_s:.3f} s, removed {removed_s:.3f}"
               f" s, failed {load['failed']}/{load['requests']}", flush=True)
     return {"unit": "s", "runs": out,
-            "failed_total": sum(int(r["failed"]) for r in out),  # type: ignore[call-overload]
-            "requests_total": sum(int(r["requests"]) for r in out),  # type: ignore[call-overload]
-            "out_of_rotation_s_p50": statistics.median(float(r["out_of_rotation_s"])  # type: ignore[arg-type]
+            "failed_total": sum(int(r["failed"]) for r in out),
+            "requests_total": sum(int(r["requests"]) for r in out),
+            "out_of_rotation_s_p50": statistics.median(float(r["out_of_rotation_s"])
                                                        for r in out)}
 
 
-def crash_under_load(stack: DevStack, runs: int, tmp: Path, rate: int) -> dict[str, object]:
+def crash_under_load(stack: DevStack, runs: int, tmp: Path, rate: int) -> dict[str, Any]:
     """`kill -9` of a member's Serf agent and backend under load."""
-    out = []
+    out: list[dict[str, Any]] = []
     cfg = stack.paths["config"]
     for i in range(runs):
         name = f"crash{i}"
         stack.add_member(80 + i, name=name)
-        wait_for(lambda n=name: n in stack.up_servers(), 30, f"{name} UP")  # type: ignore[misc]
+        wait_for(lambda n=name: n in stack.up_servers(), 30, f"{name} UP")
         wrk = Wrk(stack.frontend, tmp / f"crash{i}.json", rate=rate)
         wrk.start()
         time.sleep(2)
@@ -90,8 +92,8 @@ def crash_under_load(stack: DevStack, runs: int, tmp: Path, rate: int) -> dict[s
         print(f"  crash {i + 1}/{runs}: DOWN {down_s:.2f} s, out of haproxy.cfg {cfg_s:.2f} s,"
               f" failed {load['failed']}/{load['requests']}", flush=True)
     return {"unit": "s", "runs": out,
-            "failed_total": sum(int(r["failed"]) for r in out),  # type: ignore[call-overload]
-            "requests_total": sum(int(r["requests"]) for r in out),  # type: ignore[call-overload]
-            "down_s_p50": statistics.median(float(r["down_s"]) for r in out),  # type: ignore[arg-type]
-            "removed_from_cfg_s_p50": statistics.median(float(r["removed_from_cfg_s"])  # type: ignore[arg-type]
+            "failed_total": sum(int(r["failed"]) for r in out),
+            "requests_total": sum(int(r["requests"]) for r in out),
+            "down_s_p50": statistics.median(float(r["down_s"]) for r in out),
+            "removed_from_cfg_s_p50": statistics.median(float(r["removed_from_cfg_s"])
                                                         for r in out)}

@@ -1,6 +1,6 @@
 """The local cluster's cost: `lbsync up` to all UP, memory per edge node, `scale 1 -> 4`.
 
-    .venv/bin/python bench/cluster.py --runs 3 --out bench/results/cluster.json
+    .venv/bin/python -m bench.cluster --runs 3 --out bench/results/cluster.json
 
 Each run starts a fresh cluster with `lbsync up --nodes 3` (the real CLI, supervisord,
 HAProxy, Serf, Crossbar), measures the RSS of every edge node (its Serf agent, Crossbar
@@ -21,8 +21,6 @@ import time
 from pathlib import Path
 
 import psutil
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from lbsync.cluster.local import Layout, Supervisor
 
@@ -83,7 +81,7 @@ def main() -> None:
               f"node RSS {', '.join(f'{m:.0f}' for m in rss[-3:])} MB", flush=True)
 
     result = {
-        "command": "python bench/cluster.py " + " ".join(sys.argv[1:]),
+        "command": "python -m bench.cluster " + " ".join(sys.argv[1:]),
         "machine": {"platform": platform.platform(), "cpus": psutil.cpu_count(),
                     "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
                     "python": platform.python_version()},

@@ -10,21 +10,17 @@ import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self
+from typing import Self, TypedDict
 
 import psutil
 import requests
 
 BENCH = Path(__file__).resolve().parent
-sys.path.insert(0, str(BENCH.parent))
-
-from lbsync.cluster.devstack import HTTP_PORT, DevStack  # noqa: E402
 
 
 def pct(values: list[float], p: float) -> float:
@@ -49,12 +45,22 @@ def machine() -> dict[str, object]:
             "python": platform.python_version(), "load_avg_at_start": os.getloadavg()}
 
 
-def serve_many(stack: DevStack, key: str, names_ips: list[tuple[str, str]]) -> None:
-    """One light backend process answering for many members (addresses)."""
-    argv = [sys.executable, "-m", "lbsync.cluster.backend"]
-    for name, ip in names_ips:
-        argv += ["--listen", f"{ip}:{HTTP_PORT}={name}"]
-    stack._spawn(key, argv)
+class WrkResult(TypedDict):
+    """What one paced wrk run measured (Wrk.stop)."""
+
+    requests: int
+    duration_s: float
+    rate_req_s: float
+    connections: int
+    delay_ms: int
+    new_connection_per_request: bool
+    failed: int
+    unanswered: int
+    bad_status: int
+    wrk_socket_errors: int
+    wrk_errors: dict[str, int]
+    latency_ms: dict[str, float]
+    timeline: list[dict[str, int]]
 
 
 @dataclass
@@ -100,7 +106,7 @@ class Wrk:
             self.proc.kill()
             self.proc.wait(10)
 
-    def stop(self) -> dict[str, object]:
+    def stop(self) -> WrkResult:
         """No new requests, 2 s for those in flight, then SIGINT: wrk calls done(), which
         writes the JSON."""
         assert self.proc is not None
@@ -113,7 +119,9 @@ class Wrk:
         errors = data["errors"]
         assert isinstance(errors, dict)
         sent, ok, bad = (data[k] for k in ("sent", "ok", "bad"))
+        latency_us = data["latency_us"]
         assert isinstance(sent, dict) and isinstance(ok, dict) and isinstance(bad, dict)
+        assert isinstance(latency_us, dict)
         socket_errors = sum(errors[k] for k in ("connect", "read", "write", "timeout"))
         duration = stopped - self.started
         # wrk calls request() once on thread 0 to check the script, without sending it.
@@ -131,7 +139,7 @@ class Wrk:
             "failed": n_sent - answered + sum(bad.values()),
             "unanswered": n_sent - answered, "bad_status": sum(bad.values()),
             "wrk_socket_errors": socket_errors, "wrk_errors": errors,
-            "latency_ms": {k: v / 1000 for k, v in data["latency_us"].items()},  # type: ignore[union-attr]
+            "latency_ms": {k: v / 1000 for k, v in latency_us.items()},
             "timeline": timeline,
         }
 

@@ -20,10 +20,11 @@ from typing import Any
 
 import psutil
 import requests
-from common import BENCH
 
-from lbsync.cluster.devstack import HTTP_PORT, DevStack, StackError, wait_for
-from lbsync.edge.crossbar import prepare_cbdir, render_crossbar_config, write_config
+from lbsync.cluster.addresses import HTTP_PORT
+from lbsync.edge.crossbar import prepare_cbdir, render_crossbar_config, write_crossbar_config
+from tests.rig.devstack import DevStack, checkout_env
+from tests.rig.procs import StackError, wait_for
 
 
 def crossbar_id(index: int) -> str:
@@ -45,12 +46,12 @@ class CrossbarMembers:
         a restart during a measurement takes only spare CPU (wait() sets it back to 0)."""
         cbdir = self.stack.workdir / "cb" / str(index)
         prepare_cbdir(cbdir)
-        write_config(cbdir, render_crossbar_config(
+        write_crossbar_config(cbdir, render_crossbar_config(
             crossbar_id(index), self.stack.member_ip(index), HTTP_PORT, proxies=1))
         (cbdir / "node.pid").unlink(missing_ok=True)  # a killed node leaves it behind
         argv = [self.crossbar, "start", "--cbdir", str(cbdir), "--loglevel", "warn"]
-        proc = self.stack._spawn(self.key(index),
-                                 ["nice", "-n", str(nice), *argv] if nice else argv)
+        proc = self.stack.spawn(self.key(index),
+                                ["nice", "-n", str(nice), *argv] if nice else argv)
         if nice:
             _autogroup_nice(proc.pid, nice)
 
@@ -115,19 +116,34 @@ class WampLoad:
     rotating: int = 20
     timeout: float = 5.0  # connect/join/call timeout of each attempt
     sticky: bool = False  # clients send back HAProxy's cookie when they reconnect
+    report_progress: bool = False  # keep the counts so far in progress_file (progress())
     proc: subprocess.Popen[bytes] | None = None
     started: float = 0.0
 
     def start(self) -> None:
         self.out.unlink(missing_ok=True)
+        self.progress_file.unlink(missing_ok=True)
         self.started = time.time()
         with open(self.out.with_suffix(".log"), "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, str(BENCH / "wampload.py"), "--url", self.url,
+                [sys.executable, "-m", "bench.wampload", "--url", self.url,
                  "--held", str(self.held), "--rotating", str(self.rotating),
                  "--timeout", str(self.timeout), "--out", str(self.out),
-                 *(["--sticky"] if self.sticky else [])],
-                stdout=log, stderr=subprocess.STDOUT)
+                 *(["--sticky"] if self.sticky else []),
+                 *(["--progress", str(self.progress_file)] if self.report_progress else [])],
+                stdout=log, stderr=subprocess.STDOUT, env=checkout_env())
+
+    @property
+    def progress_file(self) -> Path:
+        return self.out.with_suffix(".progress.json")
+
+    def progress(self) -> dict[str, int]:
+        """The counts so far (with report_progress); {} until the first sample."""
+        try:
+            counts: dict[str, int] = json.loads(self.progress_file.read_text())
+        except FileNotFoundError:
+            return {}
+        return counts
 
     def kill(self) -> None:
         """Stop at once, results lost: a failed run leaves no load generator behind."""

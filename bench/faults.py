@@ -16,7 +16,7 @@ Each scenario breaks one thing, holds it, heals it, and reports:
   counted);
 - whether haproxy.cfg stayed valid (`haproxy -c` at the end).
 
-    python bench/faults.py --out bench/results/faults.json [--only NAME,...]
+    python -m bench.faults --out bench/results/faults.json [--only NAME,...]
 
 The test suite (tests/faults/) runs the same scenarios and asserts their promises; the
 benchmark (`lbsync bench --only 7`) keeps the figures.
@@ -39,15 +39,17 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from common import machine
-from edges import CrossbarMembers, WampLoad, crossbar_id
-from netns import Fabric, usable
 
-from lbsync.cluster.devstack import HTTP_PORT, DevStack, StackError, wait_for
+from bench.common import machine
+from bench.edges import CrossbarMembers, WampLoad, crossbar_id
+from bench.netns import Fabric, usable
+from lbsync.cluster.addresses import HTTP_PORT
 from lbsync.model import LbsyncError
 from lbsync.registry import Registry
 from lbsync.serf.rpc import SerfRPC
 from lbsync.status import config_servers
+from tests.rig.devstack import DevStack
+from tests.rig.procs import StackError, wait_for
 
 MEMBERS = 3
 CFG_FS_BYTES = 1 << 20  # the tmpfs haproxy.cfg lives on, filled up by the "cfg-full" fault
@@ -80,8 +82,9 @@ class NetnsStack(DevStack):
                 return self.fabric.member_ns(i)
         raise StackError(f"no namespace for process {key}")
 
-    def _spawn(self, key: str, argv: list[str]) -> subprocess.Popen[bytes]:
-        return super()._spawn(key, [*self.fabric.prefix(self.ns_of(key)), *argv])
+    def spawn(self, key: str, argv: list[str], env: dict[str, str] | None = None,
+              ) -> subprocess.Popen[bytes]:
+        return super().spawn(key, [*self.fabric.prefix(self.ns_of(key)), *argv], env)
 
 
 def make_stack(workdir: Path, fabric: Fabric) -> NetnsStack:
@@ -371,7 +374,7 @@ def _restart_haproxy(r: Rig) -> None:
 
 
 def _kill_worker(r: Rig) -> Callable[[], None]:
-    for pid in r.stack.master().worker_pids():
+    for pid in list(r.stack.master().status().workers):
         os.kill(pid, 9)
     return lambda: _restart_haproxy(r) if r.stack.procs["haproxy"].poll() is not None \
         else None
@@ -579,7 +582,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="lbsync-faults-") as t:
         result = faults(Path(t), names)
     result |= {"machine": machine(), "took_s": round(time.time() - started, 1),
-               "command": " ".join(["python", "bench/faults.py", *sys.argv[1:]])}
+               "command": " ".join(["python", "-m", "bench.faults", *sys.argv[1:]])}
     args.out.write_text(json.dumps(result, indent=1) + "\n")
     print(result["table"])
 

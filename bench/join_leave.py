@@ -1,6 +1,6 @@
 """Join and leave latency of lbsync on loopback, with real haproxy and serf processes.
 
-    .venv/bin/python bench/join_leave.py --runs 20 --out bench/results/join_leave.json
+    .venv/bin/python -m bench.join_leave --runs 20 --out bench/results/join_leave.json
 
 Join: from starting a member's Serf agent (its HTTP backend already listens) to the first
 request through HAProxy answered by that member. Leave: from `serf leave` to HAProxy no
@@ -23,11 +23,10 @@ from pathlib import Path
 
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from common import pct
-
-from lbsync.cluster.devstack import HTTP_PORT, SERF_PORT, SERF_RPC_PORT, DevStack, wait_for
+from bench.common import pct
+from lbsync.cluster.addresses import HTTP_PORT, SERF_PORT, SERF_RPC_PORT
+from tests.rig.devstack import DevStack
+from tests.rig.procs import wait_for
 
 
 def first_request_by(stack: DevStack, node: str, timeout: float) -> float:
@@ -46,12 +45,11 @@ def first_request_by(stack: DevStack, node: str, timeout: float) -> float:
 def one_run(stack: DevStack, index: int) -> dict[str, float]:
     name = f"churn{index}"
     ip = stack.member_ip(index)
-    stack._spawn(f"http-{name}", [sys.executable, "-m", "lbsync.cluster.backend",
-                                  "--listen", f"{ip}:{HTTP_PORT}={name}"])
+    stack.serve_http(f"http-{name}", [(name, ip)])
     wait_for(lambda: requests.get(f"http://{ip}:{HTTP_PORT}/info", timeout=1).ok, 10,
              f"{name}'s backend")
     t0 = time.monotonic()
-    stack._spawn(f"serf-{name}", [
+    stack.spawn(f"serf-{name}", [
         "serf", "agent", "-node", name, "-profile", "local", "-log-level", "warn",
         "-bind", f"{ip}:{SERF_PORT}", "-rpc-addr", f"{ip}:{SERF_RPC_PORT}",
         "-join", f"{stack.lb_ip}:{SERF_PORT}", "-tag", "role=edge", "-tag", f"port={HTTP_PORT}"])
@@ -96,7 +94,7 @@ def main() -> None:
                 print(f"run {i + 1:3d}: join {r['join_s']:.3f}s  "
                       f"out of rotation {r['leave_out_of_rotation_s']:.3f}s  "
                       f"removed {r['leave_removed_s']:.3f}s", flush=True)
-            reloads = stack.master().reload_count()
+            reloads = stack.master().status().reloads
         finally:
             stack.stop()
 
@@ -106,7 +104,7 @@ def main() -> None:
         summary[key] = {"p50": statistics.median(values), "p95": pct(values, 95),
                         "min": min(values), "max": max(values)}
     result = {
-        "command": "python bench/join_leave.py " + " ".join(sys.argv[1:]),
+        "command": "python -m bench.join_leave " + " ".join(sys.argv[1:]),
         "machine": {"platform": platform.platform(), "cpus": __import__("os").cpu_count(),
                     "haproxy": subprocess.run(["haproxy", "-v"], capture_output=True,
                                               text=True).stdout.splitlines()[0],

@@ -45,7 +45,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from common import pct
+from bench.common import pct
 
 REALM = "realm1"
 LBSYNC = str(Path(sys.executable).parent / "lbsync")
@@ -294,7 +294,7 @@ def _no_such_procedure(e: BaseException) -> bool:
     return getattr(e, "error", None) == "wamp.error.no_such_procedure"
 
 
-async def until_ok(what: str, attempt: Callable[[], Any], deadline_s: float = 30.0) -> float:
+async def until_ok(what: str, attempt: Callable[..., Any], deadline_s: float = 30.0) -> float:
     """Retry `await attempt()` (any failure: a link not up yet, an event not mirrored yet)
     until it works; seconds it took."""
     t0 = time.monotonic()
@@ -337,7 +337,7 @@ async def latency(net: int, n: int, warmup: int) -> dict[str, Any]:
         try:
             t0 = time.perf_counter()
             await asyncio.wait_for(c.session.publish(topic, seq, options=_ack()), timeout)
-            return 1000 * (await asyncio.wait_for(fut, timeout) - t0)
+            return 1000 * (float(await asyncio.wait_for(fut, timeout)) - t0)
         finally:
             waiting.pop(seq, None)
 
@@ -616,7 +616,7 @@ async def join_reach(d: Path, net: int, runs: int) -> dict[str, Any]:
         return any(s.name == name and s.state_word == "UP"
                    for s in RuntimeAPI(admin, timeout=1.0).servers_state(BACKEND))
 
-    samples = []
+    samples: list[dict[str, Any]] = []
     try:
         for k in range(runs):
             print(f"   join {k + 1}/{runs}: 3 -> 4", flush=True)

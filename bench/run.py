@@ -2,9 +2,9 @@
 
     lbsync bench --quick --out bench/results/quick.json   # about 5 minutes
     lbsync bench --out bench/results/full.json            # about 15 minutes
-(`lbsync bench` runs this file; `bash scripts/bench.sh ARGS` sets up first.)
+(`lbsync bench` runs `python -m bench.run`; `bash scripts/bench.sh ARGS` sets up first.)
 
-Everything runs on loopback with real haproxy, serf and wrk processes (lbsync's devstack).
+Everything runs on loopback with real haproxy, serf and wrk processes (tests.rig.devstack).
 In parts 1-3 and 5 the members' HTTP servers are light Python backends, so what is measured
 is the load balancer (HAProxy + lbsync), not the application; in part 4 the members are
 real Crossbar.io nodes and autobahn WAMP clients hold sessions through HAProxy beside wrk.
@@ -39,9 +39,9 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from common import BENCH, machine
-
-from lbsync.cluster.devstack import DevStack, wait_for
+from bench.common import BENCH, machine
+from tests.rig.devstack import DevStack
+from tests.rig.procs import wait_for
 
 RESULTS = BENCH / "results"
 
@@ -61,7 +61,7 @@ def preflight(p: argparse.ArgumentParser, parts: set[int]) -> None:
     need = ["haproxy", "serf"] + (["wrk"] if parts & {2, 3, 4} else [])
     missing = [b for b in need if shutil.which(b) is None]
     if 7 in parts:
-        from netns import usable
+        from bench.netns import usable
         if problem := usable():
             p.error(f"part 7: {problem}")
     for binary, part in (("crossbar", {4, 6, 7}), ("supervisord", {6})):
@@ -115,18 +115,18 @@ def main() -> None:
            "realm_call_rate": 20, "realm_hold_s": 3.0 if q else 4.0,
            "realm_idle_s": 3.0 if q else 5.0}
 
-    from churn import crash_under_load, join_latency, leave_under_load
-    from faults import BY_NAME, faults
-    from realm import realm
-    from scale import storm
-    from sidebyside import side_by_side
+    from bench.churn import crash_under_load, join_latency, leave_under_load
+    from bench.faults import BY_NAME, faults
+    from bench.realm import realm
+    from bench.scale import storm
+    from bench.sidebyside import side_by_side
 
     started = time.time()
     result: dict[str, object] = {
         "command": " ".join([".venv/bin/lbsync", "bench", *sys.argv[1:]]),
         "quick": q, "config": cfg, "machine": machine(),
         "started_utc": datetime.now(UTC).isoformat(timespec="seconds"),
-        "backends": "parts 1-3 and 5: light Python HTTP servers (lbsync.cluster.backend), so "
+        "backends": "parts 1-3 and 5: light Python HTTP servers (tests.rig.httpmember), so "
                     "the load balancer (HAProxy + lbsync) is what is measured; part 4: real "
                     "Crossbar.io nodes (1 router + 1 proxy worker each), so WAMP sessions "
                     "can run through the same backend as the HTTP load",
@@ -143,7 +143,7 @@ def main() -> None:
                 stack.add_member(1)
                 stack.add_member(2)
                 wait_for(lambda: stack.up_servers() == {"node1", "node2"}, 30, "steady members")
-                reloads0 = stack.master().reload_count()
+                reloads0 = stack.master().status().reloads
                 if 1 in parts:
                     print("1. join latency", flush=True)
                     result["join"] = join_latency(stack, cfg["join_runs"])
@@ -155,7 +155,7 @@ def main() -> None:
                     print("3. crash under load", flush=True)
                     result["crash_under_load"] = crash_under_load(stack, cfg["crash_runs"], tmp,
                                                                   args.rate)
-                result["churn_reloads"] = stack.master().reload_count() - reloads0
+                result["churn_reloads"] = stack.master().status().reloads - reloads0
             finally:
                 stack.stop()
         if 4 in parts:
@@ -178,7 +178,7 @@ def main() -> None:
 
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1) + "\n")
-    from report import write_report
+    from bench.report import write_report
     write_report(result, args.results, args.out)
     print(f"\n{args.out}, {args.results / 'latest.md'} and plots written in "
           f"{result['duration_s']} s")

@@ -8,9 +8,9 @@ import statistics
 import time
 from pathlib import Path
 
-from common import Sampler, proc_usage, serve_many
-
-from lbsync.cluster.devstack import DevStack, wait_for
+from bench.common import Sampler, proc_usage
+from tests.rig.devstack import DevStack
+from tests.rig.procs import wait_for
 
 REST_S = 4.0
 ADD_LINE = re.compile(r"add server=\S+ .*took=([0-9.]+)ms batch=(\d+)")
@@ -30,7 +30,7 @@ def storm(tmp: Path, n: int, net: int) -> dict[str, object]:
     stack = DevStack(tmp / f"scale{n}", net=net)
     try:
         stack.start()
-        serve_many(stack, "http-all", [(f"node{i}", stack.member_ip(i)) for i in range(1, n + 1)])
+        stack.serve_http("http-all", [(f"node{i}", stack.member_ip(i)) for i in range(1, n + 1)])
         time.sleep(REST_S)  # the agent settles (imports, first reconcile) before "at rest"
         agent = stack.procs["agent"]
         with Sampler(proc_usage(agent.pid), interval=0.5) as usage, \

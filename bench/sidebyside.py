@@ -13,12 +13,13 @@ import threading
 import time
 from pathlib import Path
 
-from baseline import BaselineStack
-from common import Prober, Sampler, Wrk, haproxy_usage, proc_usage, summary
-from edges import CrossbarMembers, WampLoad, crossbar_id
-
-from lbsync.cluster.devstack import HTTP_PORT, DevStack, wait_for
+from bench.baseline import BaselineStack
+from bench.common import Prober, Sampler, Wrk, haproxy_usage, proc_usage, summary
+from bench.edges import CrossbarMembers, WampLoad, crossbar_id
+from lbsync.cluster.addresses import HTTP_PORT
 from lbsync.edge.sidecar import LB_GRACE
+from tests.rig.devstack import DevStack
+from tests.rig.procs import wait_for
 
 HOLD_S = 2.0  # time spent at 5 and at 1 member in each cycle
 # The members that join and leave, alternating by cycle: a member's Crossbar stops when it
@@ -107,7 +108,7 @@ def scale_cycles(stack: DevStack, mode: str, cycles: int, tmp: Path,
     sessions["drops_on_kept_member"] = sum(d["node"] == kept for d in sessions["drops"])
     sessions["kept_member"] = kept
     print(f"  {mode}: failed {load['failed']}/{load['requests']} at {load['rate_req_s']} req/s,"
-          f" p50 {load['latency_ms']['p50']:.2f} ms, p99 {load['latency_ms']['p99']:.2f} ms,"  # type: ignore[index]
+          f" p50 {load['latency_ms']['p50']:.2f} ms, p99 {load['latency_ms']['p99']:.2f} ms,"
           f" reloads {reloads}; probe failed {prober.summary()['failed']}; WAMP: "
           f"{sessions['sessions_opened']} sessions, {len(sessions['drops'])} dropped "
           f"({sessions['drops_on_kept_member']} on {kept}), "
@@ -130,7 +131,7 @@ def scale_cycles(stack: DevStack, mode: str, cycles: int, tmp: Path,
 def _reloads(stack: DevStack) -> int:
     if isinstance(stack, BaselineStack):
         return stack.reload_count()
-    return stack.master().reload_count()
+    return stack.master().status().reloads
 
 
 def side_by_side(tmp: Path, cycles: int, rate: int, nets: tuple[int, int],

@@ -1,7 +1,10 @@
 """WAMP load for the benchmark: autobahn clients holding sessions through HAProxy.
 
-    python bench/wampload.py --url ws://127.201.0.1:8080/ws --held 10 --rotating 20 \\
+    python -m bench.wampload --url ws://127.201.0.1:8080/ws --held 10 --rotating 20 \\
         --out wamp.json          # runs until SIGTERM/SIGINT, then writes --out
+
+With --progress FILE it also keeps FILE up to date (every 0.25 s) with the counts so far,
+so a test can wait for a state instead of sleeping.
 
 Two kinds of client, all in one asyncio process:
 - held: one session for the whole run. Whatever happens to the cluster, a held session
@@ -35,7 +38,8 @@ from autobahn.asyncio.wamp import ApplicationSession
 from autobahn.asyncio.websocket import WampWebSocketClientFactory
 from autobahn.wamp.types import CloseDetails, ComponentConfig, SessionDetails
 from autobahn.websocket.util import parse_url
-from common import pct
+
+from bench.common import pct
 
 ROTATE_MIN, ROTATE_MAX = 2.0, 6.0
 
@@ -79,15 +83,23 @@ class _Session(ApplicationSession):
             self.ended.set_result(reason)
 
 
+def progress(rec: Record, alive: int) -> dict[str, int]:
+    """The counts so far: what --progress writes."""
+    return {"alive": alive, "opened": len(rec.opened), "closed": rec.closed,
+            "drops": len(rec.drops), "reconnects": len(rec.reconnect_s),
+            "calls": len(rec.calls), "call_failures": len(rec.call_failures)}
+
+
 class Load:
     def __init__(self, url: str, realm: str, interval: float, timeout: float,
-                 sticky: bool = False) -> None:
+                 sticky: bool = False, progress_file: Path | None = None) -> None:
         self.url, self.realm, self.interval, self.timeout = url, realm, interval, timeout
         self.sticky = sticky
         self.cookies: dict[int, str] = {}  # client -> the SERVERID cookie HAProxy gave it
         self.rec = Record()
         self.stopping = asyncio.Event()
         self.alive = 0
+        self.progress_file = progress_file
         self._serial = itertools.count()
 
     async def _open(self, cid: int) -> tuple[_Session, asyncio.Future[str], Any, str | None]:
@@ -183,6 +195,10 @@ class Load:
     async def sample(self) -> None:
         while not self.stopping.is_set():
             self.rec.alive.append((time.time(), self.alive))
+            if self.progress_file is not None:
+                tmp = self.progress_file.with_suffix(".tmp")
+                tmp.write_text(json.dumps(progress(self.rec, self.alive)) + "\n")
+                tmp.replace(self.progress_file)  # a reader never sees half a file
             await asyncio.sleep(0.25)
 
     async def run(self, held: int, rotating: int) -> None:
@@ -239,12 +255,14 @@ def main() -> None:
     p.add_argument("--sticky", action="store_true",
                    help="clients send back HAProxy's SERVERID cookie when they reconnect")
     p.add_argument("--out", type=Path, required=True, help="JSON written at the end")
+    p.add_argument("--progress", type=Path, help="JSON of the counts so far, kept up to date")
     args = p.parse_args()
     if args.held < 0 or args.rotating < 0 or args.held + args.rotating == 0:
         p.error("--held and --rotating must be >= 0, and not both 0")
     for name in ("autobahn", "asyncio"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
-    load = Load(args.url, args.realm, args.call_interval, args.timeout, args.sticky)
+    load = Load(args.url, args.realm, args.call_interval, args.timeout, args.sticky,
+                args.progress)
     asyncio.run(load.run(args.held, args.rotating))
     args.out.write_text(json.dumps(summary(load.rec, args)) + "\n")
 

@@ -1,7 +1,8 @@
 """The `lbsync` command: thin click wrappers that build Settings and call the real work.
 
-Every flag is also read from an LBSYNC_* variable (`--registry-dir` <- LBSYNC_REGISTRY_DIR);
-these names are a contract the images, the local cluster and the labs script against.
+A setting's flag, its LBSYNC_* variable (`--registry-dir` <- LBSYNC_REGISTRY_DIR), its
+default, type and help are its row in lbsync.settings.TABLE; `@table_options(COMMAND)`
+makes the options a command takes from the rows.
 """
 
 from __future__ import annotations
@@ -17,109 +18,75 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import click
+from click.core import ParameterSource
 
-from .edge.links import DEFAULT_LINK_PORT, REALM
-from .files import atomic_write, candidate_file
+from .files import atomic_write
 from .model import LbsyncError
-from .settings import Settings, SettingsError, parse_cidrs, parse_duration, parse_hostport
+from .settings import (
+    Setting,
+    Settings,
+    SettingsError,
+    auth_key,
+    env_var,
+    parse_duration,
+    parse_values,
+    rows_for,
+)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-# (flag, Settings field, click type, help). Defaults come from Settings itself.
-_D = Settings()
-_OPTIONS: list[tuple[str, str, Any, str]] = [
-    ("--registry-dir", "registry_dir", click.Path(path_type=Path), "member registry folder"),
-    ("--haproxy-config", "haproxy_config", click.Path(path_type=Path), "haproxy.cfg to keep"),
-    ("--template", "template", click.Path(path_type=Path), "haproxy.cfg Jinja2 template"),
-    ("--role", "role", str, "Serf tag role=ROLE marks a member as a server"),
-    ("--backend", "backend", str, "HAProxy backend lbsync manages"),
-    ("--default-port", "default_port", int, "service port when a member has no port tag"),
-    ("--default-weight", "default_weight", int, "weight when a member has no weight tag"),
-    ("--allow-cidr", "allow_cidr", str, "comma-separated networks members may use (default all)"),
-    ("--runtime-socket", "runtime_socket", str, "Runtime API: unix socket PATH or HOST:PORT"),
-    ("--runtime-tcp", "runtime_tcp", str, "TCP Runtime API socket rendered in haproxy.cfg "
-     "('' = none)"),
-    ("--runtime-tcp-level", "runtime_tcp_level", str,
-     "the TCP socket's level: user (read only), operator, admin (a lab adding servers by "
-     "hand)"),
-    ("--master-socket", "master_socket", str, "HAProxy master CLI socket (haproxy -W -S)"),
-    ("--frontend-bind", "frontend_bind", str, "HTTP frontend bind address"),
-    ("--stats-bind", "stats_bind", str, "stats page bind address"),
-    ("--cookie-name", "cookie_name", str, "sticky-session cookie name"),
-    ("--cookie-key", "cookie_key", str, "dynamic-cookie-key shared by all load balancers (<3.0)"),
-    ("--check-path", "check_path", str, "health check URL path"),
-    ("--check-inter", "check_inter", str, "health check interval (e.g. 1s, 500ms)"),
-    ("--check-fall", "check_fall", int, "failed checks before DOWN"),
-    ("--check-rise", "check_rise", int, "passed checks before UP"),
-    ("--drain-timeout", "drain_timeout", str, "longest wait for a leaving server's sessions"),
-    ("--failed-grace", "failed_grace", str,
-     "a failed member's server is drained at once; its sessions are cut no sooner than this"),
-    ("--failed-timeout", "failed_timeout", str,
-     "a failed member whose health check still passes keeps its sessions this long"),
-    ("--resync-interval", "resync_interval", str, "full resync and reconcile period"),
-    ("--poll-interval", "poll_interval", str, "Serf members poll period"),
-    ("--reload-min-interval", "reload_min_interval", str, "least time between two reloads"),
-    ("--haproxy-bin", "haproxy_bin", str, "haproxy binary"),
-    ("--serf-rpc", "serf_rpc", str, "Serf agent RPC address HOST:PORT ('' = registry only)"),
-    ("--serf-auth-key", "serf_auth_key", str, "Serf RPC auth key"),
-    ("--serf-auth-key-file", "serf_auth_key_file", click.Path(path_type=Path),
-     "file holding the Serf RPC auth key (used when --serf-auth-key is not given)"),
-    ("--metrics-bind", "metrics_bind", str,
-     "agent: serve Prometheus metrics on HOST:PORT/metrics ('' = off)"),
-]
-_DURATIONS = {"check_inter", "drain_timeout", "failed_grace", "failed_timeout",
-              "resync_interval", "poll_interval", "reload_min_interval"}
+
+def _click_type(row: Setting) -> click.ParamType[Any]:
+    """click reads ints, paths and choices itself: a wrongly typed value is its usage error
+    (which names the variable when the value came from one)."""
+    if row.choices:
+        return click.Choice(row.choices, case_sensitive=False)
+    if row.kind is Path:
+        return click.Path(path_type=Path)
+    return click.INT if row.kind is int else click.STRING
 
 
-def _envvar(flag: str) -> str:
-    return "LBSYNC_" + flag.lstrip("-").replace("-", "_").upper()
+def table_options(command: str) -> Callable[[F], F]:
+    """The options of the settings table's rows `command` takes (lbsync.settings.TABLE)."""
+    def add(f: F) -> F:
+        for row in reversed(rows_for(command)):
+            if (flag := row.flag_for(command)) is None:
+                continue
+            f = click.option(flag, row.name, type=_click_type(row), default=row.default,
+                             envvar=row.env, show_default=True, show_envvar=True,
+                             required=command in row.required and row.default is None,
+                             help=row.help)(f)
+        return f
+    return add
 
 
-def _default(field: str) -> Any:
-    value = getattr(_D, field)
-    if field == "serf_rpc":
-        return ""
-    if field == "allow_cidr":
-        return ""
-    if field in _DURATIONS:
-        return f"{value:g}s"
-    return value
+def _sourced_from_env(kw: dict[str, Any]) -> set[str]:
+    ctx = click.get_current_context()
+    return {name for name in kw if ctx.get_parameter_source(name) is ParameterSource.ENVIRONMENT}
 
 
-def settings_options(f: F) -> F:
-    for flag, field, kind, help_ in reversed(_OPTIONS):
-        f = click.option(flag, field, type=kind, default=_default(field), envvar=_envvar(flag),
-                         show_default=True, show_envvar=True, help=help_)(f)
-    return f
+def table_values(command: str, kw: dict[str, Any]) -> dict[str, Any]:
+    """Pop `command`'s table options off kw, each parsed as its row says."""
+    rows = [row for row in rows_for(command) if row.name in kw or row.flag_for(command) is None]
+    from_env = _sourced_from_env(kw)
+    raw = {row.name: kw.pop(row.name) for row in rows if row.name in kw}
+    for row in rows:  # a row with no flag, only its variable (the fleet secret)
+        if row.name not in raw and row.env and row.env in os.environ:
+            raw[row.name] = os.environ[row.env]
+            from_env.add(row.name)
+    values = parse_values(rows, raw, from_env)
+    for row in rows:  # click itself asks for those with no default
+        if command in row.required and values[row.name] is None:
+            raise SettingsError(f"{row.what} is not set (nor {row.env}): `lbsync {command}` "
+                                "needs it")
+    return values
 
 
 def build_settings(kw: dict[str, Any]) -> Settings:
-    values: dict[str, Any] = {}
-    for flag, field, _kind, _help in _OPTIONS:
-        value = kw.pop(field)
-        if field in _DURATIONS:
-            value = parse_duration(value, flag)
-        elif field == "allow_cidr":
-            value = parse_cidrs(value)
-        elif field == "serf_rpc":
-            value = parse_hostport(value, flag) if value else None
-        elif field == "serf_auth_key":
-            value = value or None
-        values[field] = value
-    values["serf_auth_key"] = auth_key(values["serf_auth_key"], values["serf_auth_key_file"])
-    return Settings(**values).check()
-
-
-def auth_key(key: str | None, key_file: Path | None) -> str | None:
-    """The Serf RPC token: given itself, else read from its file (which keeps it out of
-    supervisord.conf, compose files and `ps`), else None (an agent without rpc_auth)."""
-    from .serf.keys import read_key_file
-
-    if key:
-        return key
-    if key_file is not None:
-        return read_key_file(key_file, "--serf-auth-key-file")
-    return None
+    """Settings from a load-balancer command's options (popped off kw)."""
+    from_env = _sourced_from_env(kw)
+    return Settings.build({row.name: kw.pop(row.name) for row in Settings.rows()
+                           if row.name in kw}, from_env)
 
 
 def _fail(message: str) -> None:
@@ -147,8 +114,7 @@ class _Group(click.Group):
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--log-level", default="info", envvar="LBSYNC_LOG_LEVEL", show_default=True,
-              type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False))
+@table_options("lbsync")
 @click.version_option(package_name="lbsync")
 @click.pass_context
 def main(ctx: click.Context, log_level: str) -> None:
@@ -175,15 +141,15 @@ def _cluster_defaults() -> None:
 
 
 @main.command()
-@settings_options
+@table_options("render")
 @click.option("--out", type=click.Path(path_type=Path), default=None,
               help="where to write (default: --haproxy-config)")
 def render(out: Path | None, **kw: Any) -> None:
     """Render haproxy.cfg from the registry and validate it (no running HAProxy needed)."""
     from .desired import desired_state
-    from .haproxy.binary import check_config, haproxy_version
+    from .haproxy.binary import check_haproxy_config, haproxy_version
     from .registry import Registry
-    from .render import load_template, render_haproxy
+    from .render import ConfigPipeline
 
     settings = build_settings(kw)
     target = out or settings.haproxy_config
@@ -191,13 +157,11 @@ def render(out: Path | None, **kw: Any) -> None:
     desired = desired_state(Registry(settings.registry_dir).load(), settings, version)
     for r in desired.refused:
         logging.getLogger("lbsync.render").warning("refused member=%r: %s", r.member, r.reason)
-    label, source = load_template(settings.template)
-    text = render_haproxy(label, source, settings, list(desired.servers.values()),
-                          desired.explicit_cookies)
+    pipeline = ConfigPipeline(
+        settings, lambda p: check_haproxy_config(p, settings.haproxy_bin), target)
+    text = pipeline.render(list(desired.servers.values()), desired.explicit_cookies)
     _prepare_dirs(settings)
-    with candidate_file(target, text) as candidate:
-        check_config(candidate, settings.haproxy_bin)
-    changed = atomic_write(target, text)
+    changed = pipeline.install(text, check_unchanged=True)  # as before: always validated
     click.echo(f"{target}: {len(desired.servers)} servers, "
                f"{'written' if changed else 'unchanged'} (haproxy {'.'.join(map(str, version))})")
 
@@ -213,10 +177,10 @@ def _prepare_dirs(settings: Settings) -> None:
 
 
 @main.command()
-@settings_options
+@table_options("agent")
 def agent(**kw: Any) -> None:
     """The daemon: follow Serf and the registry, keep HAProxy and haproxy.cfg in step."""
-    from .agent import run_agent
+    from .daemon import run_daemon
     from .haproxy.binary import find_binary
     from .metrics import Metrics, MetricsServer
 
@@ -230,17 +194,16 @@ def agent(**kw: Any) -> None:
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
-        logging.getLogger("lbsync.agent").info("signal %s: stopping", signal.Signals(signum).name)
+        logging.getLogger("lbsync.daemon").info("signal %s: stopping", signal.Signals(signum).name)
         stop.set()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    run_agent(settings, stop, metrics, server)
+    run_daemon(settings, stop, metrics, server)
 
 
 @main.command()
-@click.option("--registry-dir", type=click.Path(path_type=Path), default=_D.registry_dir,
-              envvar="LBSYNC_REGISTRY_DIR", show_default=True, show_envvar=True)
+@table_options("handle")
 def handle(registry_dir: Path) -> None:
     """Serf event handler: reads SERF_EVENT and member lines on stdin, updates the registry."""
     from .registry import Registry
@@ -266,23 +229,15 @@ def handle(registry_dir: Path) -> None:
         sys.exit(1)
 
 
-_AUTH_KEY_FILE = click.option(
-    "--serf-auth-key-file", type=click.Path(path_type=Path), default=None,
-    envvar="LBSYNC_SERF_AUTH_KEY_FILE", show_envvar=True,
-    help="file holding the Serf RPC auth key (used when --serf-auth-key is not given)")
-
-
 @main.command()
-@click.option("--serf-rpc", default="127.0.0.1:7373", envvar="LBSYNC_SERF_RPC",
-              show_default=True, show_envvar=True)
-@click.option("--serf-auth-key", default="", envvar="LBSYNC_SERF_AUTH_KEY", show_envvar=True)
-@_AUTH_KEY_FILE
-def members(serf_rpc: str, serf_auth_key: str, serf_auth_key_file: Path | None) -> None:
+@table_options("members")
+def members(**kw: Any) -> None:
     """List the Serf members with their status and tags."""
     from .serf.rpc import SerfRPC
 
-    host, port = parse_hostport(serf_rpc, "--serf-rpc")
-    with SerfRPC(host, port, auth_key(serf_auth_key, serf_auth_key_file)) as rpc:
+    v = table_values("members", kw)
+    host, port = v["serf_rpc"]
+    with SerfRPC(host, port, auth_key(v["serf_auth_key"], v["serf_auth_key_file"])) as rpc:
         rows = rpc.members()
     width = max([len(m.name) for m in rows] + [6])
     click.echo(f"{'MEMBER'.ljust(width)}  {'ADDRESS'.ljust(15)}  {'STATUS'.ljust(7)}  TAGS")
@@ -291,9 +246,6 @@ def members(serf_rpc: str, serf_auth_key: str, serf_auth_key_file: Path | None) 
         click.echo(f"{m.name.ljust(width)}  {m.addr.ljust(15)}  {str(m.status).ljust(7)}  {tags}")
 
 
-_DIR_OPTION = click.option(
-    "--dir", "dir_", type=click.Path(path_type=Path), default=None, envvar="LBSYNC_CLUSTER_DIR",
-    show_envvar=True, help="cluster folder (default: /run/lbsync/cluster as root)")
 _NET_OPTION = click.option("--net", type=click.IntRange(0, 255), default=0, show_default=True,
                            help="use 127.NET.0.x addresses (0: 127.0.0.1 and 127.0.0.11+)")
 
@@ -311,47 +263,47 @@ def _layout(dir_: Path | None, net: int | None = None) -> Any:
 @click.option("--nodes", type=click.IntRange(1, 200), default=3, show_default=True)
 @click.option("--proxies", type=click.IntRange(1, 64), default=None,
               help="Crossbar proxy workers per node (default: 2 x CPU cores)")
-@click.option("--drain-timeout", default="10s", show_default=True, envvar="LBSYNC_DRAIN_TIMEOUT")
 @click.option("--timeout", default="120s", show_default=True, help="longest wait for UP")
-@_DIR_OPTION
+@table_options("up")
 @_NET_OPTION
-def up(nodes: int, proxies: int | None, drain_timeout: str, timeout: str, dir_: Path | None,
-       net: int) -> None:
+def up(nodes: int, proxies: int | None, timeout: str, net: int, **kw: Any) -> None:
     """Run HAProxy, Serf, lbsync and N Crossbar edge nodes on this machine (supervisord)."""
     from .cluster.lifecycle import up as run_up
 
+    v = table_values("up", kw)
     if proxies is None:
         from .edge.crossbar import default_proxies
 
         proxies = default_proxies()
-    run_up(_layout(dir_, net), nodes, proxies, parse_duration(drain_timeout, "--drain-timeout"),
+    run_up(_layout(v["cluster_dir"], net), nodes, proxies, v["drain_timeout"],
            parse_duration(timeout, "--timeout"))
 
 
 @main.command()
 @click.argument("nodes", type=int)
 @click.option("--timeout", default="120s", show_default=True)
-@_DIR_OPTION
-def scale(nodes: int, timeout: str, dir_: Path | None) -> None:
+@table_options("scale")
+def scale(nodes: int, timeout: str, cluster_dir: Path | None) -> None:
     """Add edge nodes, or drain and remove the last ones, until there are NODES."""
     from .cluster.lifecycle import scale as run_scale
 
-    run_scale(_layout(dir_), nodes, parse_duration(timeout, "--timeout"))
+    run_scale(_layout(cluster_dir), nodes, parse_duration(timeout, "--timeout"))
 
 
 @main.command()
 @click.option("--timeout", default="60s", show_default=True)
-@_DIR_OPTION
-def down(timeout: str, dir_: Path | None) -> None:
+@table_options("down")
+def down(timeout: str, cluster_dir: Path | None) -> None:
     """Stop the local cluster and every process it started."""
     from .cluster.lifecycle import down as run_down
     from .cluster.local import Layout, check_dir, default_dir
 
-    run_down(Layout(check_dir(dir_ or default_dir())), parse_duration(timeout, "--timeout"))
+    run_down(Layout(check_dir(cluster_dir or default_dir())),
+             parse_duration(timeout, "--timeout"))
 
 
 @main.command()
-@settings_options
+@table_options("status")
 @click.option("--check", is_flag=True, help="exit 1 on any drift between Serf, HAProxy, config")
 def status(check: bool, **kw: Any) -> None:
     """Each member's Serf status, HAProxy server state and presence in haproxy.cfg."""
@@ -386,24 +338,8 @@ def status(check: bool, **kw: Any) -> None:
 
 
 @main.command("crossbar-config")
-@click.option("--cbdir", type=click.Path(path_type=Path), required=True,
-              envvar="LBSYNC_CBDIR", show_envvar=True, help="Crossbar node folder")
-@click.option("--node", required=True, envvar="LBSYNC_NODE_NAME", show_envvar=True,
-              help="node name: Crossbar's node id, and what /mydata and the WELCOME say")
-@click.option("--listen", required=True, envvar="LBSYNC_LISTEN", show_envvar=True,
-              help="IP:PORT the proxy workers share (WebSocket /ws, /info, /mydata)")
-@click.option("--proxies", type=int, default=None, envvar="LBSYNC_PROXIES", show_envvar=True,
-              help="proxy workers  [default: 2 x logical CPUs]")
-@click.option("--link-port", type=int, default=DEFAULT_LINK_PORT, envvar="LBSYNC_LINK_PORT",
-              show_default=True, show_envvar=True,
-              help="port (on the --listen address) where the other edge nodes' router links "
-                   "connect")
-@click.option("--link-secret-file", type=click.Path(path_type=Path), default=None,
-              envvar="LBSYNC_LINK_SECRET_FILE", show_envvar=True,
-              help="file holding the fleet secret (base64, e.g. the Serf gossip key); turns "
-                   "the router links on. LBSYNC_LINK_SECRET may hold the secret itself")
-def crossbar_config(cbdir: Path, node: str, listen: str, proxies: int | None, link_port: int,
-                    link_secret_file: Path | None) -> None:
+@table_options("crossbar-config")
+def crossbar_config(**kw: Any) -> None:
     """Write CBDIR/config.json: a router worker and N proxy workers on one shared port.
 
     The proxies reach the router over the unix socket CBDIR/run/router.sock (CBDIR/run is
@@ -419,14 +355,17 @@ def crossbar_config(cbdir: Path, node: str, listen: str, proxies: int | None, li
         prepare_cbdir,
         render_crossbar_config,
         router_socket,
-        write_config,
+        write_crossbar_config,
     )
 
-    host, port = parse_hostport(listen, "--listen")
-    count = default_proxies() if proxies is None else proxies
+    listen = kw["listen"]
+    v = table_values("crossbar-config", kw)
+    cbdir, node, link_port = v["cbdir"], v["node_name"], v["link_port"]
+    host, port = v["listen"]
+    count = default_proxies() if v["proxies"] is None else v["proxies"]
     check_inputs(node, host, port, count)  # before anything is written
     router_socket(cbdir)
-    secret = _link_secret(link_secret_file)
+    secret = _link_secret(v["link_secret"], v["link_secret_file"])
     fleet_key = links.fleet_public_key(secret) if secret is not None else None
     text = render_crossbar_config(node, host, port, count,
                                   link_port=link_port if secret is not None else None,
@@ -436,22 +375,22 @@ def crossbar_config(cbdir: Path, node: str, listen: str, proxies: int | None, li
     if secret is not None:
         links.write_key_files(cbdir, secret, node)
         if not (cbdir / links.WANTED_FILE).exists():  # the sidecar fills it in
-            links.write_wanted(cbdir, REALM, {})
+            links.write_wanted(cbdir, links.REALM, {})
     else:
         (cbdir / links.WANTED_FILE).unlink(missing_ok=True)
-    changed = write_config(cbdir, text)
+    changed = write_crossbar_config(cbdir, text)
     where = (f"router links on {host}:{link_port} (fleet key {fleet_key[:12]}...)"
              if fleet_key else "router links off (no fleet secret)")
     click.echo(f"{cbdir / 'config.json'}: node {node}, {count} proxy workers on {listen}, "
                f"{where}, {'written' if changed else 'unchanged'}")
 
 
-def _link_secret(path: Path | None) -> bytes | None:
-    """The fleet secret from LBSYNC_LINK_SECRET or --link-secret-file, or None."""
+def _link_secret(text: str | None, path: Path | None) -> bytes | None:
+    """The fleet secret itself (LBSYNC_LINK_SECRET), else from --link-secret-file, or None."""
     from .edge.links import read_secret
 
-    if text := os.environ.get("LBSYNC_LINK_SECRET", "").strip():
-        return read_secret(text, "LBSYNC_LINK_SECRET")
+    if text and text.strip():
+        return read_secret(text.strip(), env_var("link_secret"))
     if path is None:
         return None
     try:
@@ -461,56 +400,26 @@ def _link_secret(path: Path | None) -> bytes | None:
 
 
 @main.command()
-@click.option("--name", required=True, envvar="LBSYNC_NODE_NAME", show_envvar=True,
-              help="this node's name (its Serf node name)")
-@click.option("--serf-rpc", default="127.0.0.1:7373", envvar="LBSYNC_SERF_RPC",
-              show_default=True, show_envvar=True, help="the local Serf agent's RPC address")
-@click.option("--listen", required=True, envvar="LBSYNC_LISTEN", show_envvar=True,
-              help="IP:PORT Crossbar serves on (the port HAProxy sends traffic to)")
-@click.option("--agent-port", type=int, required=True, envvar="LBSYNC_AGENT_PORT",
-              show_envvar=True, help="HAProxy agent-check port, on the --listen IP")
-@click.option("--weight", type=int, default=None, envvar="LBSYNC_WEIGHT", show_envvar=True,
-              help="HAProxy weight tag (0-256)")
-@click.option("--drain-timeout", default="30s", envvar="LBSYNC_DRAIN_TIMEOUT",
-              show_default=True, show_envvar=True,
-              help="longest wait for connections to close before leaving")
-@click.option("--stop-command", default="", envvar="LBSYNC_STOP_COMMAND", show_envvar=True,
-              help="/bin/sh command run last, e.g. supervisorctl stop NODE-crossbar")
-@click.option("--serf-auth-key", default="", envvar="LBSYNC_SERF_AUTH_KEY", show_envvar=True)
-@_AUTH_KEY_FILE
-@click.option("--cbdir", type=click.Path(path_type=Path), default=None, envvar="LBSYNC_CBDIR",
-              show_envvar=True,
-              help="the node's Crossbar folder: keep its router links to the other edge nodes "
-                   "(when `lbsync crossbar-config` turned them on)")
-@click.option("--link-port", type=int, default=DEFAULT_LINK_PORT, envvar="LBSYNC_LINK_PORT",
-              show_default=True, show_envvar=True,
-              help="the router's link port, as `lbsync crossbar-config` was given it")
-@click.option("--links-wait", default="30s", envvar="LBSYNC_LINKS_WAIT", show_default=True,
-              show_envvar=True,
-              help="longest wait of the first ready=1 for the router links to the serving "
-                   "nodes")
-def node(name: str, serf_rpc: str, listen: str, agent_port: int, weight: int | None,
-         drain_timeout: str, stop_command: str, serf_auth_key: str,
-         serf_auth_key_file: Path | None, cbdir: Path | None, link_port: int,
-         links_wait: str) -> None:
+@table_options("node")
+def node(**kw: Any) -> None:
     """Edge-node sidecar: tag this node in Serf, answer agent-check, keep the router links
     to the other edge nodes, drain and leave on SIGTERM."""
     from .edge.agentcheck import AgentCheck
-    from .edge.sidecar import NodeConfig, Sidecar, check_config, real_effects
+    from .edge.sidecar import NodeConfig, Sidecar, real_effects, validate_node_config
 
-    host, port = parse_hostport(listen, "--listen")
-    config = check_config(NodeConfig(
-        name=name, serf_rpc=parse_hostport(serf_rpc, "--serf-rpc"), host=host, port=port,
-        agent_port=agent_port, weight=weight,
-        drain_timeout=parse_duration(drain_timeout, "--drain-timeout"),
-        stop_command=stop_command, serf_auth_key=auth_key(serf_auth_key, serf_auth_key_file),
-        cbdir=cbdir,
-        link_port=link_port, links_wait=parse_duration(links_wait, "--links-wait")))
+    v = table_values("node", kw)
+    host, port = v["listen"]
+    config = validate_node_config(NodeConfig(
+        name=v["node_name"], serf_rpc=v["serf_rpc"], host=host, port=port,
+        agent_port=v["agent_port"], weight=v["weight"], drain_timeout=v["drain_timeout"],
+        stop_command=v["stop_command"],
+        serf_auth_key=auth_key(v["serf_auth_key"], v["serf_auth_key_file"]), cbdir=v["cbdir"],
+        link_port=v["link_port"], links_wait=v["links_wait"]))
     stop = threading.Event()
     # The handler only sets the flag; the sidecar's loop does the draining.
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    effects = real_effects(config, AgentCheck(host, agent_port))
+    effects = real_effects(config, AgentCheck(host, config.agent_port))
     sys.exit(Sidecar(config, effects, stop).run())
 
 
@@ -518,19 +427,19 @@ def node(name: str, serf_rpc: str, listen: str, agent_port: int, weight: int | N
 @click.option("--cbdir", "cbdirs", multiple=True, type=click.Path(path_type=Path),
               help="a node's Crossbar folder (again for more; default: LBSYNC_CBDIR, else "
                    "every node of the local cluster)")
-@_DIR_OPTION
+@table_options("links")
 @click.option("--check", is_flag=True, help="exit 1 when a wanted link is not up")
-def links(cbdirs: tuple[Path, ...], dir_: Path | None, check: bool) -> None:
+def links(cbdirs: tuple[Path, ...], cluster_dir: Path | None, check: bool) -> None:
     """Each edge node's router links to the other nodes, and their state."""
     from .edge import links as L
 
     folders = list(cbdirs)
-    if not folders and (env := os.environ.get("LBSYNC_CBDIR")):
+    if not folders and (env := os.environ.get(env_var("cbdir"))):
         folders = [Path(env)]
     if not folders:
         from .cluster.local import ClusterError, Layout, check_dir, default_dir, read_state
 
-        layout = Layout(check_dir(dir_ or default_dir()))
+        layout = Layout(check_dir(cluster_dir or default_dir()))
         try:
             state = read_state(layout)
         except ClusterError:
@@ -560,8 +469,7 @@ def links(cbdirs: tuple[Path, ...], dir_: Path | None, check: bool) -> None:
 
 @main.command("probe")
 @click.argument("urls", nargs=-1, required=True, metavar="URL...")
-@click.option("--realm", default="realm1", show_default=True, envvar="LBSYNC_REALM",
-              show_envvar=True)
+@table_options("probe")
 @click.option("--timeout", default="10s", show_default=True, help="for all steps together")
 def probe_(urls: tuple[str, ...], realm: str, timeout: str) -> None:
     """WAMP round trip to URL (ws://HOST:PORT/ws): join, call, publish; print the node.
@@ -589,15 +497,17 @@ def probe_(urls: tuple[str, ...], realm: str, timeout: str) -> None:
 def bench_(args: tuple[str, ...]) -> None:
     """Run the benchmark suite: lbsync bench [--quick] --out FILE (`lbsync bench --help`).
 
-    It is bench/run.py of a source checkout (bench/ is not in the wheel); every argument
-    goes to it. --quick takes about 5 minutes.
+    It is `python -m bench.run` of a source checkout (bench/ is not in the wheel); every
+    argument goes to it. --quick takes about 5 minutes.
     """
-    script = Path(__file__).resolve().parent.parent / "bench" / "run.py"
-    if not script.is_file():
-        _fail(f"lbsync bench needs a source checkout: {script} is missing (bench/ is not "
+    from . import BENCH_RUN, bench_command
+
+    if not BENCH_RUN.is_file():
+        _fail(f"lbsync bench needs a source checkout: {BENCH_RUN} is missing (bench/ is not "
               "installed with the package; clone the repository and `pip install -e "
               "'.[edge,bench]'`)")
-    os.execv(sys.executable, [sys.executable, str(script), *args])
+    argv, env = bench_command(*args)
+    os.execve(argv[0], argv, env)
 
 
 # --- the classroom lab -------------------------------------------------------------------
@@ -633,9 +543,7 @@ def lab_init(dir_: Path) -> None:
 @_LAB_DIR
 @click.option("--mode", type=click.Choice(["docker", "local"]), default=None,
               help="which stack to collect from (default: the one that runs)")
-@click.option("--cluster-dir", type=click.Path(path_type=Path), default=None,
-              envvar="LBSYNC_CLUSTER_DIR", show_envvar=True,
-              help="the local cluster's folder (default: lbsync up's)")
+@table_options("lab collect")
 @click.option("--project", default=None, help="the compose project (default: the one running)")
 def lab_collect(task: int, step_name: str, dir_: Path, mode: str | None,
                 cluster_dir: Path | None, project: str | None) -> None:

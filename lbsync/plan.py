@@ -8,6 +8,7 @@ a server an operator deleted.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 from .model import (
     OP_RUNNING,
@@ -18,36 +19,60 @@ from .model import (
     ServerState,
     WeightUpdate,
 )
+from .settings import Settings
+
+
+@dataclass(frozen=True)
+class Holds:
+    """What lbsync remembers of the servers, as the plan reads it (lbsync.memory.Memory).
+
+    `drain_started` is when lbsync first saw each server out of rotation (drain or
+    maintenance); `applied_weights` the weight lbsync last gave each server (an
+    agent-check may move HAProxy's own figure, and lbsync must not fight it);
+    `held_by_us` the drains and maintenance lbsync set; `removing` the servers lbsync
+    sent the removal of.
+    """
+
+    drain_started: Mapping[str, float] = field(default_factory=dict)
+    applied_weights: Mapping[str, int] = field(default_factory=dict)
+    held_by_us: frozenset[str] = frozenset()
+    removing: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """How long a leave (`drain`) and a failed member (`failed_grace`, `failed_timeout`)
+    may keep their sessions: --drain-timeout, --failed-grace, --failed-timeout."""
+
+    drain: float
+    failed_grace: float = 0.0
+    failed_timeout: float = float("inf")
+
+    @classmethod
+    def of(cls, settings: Settings) -> Timeouts:
+        return cls(settings.drain_timeout, settings.failed_grace, settings.failed_timeout)
 
 
 def make_plan(
     actual: Sequence[ServerState],
     desired: DesiredState,
+    holds: Holds,
+    timeouts: Timeouts,
     *,
     now: float,
-    drain_started: Mapping[str, float],
-    drain_timeout: float,
-    applied_weights: Mapping[str, int],
-    held_by_us: frozenset[str] = frozenset(),
-    removing: frozenset[str] = frozenset(),
-    failed_grace: float = 0.0,
-    failed_timeout: float = float("inf"),
     unreadable: frozenset[str] = frozenset(),
 ) -> Plan:
     """What to do now. Servers out of rotation come back as `waiting` until they are empty.
 
-    `drain_started` is when lbsync first saw each server out of rotation (drain or
-    maintenance); `applied_weights` the weight lbsync last gave each server (an
-    agent-check may move HAProxy's own figure, and lbsync must not fight it). A drain or
-    maintenance lbsync did not set (an operator's, a node's agent-check answering `maint`
-    while it stops) is left alone on a desired server: only holds in `held_by_us` are
-    undone when their member comes back.
+    A drain or maintenance lbsync did not set (an operator's, a node's agent-check
+    answering `maint` while it stops) is left alone on a desired server: only holds in
+    `holds.held_by_us` are undone when their member comes back.
 
     A leaving member's server goes to maintenance, not drain: HAProxy's drain still sends
     it every client that carries its cookie, maintenance redispatches them (`option
     redispatch`) and keeps its open sessions. It is removed once those end, or after
-    `drain_timeout`. A server already in maintenance whose member is not desired waits the
-    same way, whoever set it (lbsync, or the node's own agent-check), unless it is in
+    `timeouts.drain`. A server already in maintenance whose member is not desired waits
+    the same way, whoever set it (lbsync, or the node's own agent-check), unless it is in
     `removing`: lbsync had sent its removal, and a half-done removal is finished.
 
     A failed member's server is drained (`suspect`), not put in maintenance: maintenance
@@ -64,6 +89,10 @@ def make_plan(
     is: a damaged file says nothing about the member, and must not take it out.
     """
     have = {s.name: s for s in actual}
+    drain_started, applied_weights = holds.drain_started, holds.applied_weights
+    held_by_us, removing = holds.held_by_us, holds.removing
+    drain_timeout = timeouts.drain
+    failed_grace, failed_timeout = timeouts.failed_grace, timeouts.failed_timeout
     add: list[Server] = []
     undrain: list[str] = []
     weights: list[WeightUpdate] = []

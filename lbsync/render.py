@@ -8,7 +8,7 @@ or new settings) needs a reload; membership changes travel through the Runtime A
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -16,6 +16,7 @@ import jinja2
 
 from . import __version__
 from .desired import server_args
+from .files import atomic_write, candidate_file
 from .model import LbsyncError, Server
 from .settings import Settings, is_unix_socket
 
@@ -81,20 +82,56 @@ def render_haproxy(label: str, source: str, settings: Settings, servers: Sequenc
     return text
 
 
-def structure(text: str) -> str:
-    """The config without its server lines: equal structure means no reload is needed."""
-    out: list[str] = []
-    inside = False
+def split_servers(text: str) -> tuple[list[str], list[str]]:
+    """(lines outside the server markers, lines between them), the markers left out."""
+    outside: list[str] = []
+    inside: list[str] = []
+    between = False
     for line in text.splitlines():
         marker = line.strip()
         if marker == BEGIN:
-            inside = True
+            between = True
         elif marker == END:
-            inside = False
-        elif not inside and not marker.startswith("#"):
-            out.append(line)
-    return "\n".join(out)
+            between = False
+        else:
+            (inside if between else outside).append(line)
+    return outside, inside
+
+
+def structure(text: str) -> str:
+    """The config without its server lines: equal structure means no reload is needed."""
+    outside, _ = split_servers(text)
+    return "\n".join(line for line in outside if not line.strip().startswith("#"))
 
 
 def structure_hash(text: str) -> str:
     return hashlib.sha256(structure(text).encode()).hexdigest()[:16]
+
+
+class ConfigPipeline:
+    """The one way haproxy.cfg is written: render, `haproxy -c` on a candidate file beside
+    the target, atomic swap. Unchanged text is not written again; on any failure (render,
+    check) the old file stays as it was. `lbsync render` and the daemon write through it."""
+
+    def __init__(self, settings: Settings, check: Callable[[Path], None],
+                 target: Path | None = None) -> None:
+        self.settings = settings
+        self.check = check  # `haproxy -c`: raises LbsyncError (ConfigInvalid) on a bad file
+        self.target = target or settings.haproxy_config
+        self.label, self.source = load_template(settings.template)
+
+    def render(self, servers: Sequence[Server], explicit_cookies: bool) -> str:
+        return render_haproxy(self.label, self.source, self.settings, servers,
+                              explicit_cookies)
+
+    def install(self, text: str, *, check_unchanged: bool = False) -> bool:
+        """Validate and swap in `text`; False when the file already held it (then checked
+        again only with `check_unchanged`: `lbsync render` promises a validated file)."""
+        try:
+            if self.target.read_text(encoding="utf-8") == text and not check_unchanged:
+                return False
+        except (FileNotFoundError, UnicodeDecodeError):
+            pass
+        with candidate_file(self.target, text) as candidate:
+            self.check(candidate)
+        return atomic_write(self.target, text)

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 from .desired import desired_state
 from .model import Member, ServerState
-from .plan import make_plan
-from .render import BEGIN, END
+from .plan import Holds, Timeouts, make_plan
+from .render import split_servers
 from .settings import Settings
 
 _SERVER_LINE = re.compile(r"^\s*server\s+(\S+)\s")
@@ -33,16 +33,8 @@ class Row:
 
 def config_servers(text: str) -> set[str]:
     """Server names between the lbsync markers of a rendered haproxy.cfg."""
-    names: set[str] = set()
-    inside = False
-    for line in text.splitlines():
-        if line.strip() == BEGIN:
-            inside = True
-        elif line.strip() == END:
-            inside = False
-        elif inside and (m := _SERVER_LINE.match(line)):
-            names.add(m.group(1))
-    return names
+    _, inside = split_servers(text)
+    return {m.group(1) for line in inside if (m := _SERVER_LINE.match(line))}
 
 
 def status_rows(
@@ -51,12 +43,13 @@ def status_rows(
 ) -> list[Row]:
     desired = desired_state(members, settings, version)
     plan = make_plan(
-        actual, desired, now=0.0, drain_started={}, drain_timeout=float("inf"),
+        actual, desired,
         # Weights move with agent-checks; status compares membership, not weights.
-        applied_weights={n: s.weight for n, s in desired.servers.items()},
+        Holds(applied_weights={n: s.weight for n, s in desired.servers.items()}),
         # No clock here: a failed member whose check still passes waits (not drift), one
         # whose check says DOWN too should be gone (drift).
-        failed_timeout=float("inf"),
+        Timeouts(drain=float("inf")),
+        now=0.0,
     )
     notes: dict[str, tuple[str, bool]] = {}
     for s in plan.add:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Set up, then run the benchmark suite (bench/run.py through `lbsync bench`); arguments go
+# Set up, then run the benchmark suite (bench.run through `lbsync bench`); arguments go
 # to it, e.g. `bash scripts/bench.sh --quick --out bench/results/quick.json` (about 5 minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -5,7 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# wrk: the load generator of bench/run.py. chromium: the lab's stats page screenshots
+# wrk: the load generator of bench.run. chromium: the lab's stats page screenshots
 # (lbsync lab collect). prometheus: the server tests/integration/test_metrics_prometheus.py starts on
 # loopback to scrape lbsync's and HAProxy's /metrics.
 APT_PACKAGES=(haproxy serf python3 python3-venv python3-pip curl netcat-openbsd procps wrk iproute2 iptables

@@ -17,6 +17,7 @@ from ..edge import links as L
 from ..haproxy.runtime import RuntimeAPI
 from ..model import LbsyncError
 from ..serf.rpc import SerfRPC
+from .addresses import SERF_RPC_PORT
 from .local import (
     ENV_FILE,
     MAX_NODES,
@@ -43,7 +44,7 @@ def observe(layout: Layout, names: list[str]) -> dict[str, NodeView]:
     """One look at every node from the load balancer's side; failures read as '-'."""
     members: dict[str, tuple[str, str]] = {}
     with contextlib.suppress(LbsyncError, OSError), SerfRPC(
-            layout.lb_ip, 7373, layout.serf_auth_key(), timeout=1.0) as rpc:
+            layout.lb_ip, SERF_RPC_PORT, layout.serf_auth_key(), timeout=1.0) as rpc:
         members = {m.name: (str(m.status), m.tags.get("ready", "-")) for m in rpc.members()}
     servers: dict[str, str] = {}
     with contextlib.suppress(LbsyncError, OSError):

@@ -1,9 +1,8 @@
 """`lbsync up / scale / down`: the whole system on one machine, under supervisord.
 
-The load balancer is 127.N.0.1 (frontend :8080, stats :1936 with HAProxy's /metrics,
-runtime API :9999, Serf :7946/:7373, lbsync agent's /metrics :9180); edge node i is
-127.N.0.(10+i) (Crossbar :8080, the sidecar's agent-check :8081, Serf :7946/:7373, its
-router's links to the other nodes :8082). N is 0 unless `--net` says otherwise.
+Addresses are lbsync.cluster.addresses' plan: the load balancer is 127.N.0.1, edge node i
+is 127.N.0.(10+i) running Crossbar, the sidecar's agent-check and the router links. N is 0
+unless `--net` says otherwise.
 
 Everything the cluster writes lives in one folder (`--dir`): supervisord.conf, sockets,
 haproxy.cfg, the registry, each node's Crossbar folder, logs, the fleet secret of the
@@ -30,18 +29,24 @@ import psutil
 
 from .. import __version__, self_command
 from ..edge.crossbar import CrossbarConfigError, router_socket
-from ..edge.links import DEFAULT_LINK_PORT, new_secret
+from ..edge.links import new_secret
 from ..files import atomic_write
 from ..model import LbsyncError
 from ..render import load_template, render_text
 from ..serf import keys
+from ..settings import env_of, env_var
+from .addresses import (
+    AGENT_PORT,
+    HTTP_PORT,
+    LINK_PORT,
+    METRICS_PORT,
+    RUNTIME_PORT,
+    SERF_RPC_PORT,
+    STATS_PORT,
+    lb_ip,
+    member_ip,
+)
 
-HTTP_PORT = 8080
-AGENT_PORT = 8081
-LINK_PORT = DEFAULT_LINK_PORT
-# lbsync agent's /metrics on the load balancer (9100, node_exporter's, would clash with one
-# running on the host).
-METRICS_PORT = 9180
 MAX_NODES = 200
 ENV_FILE = "lbsync.env"
 STATE_FILE = "cluster.json"
@@ -53,7 +58,7 @@ class ClusterError(LbsyncError):
 
 def default_dir() -> Path:
     """Where `lbsync up` puts the cluster when --dir is not given (and where status looks)."""
-    if env := os.environ.get("LBSYNC_CLUSTER_DIR"):
+    if env := os.environ.get(env_var("cluster_dir")):
         return Path(env)
     if os.geteuid() == 0:
         return Path("/run/lbsync/cluster")
@@ -81,10 +86,10 @@ class Layout:
 
     @property
     def lb_ip(self) -> str:
-        return f"127.{self.net}.0.1"
+        return lb_ip(self.net)
 
     def node(self, index: int) -> Node:
-        return Node(index, f"node{index}", f"127.{self.net}.0.{10 + index}",
+        return Node(index, f"node{index}", member_ip(self.net, index),
                     self.dir / f"node{index}" / "cbdir")
 
     @property
@@ -136,30 +141,31 @@ class Layout:
                 "serf_snapshot": str(lb / "serf.snapshot")}
 
     def lb_env(self, drain_timeout: float) -> dict[str, str]:
-        """The load balancer's settings, as the LBSYNC_* variables lbsync reads."""
+        """The load balancer's settings this cluster sets, as the LBSYNC_* variables of
+        their rows in lbsync.settings.TABLE; every other setting keeps its default."""
         lb = self.lb
-        return {
-            "LBSYNC_REGISTRY_DIR": lb["registry"],
-            "LBSYNC_HAPROXY_CONFIG": lb["config"],
-            "LBSYNC_RUNTIME_SOCKET": lb["admin_socket"],
-            "LBSYNC_RUNTIME_TCP": f"{self.lb_ip}:9999",
-            "LBSYNC_MASTER_SOCKET": lb["master_socket"],
-            "LBSYNC_FRONTEND_BIND": f"{self.lb_ip}:{HTTP_PORT}",
-            "LBSYNC_STATS_BIND": f"{self.lb_ip}:1936",
-            "LBSYNC_SERF_RPC": f"{self.lb_ip}:7373",
+        return env_of({
+            "registry_dir": lb["registry"],
+            "haproxy_config": lb["config"],
+            "runtime_socket": lb["admin_socket"],
+            "runtime_tcp": f"{self.lb_ip}:{RUNTIME_PORT}",
+            "master_socket": lb["master_socket"],
+            "frontend_bind": f"{self.lb_ip}:{HTTP_PORT}",
+            "stats_bind": f"{self.lb_ip}:{STATS_PORT}",
+            "serf_rpc": f"{self.lb_ip}:{SERF_RPC_PORT}",
             # The file, not the token: supervisord.conf and lbsync.env stay secret-free.
-            "LBSYNC_SERF_AUTH_KEY_FILE": str(self.serf_token),
-            "LBSYNC_DRAIN_TIMEOUT": f"{drain_timeout:g}s",
-            "LBSYNC_METRICS_BIND": f"{self.lb_ip}:{METRICS_PORT}",
-        }
+            "serf_auth_key_file": str(self.serf_token),
+            "drain_timeout": f"{drain_timeout:g}s",
+            "metrics_bind": f"{self.lb_ip}:{METRICS_PORT}",
+        })
 
     def endpoints(self) -> str:
         ip = self.lb_ip
         return (f"frontend  http://{ip}:{HTTP_PORT}/info   (WAMP: ws://{ip}:{HTTP_PORT}/ws)\n"
-                f"stats     http://{ip}:1936/\n"
-                f"metrics   http://{ip}:1936/metrics (HAProxy)  "
+                f"stats     http://{ip}:{STATS_PORT}/\n"
+                f"metrics   http://{ip}:{STATS_PORT}/metrics (HAProxy)  "
                 f"http://{ip}:{METRICS_PORT}/metrics (lbsync)\n"
-                f"runtime   echo \"show servers state\" | nc {ip} 9999\n"
+                f"runtime   echo \"show servers state\" | nc {ip} {RUNTIME_PORT}\n"
                 f"status    lbsync status\n"
                 f"logs      {self.dir}/logs/")
 

@@ -163,6 +163,6 @@ def prepare_cbdir(cbdir: Path) -> None:
         raise CrossbarConfigError(f"cannot prepare {run}: {e}") from None
 
 
-def write_config(cbdir: Path, text: str) -> bool:
+def write_crossbar_config(cbdir: Path, text: str) -> bool:
     """Atomically replace CBDIR/config.json; False when it already held `text`."""
     return atomic_write(cbdir / "config.json", text)

@@ -47,6 +47,7 @@ import psutil
 from .. import __version__
 from ..model import LbsyncError, Member
 from ..serf.rpc import SerfAuthError, SerfError, SerfRPC
+from ..settings import default
 from ..validate import name_problem
 from . import links as L
 from .crossbar import ROUTER_SOCKET
@@ -71,12 +72,13 @@ class NodeConfig:
     port: int
     agent_port: int
     weight: int | None = None
-    drain_timeout: float = 30.0
-    stop_command: str = ""
+    # The defaults are the settings table's (lbsync.settings.TABLE), as `lbsync node` has them.
+    drain_timeout: float = default("drain_timeout")
+    stop_command: str = default("stop_command")
     serf_auth_key: str | None = None
     cbdir: Path | None = None
-    link_port: int = L.DEFAULT_LINK_PORT
-    links_wait: float = 30.0  # the longest ready=1 waits for the links
+    link_port: int = default("link_port")
+    links_wait: float = default("links_wait")  # the longest ready=1 waits for the links
 
     @property
     def where(self) -> str:
@@ -496,7 +498,7 @@ def real_effects(config: NodeConfig, agent: Agent) -> Effects:
     )
 
 
-def check_config(config: NodeConfig) -> NodeConfig:
+def validate_node_config(config: NodeConfig) -> NodeConfig:
     """Raise LbsyncError naming the first value that cannot work; return the config."""
     if problem := name_problem(config.name):
         raise LbsyncError(f"--name: {problem}")

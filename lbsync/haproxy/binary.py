@@ -1,4 +1,4 @@
-"""The haproxy executable: its version, config checks, and a master for tests and dev."""
+"""The haproxy executable: its version and config checks."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import os
 import re
 import shutil
 import subprocess
-from typing import IO
 
 from lbsync.model import LbsyncError
 
@@ -41,7 +40,7 @@ def haproxy_version(binary: str = "haproxy") -> tuple[int, int, int]:
         raise LbsyncError(f"cannot tell the version of {binary!r}: {exc}") from None
 
 
-def check_config(path: str | os.PathLike[str], binary: str = "haproxy") -> None:
+def check_haproxy_config(path: str | os.PathLike[str], binary: str = "haproxy") -> None:
     """Run `haproxy -c -f path`; ConfigInvalid with HAProxy's [ALERT] lines when it fails."""
     result = _run([find_binary(binary), "-c", "-f", os.fspath(path)], timeout=_CHECK_TIMEOUT)
     if result.returncode < 0:
@@ -75,34 +74,6 @@ def config_alerts(output: str) -> list[str]:
         return alerts
     tail = [line.strip() for line in output.splitlines() if line.strip()][-3:]
     return tail or ["haproxy -c failed without saying why"]
-
-
-def start_master(
-    config: str | os.PathLike[str],
-    master_socket: str | os.PathLike[str],
-    *,
-    pidfile: str | os.PathLike[str] | None = None,
-    binary: str = "haproxy",
-    output: IO[bytes] | int | None = None,
-) -> subprocess.Popen[bytes]:
-    """Start HAProxy in master-worker mode in the foreground (for tests and development).
-
-    Not daemonised (-D), so the caller owns the process: terminating it stops the workers.
-    `output` receives both stdout and stderr (HAProxy's startup alerts and log).
-    Keyword-only after the socket: a binary's path passed as the third positional argument
-    used to land in `pidfile`, and HAProxy (-p) overwrote the binary with its pid.
-    """
-    args = [find_binary(binary), "-W", "-S", os.fspath(master_socket), "-f", os.fspath(config)]
-    if pidfile is not None:
-        args += ["-p", os.fspath(pidfile)]
-    return subprocess.Popen(
-        args,
-        stdin=subprocess.DEVNULL,
-        stdout=output,
-        stderr=subprocess.STDOUT if output is not None else None,
-        # Keep a terminal's Ctrl-C away from it; the owner stops it.
-        start_new_session=True,
-    )
 
 
 def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess[str]:

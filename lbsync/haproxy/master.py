@@ -89,14 +89,6 @@ class MasterCLI:
                 f"unexpected 'show proc' from HAProxy master at {self.address.text}: {exc}"
             ) from None
 
-    def reload_count(self) -> int:
-        """Reloads since the master started, failed ones included."""
-        return self.status().reloads
-
-    def worker_pids(self) -> list[int]:
-        """Current workers (not the old ones still finishing connections)."""
-        return list(self.status().workers)
-
     def reload(self) -> None:
         """Reload and wait until the master has loaded the config; ReloadFailed if it failed."""
         before = self.status()

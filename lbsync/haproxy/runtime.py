@@ -17,7 +17,7 @@ import csv
 import re
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from lbsync.model import LbsyncError, ServerState
@@ -283,6 +283,27 @@ class CLISession:
             )
         return answer
 
+    def command_with_payload(self, command: str, payload: str) -> str:
+        """`command <<`, then `payload` and the empty line that ends it (HAProxy 2.2+).
+
+        The payload must hold no empty line (the first one would end it, and the rest
+        would be read as commands): ValueError, nothing sent."""
+        problem = command_problem(command)
+        lines = payload.replace("\r\n", "\n").strip("\n").split("\n")
+        if problem is None and any(not line.strip() for line in lines):
+            problem = "an empty line inside a payload would end it early"
+        if problem is None and any(ord(ch) < 0x20 and ch != "\t" for ch in "".join(lines)):
+            problem = "control character in a payload"
+        if problem:
+            raise ValueError(f"refusing to send to HAProxy: {problem}")
+        self._send(f"{command} <<\n" + "\n".join(lines) + "\n")
+        answer, closed = self.read_answer()
+        if closed:
+            raise RuntimeAPIError(
+                f"HAProxy at {self.address.text} closed the connection during '{command} <<'"
+            )
+        return answer
+
     def send_last(self, command: str) -> str:
         """Send a command after which HAProxy may close the connection (master `reload`)."""
         self._send(command)
@@ -421,25 +442,3 @@ class RuntimeAPI:
             raise RuntimeAPIError(
                 f"unexpected 'show info' from HAProxy at {self.address.text}: {exc}"
             ) from None
-
-    def wait_ready(self, timeout: float = 10.0) -> None:
-        """Wait until the socket answers `show info`; RuntimeAPIError with the last reason."""
-        deadline = time.monotonic() + timeout
-        for delay in _backoff():
-            try:
-                self.version()
-                return
-            except RuntimeAPIError as exc:
-                if time.monotonic() + delay > deadline:
-                    raise RuntimeAPIError(
-                        f"HAProxy runtime API at {self.address.text} not ready after "
-                        f"{timeout:g}s: {exc}"
-                    ) from None
-            time.sleep(delay)
-
-
-def _backoff() -> Iterator[float]:
-    delay = 0.02
-    while True:
-        yield delay
-        delay = min(delay * 2, 0.25)

@@ -23,9 +23,10 @@ from typing import TextIO
 
 import requests
 
-from .. import self_command
+from .. import BENCH_RUN, bench_command, self_command
 from ..haproxy.runtime import RuntimeAPI
 from ..model import LbsyncError
+from ..settings import env_of
 from .screenshot import find_chromium, screenshot
 from .spec import Lab, LabError, Step
 from .tracks import DockerTrack, LocalTrack, Run, run, versions
@@ -181,11 +182,11 @@ def _render(c: Context) -> str:
     registry.mkdir()
     for name, text in c.track.registry().items():
         c.write(f"registry/{name}", text)
-    env = {**os.environ,
-           "LBSYNC_TEMPLATE": str(template), "LBSYNC_REGISTRY_DIR": str(registry),
-           "LBSYNC_HAPROXY_CONFIG": str(work / "haproxy.cfg"),
-           "LBSYNC_RUNTIME_SOCKET": str(work / "run" / "admin.sock"),
-           "LBSYNC_MASTER_SOCKET": str(work / "run" / "master.sock")}
+    env = {**os.environ, **env_of({
+        "template": str(template), "registry_dir": str(registry),
+        "haproxy_config": str(work / "haproxy.cfg"),
+        "runtime_socket": str(work / "run" / "admin.sock"),
+        "master_socket": str(work / "run" / "master.sock")})}
     r = run([*self_command(), "render"], env=env)
     # The transcript shows the command as a student would type it in the lab folder.
     r = Run(["lbsync", "render", "--template", "work/haproxy.cfg.j2", "--registry-dir",
@@ -229,15 +230,11 @@ def _probe(c: Context) -> str:
     return line
 
 
-def bench_script() -> Path:
-    return Path(__file__).resolve().parents[2] / "bench" / "run.py"
-
-
 def _bench(c: Context) -> str:
-    argv = [sys.executable, str(bench_script()), "--quick", "--only", "4",
-            "--out", str(c.out / "bench.json"), "--results", str(c.out)]
+    argv, env = bench_command("--quick", "--only", "4", "--out", str(c.out / "bench.json"),
+                              "--results", str(c.out))
     started = time.monotonic()
-    r = run(argv, timeout=1200)
+    r = run(argv, env=env, timeout=1200)
     c.write("bench.txt", r.transcript())
     if r.code != 0:
         # A failed collection leaves the lab folder as it was, so the transcript goes to
@@ -274,8 +271,8 @@ def preflight(step: Step, workdir: Path) -> None:
     """What can be known to fail before anything is collected."""
     if "screenshot" in step.collect:
         find_chromium()
-    if "bench" in step.collect and not bench_script().is_file():
-        raise LabError(f"the benchmark needs a source checkout: {bench_script()} is missing")
+    if "bench" in step.collect and not BENCH_RUN.is_file():
+        raise LabError(f"the benchmark needs a source checkout: {BENCH_RUN} is missing")
     for name in step.attach:
         if not (workdir / "work" / name).is_file():
             raise LabError(f"step {step.name} needs your file work/{name} "

@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import Protocol
 
 from .. import __version__, self_command
+from ..cluster.addresses import HTTP_PORT, RUNTIME_PORT, SERF_RPC_PORT, STATS_PORT
 from ..cluster.local import ENV_FILE, Layout, Supervisor, default_dir, read_state
 from ..haproxy.master import MasterCLI
+from ..settings import env_of
 from .spec import LabError
 
 _TIMEOUT = 60.0
@@ -112,8 +114,8 @@ class LocalTrack:
 
     def __post_init__(self) -> None:
         ip = self.layout.lb_ip
-        self.runtime, self.stats_url = f"{ip}:9999", f"http://{ip}:1936/"
-        self.frontend_url = f"http://{ip}:8080"
+        self.runtime, self.stats_url = f"{ip}:{RUNTIME_PORT}", f"http://{ip}:{STATS_PORT}/"
+        self.frontend_url = f"http://{ip}:{HTTP_PORT}"
 
     @classmethod
     def find(cls, cluster_dir: Path | None) -> LocalTrack | None:
@@ -148,7 +150,7 @@ class LocalTrack:
         return {}
 
     def serf_members(self) -> Run:
-        argv = ["serf", "members", "-rpc-addr", f"{self.layout.lb_ip}:7373"]
+        argv = ["serf", "members", "-rpc-addr", f"{self.layout.lb_ip}:{SERF_RPC_PORT}"]
         token = self.layout.serf_auth_key()
         if token is None:  # a cluster an lbsync before RPC auth started
             return run(argv)
@@ -173,7 +175,7 @@ class LocalTrack:
         return MasterCLI(self.layout.lb["master_socket"]).show_proc()
 
     def status(self, check: bool) -> Run:
-        env = {**os.environ, "LBSYNC_CLUSTER_DIR": str(self.layout.dir)}
+        env = {**os.environ, **env_of({"cluster_dir": str(self.layout.dir)})}
         if not (self.layout.dir / ENV_FILE).exists():
             raise LabError(f"{self.layout.dir / ENV_FILE} is missing: is the cluster up?")
         args = ["status", *(["--check"] if check else [])]

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Mapping
 from lbsync.model import Member, MemberStatus
 
 # Serf's gossip port (DefaultBindPort). The registry keeps a member's IP, not its gossip
-# port; every agent lbsync starts (local cluster, images, devstack) binds this one.
+# port; every agent lbsync starts (local cluster, images, the test rig) binds this one.
 GOSSIP_PORT = 7946
 # At most one join this often: a member the registry wrongly believes alive, or an agent
 # that keeps restarting, must not turn into a join on every 0.1 s poll.

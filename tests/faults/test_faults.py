@@ -16,11 +16,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "bench"))
-
-from faults import BY_NAME, SCENARIOS, Rig, rig, run_scenario  # noqa: E402
-from netns import usable  # noqa: E402
+from bench.faults import BY_NAME, SCENARIOS, Rig, rig, run_scenario
+from bench.netns import usable
 
 CROSSBAR = Path(sys.executable).parent / "crossbar"
 pytestmark = [

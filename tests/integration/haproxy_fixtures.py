@@ -11,13 +11,10 @@ that LBSYNC_HAPROXY30 names (scripts/haproxy30.sh: trixie's 3.0, node-name cooki
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import ipaddress
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import tempfile
 import threading
@@ -29,9 +26,11 @@ from pathlib import Path
 
 import pytest
 
-from lbsync.haproxy.binary import haproxy_version, start_master
+from lbsync.haproxy.binary import haproxy_version
 from lbsync.haproxy.master import MasterCLI
 from lbsync.haproxy.runtime import RuntimeAPI, RuntimeAPIError
+from tests.rig.haproxy import start_master
+from tests.rig.procs import free_port, reap
 
 BACKEND = "nodes"
 COOKIE_KEY = "lbsync-test-key"  # the rig's dynamic-cookie-key
@@ -140,13 +139,6 @@ def dynamic_cookie(key: str, addr: str, port: int) -> str:
     nothing else, so every load balancer with the same key agrees, across reloads."""
     packed = ipaddress.ip_address(addr).packed
     return f"{xxh64(key.encode() + packed + port.to_bytes(4, 'big')):016x}"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 class _QuietHTTPServer(ThreadingHTTPServer):
@@ -296,19 +288,6 @@ class HAProxyRig:
             return ""
 
 
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    # The master leads its own process group (start_new_session); the workers are in it.
-    with contextlib.suppress(ProcessLookupError):
-        process.terminate()
-    try:
-        process.wait(5)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(5)
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, signal.SIGKILL)
-
-
 def _wait_started(rig: HAProxyRig, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     runtime = rig.runtime()
@@ -378,6 +357,6 @@ def haproxy_rig(tmp_path: Path, http_nodes: list[HTTPNode],
         yield rig
     finally:
         if process is not None:
-            _stop(process)
+            reap(process, 5)
         static.stop()
         shutil.rmtree(sock_dir, ignore_errors=True)

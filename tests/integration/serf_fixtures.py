@@ -21,26 +21,10 @@ from pathlib import Path
 import pytest
 
 from lbsync.serf.rpc import SerfRPC
+from tests.rig.procs import free_port
 
 # 127.0.0.1 is left to other fixtures; the pid spreads concurrent test runs apart.
 _ADDRS = itertools.cycle(range(20 + os.getpid() % 100, 20 + os.getpid() % 100 + 100))
-
-
-def _free_port(ip: str, udp_too: bool) -> int:
-    """A port free on `ip` (for TCP, and UDP too when asked: gossip uses both)."""
-    for _ in range(50):
-        with socket.socket() as tcp:
-            tcp.bind((ip, 0))
-            port: int = tcp.getsockname()[1]
-            if not udp_too:
-                return port
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                try:
-                    udp.bind((ip, port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError(f"no free port on {ip}")
 
 
 @dataclass
@@ -150,12 +134,12 @@ def serf_agents(tmp_path: Path) -> Iterator[StartAgent]:
         auth_key: str | None = None,
     ) -> SerfAgent:
         ip = f"127.0.0.{next(_ADDRS)}"
-        bind_port = _free_port(ip, udp_too=True)
+        bind_port = free_port(ip, udp_too=True)
         # Both probe sockets are closed by now, so the kernel may hand out the same port
         # twice; serf then fails to bind its RPC listener (seen in CI).
-        rpc_port = _free_port(ip, udp_too=False)
+        rpc_port = free_port(ip)
         while rpc_port == bind_port:
-            rpc_port = _free_port(ip, udp_too=False)
+            rpc_port = free_port(ip)
         agent = SerfAgent(
             name=name, ip=ip, bind_port=bind_port, rpc_port=rpc_port,
             log_path=tmp_path / f"serf-{name}.log", args=args, auth_key=auth_key,

@@ -1,4 +1,4 @@
-"""lbsync agent against real haproxy and serf processes on loopback (lbsync.cluster.devstack).
+"""lbsync agent against real haproxy and serf processes on loopback (tests.rig.devstack).
 
 Every scenario ends with `lbsync status --check` and with HAProxy's own reload counter
 at zero: membership changes must never reload. Each one runs against both HAProxy
@@ -22,8 +22,10 @@ import pytest
 import requests
 from haproxy_fixtures import HAProxyBin, dynamic_cookie
 
-from lbsync.cluster.devstack import HTTP_PORT, DevStack, StackError, wait_for
+from lbsync.cluster.addresses import HTTP_PORT
 from lbsync.settings import Settings
+from tests.rig.devstack import DevStack
+from tests.rig.procs import StackError, wait_for
 
 pytestmark = [
     pytest.mark.integration,
@@ -69,7 +71,7 @@ def assert_converged(stack: DevStack) -> None:
     except StackError:
         raise AssertionError(f"lbsync status --check:\n{last[0].stdout}{last[0].stderr}"
                              ) from None
-    assert stack.master().reload_count() == 0, "a membership change reloaded HAProxy"
+    assert stack.master().status().reloads == 0, "a membership change reloaded HAProxy"
 
 
 def config_text(stack: DevStack) -> str:
@@ -147,20 +149,20 @@ def test_cookies_keep_clients_on_their_node_across_a_join_and_a_reload(
         assert all(f" cookie node{i}" in config_text(stack) for i in (1, 2, 3))
     else:
         assert " cookie " not in config_text(stack).split("# lbsync:servers begin")[1]
-    assert stack.master().reload_count() == 0
+    assert stack.master().status().reloads == 0
 
     # A structure change: lbsync saves the server state and reloads; the servers now
     # come from haproxy.cfg, node3 included.
     stack.agent_args = ["--check-rise", "2"]
     stack.restart_agent()
-    wait_for(lambda: stack.master().reload_count() == 1, 15, "one reload")
+    wait_for(lambda: stack.master().status().reloads == 1, 15, "one reload")
     wait_for(lambda: len(stack.up_servers()) == 3, 15, "3 UP after the reload")
     for name, client in clients.items():
         assert served_by(client, stack) == {name}, f"{name}'s client moved after the reload"
         # A newcomer on the same node gets the same cookie as before the reload.
         fresh = client_on(stack, name)
         assert fresh.cookies.get("SERVERID") == client.cookies.get("SERVERID")
-    assert stack.master().reload_count() == 1
+    assert stack.master().status().reloads == 1
 
 
 class Held:
@@ -368,12 +370,12 @@ def test_structure_change_reloads_once_and_keeps_servers(stack: DevStack) -> Non
     wait_for(lambda: len(stack.up_servers()) == 2, 15, "2 UP")
     stack.agent_args = ["--check-rise", "2"]
     stack.restart_agent()
-    wait_for(lambda: stack.master().reload_count() == 1, 15, "one reload")
+    wait_for(lambda: stack.master().status().reloads == 1, 15, "one reload")
     assert "rise 2" in config_text(stack)
     wait_for(lambda: stack.up_servers() == {"node1", "node2"}, 10, "servers after the reload")
     stack.add_member(3)
     wait_for(lambda: len(stack.up_servers()) == 3, 15, "3 UP")
-    assert stack.master().reload_count() == 1, "the join after the reload reloaded again"
+    assert stack.master().status().reloads == 1, "the join after the reload reloaded again"
 
 
 def test_unsafe_member_input_never_reaches_haproxy(stack: DevStack) -> None:

@@ -13,12 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from lbsync.cluster.devstack import HTTP_PORT, DevStack, wait_for
-
-ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "bench"))
-
-from edges import CrossbarMembers, WampLoad, crossbar_id  # noqa: E402
+from bench.edges import CrossbarMembers, WampLoad, crossbar_id
+from lbsync.cluster.addresses import HTTP_PORT
+from tests.rig.devstack import DevStack
+from tests.rig.procs import wait_for
 
 pytestmark = pytest.mark.integration
 CROSSBAR = Path(sys.executable).parent / "crossbar"
@@ -68,22 +66,38 @@ def one_crossbar_member(tmp_path: Path) -> Iterator[tuple[DevStack, CrossbarMemb
         stack.stop()
 
 
-def test_wampload_counts_calls_and_exactly_the_drops_a_node_stop_causes(
-        one_crossbar_member: tuple[DevStack, CrossbarMembers], tmp_path: Path) -> None:
-    stack, edges = one_crossbar_member
+@pytest.fixture
+def wamp_load(one_crossbar_member: tuple[DevStack, CrossbarMembers],
+              tmp_path: Path) -> Iterator[WampLoad]:
+    """bench.wampload through the stack's HAProxy: 2 held and 2 rotating clients. Killed at
+    teardown whatever the test did; a test that wants the figures calls stop()."""
+    stack, _ = one_crossbar_member
     load = WampLoad(f"ws://{stack.lb_ip}:{HTTP_PORT}/ws", tmp_path / "wamp.json",
-                    held=2, rotating=2, timeout=2.0)
+                    held=2, rotating=2, timeout=2.0, report_progress=True)
     load.start()
-    wait_for(lambda: (tmp_path / "wamp.log").exists(), 5, "the load's log")
-    time.sleep(4)  # sessions open, rotating ones renew at least once
+    try:
+        yield load
+    finally:
+        load.kill()
+
+
+def test_wampload_counts_calls_and_exactly_the_drops_a_node_stop_causes(
+        one_crossbar_member: tuple[DevStack, CrossbarMembers], wamp_load: WampLoad) -> None:
+    stack, edges = one_crossbar_member
+    load = wamp_load
+    # Every client holds a session, and each rotating one has renewed at least once.
+    wait_for(lambda: (p := load.progress()) and p["alive"] == 4 and p["opened"] >= 4 + 2
+             and p["closed"] >= 2, 20, "4 sessions open and 2 rotations")
     stopped_at = time.time()
     edges.stop(1)  # the node goes: every open session ends under its client
     edges.start(1)
     edges.wait([1])
     wait_for(lambda: stack.up_servers() == {"node1"}, 30, "node1 UP again")
     # Clients reconnect through HAProxy. An attempt made while the server was DOWN waits
-    # in HAProxy's queue until the client's 2 s timeout, so allow a few attempts' time.
-    time.sleep(8)
+    # in HAProxy's queue until the client's 2 s timeout, so a reconnect takes a few tries.
+    wait_for(lambda: (p := load.progress()) and p["drops"] >= 2
+             and p["reconnects"] == p["drops"] and p["alive"] == 4 and p["calls"] > 20,
+             30, "every dropped client back, and 20 calls")
     r = load.stop()
 
     assert r["calls"]["ok"] > 20 and r["calls"]["failed"] == 0

@@ -35,6 +35,7 @@ from serf_fixtures import SerfAgent, StartAgent
 from lbsync.edge.crossbar import ROUTER_SOCKET
 from lbsync.edge.probe import probe
 from lbsync.model import Member, MemberStatus
+from tests.rig.procs import free_port, reap, wait_for
 
 CROSSBAR = Path(sys.executable).with_name("crossbar")
 
@@ -64,23 +65,6 @@ def _crossbar_runs() -> None:
 _IPS = (f"127.77.{1 + os.getpid() % 250}.{y}" for y in itertools.cycle(range(1, 255)))
 
 
-def free_port(ip: str) -> int:
-    with socket.socket() as s:
-        s.bind((ip, 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def wait_for(check: Callable[[], object], timeout: float, what: str) -> float:
-    """Seconds until `check()` was true; fails the test after `timeout`."""
-    t0 = time.monotonic()
-    while not check():
-        if time.monotonic() - t0 > timeout:
-            pytest.fail(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.05)
-    return time.monotonic() - t0
-
-
 def lbsync(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "lbsync", *args], capture_output=True,
                           text=True, timeout=120, check=False)
@@ -92,19 +76,6 @@ def http_get(url: str) -> tuple[int, str]:
             return r.status, r.read().decode()
     except OSError:
         return 0, ""
-
-
-def kill_group(proc: subprocess.Popen[bytes], grace: float = 10.0) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            proc.wait(grace)
-    # Workers outlive a controller killed mid-start; the group reaches them too.
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    with contextlib.suppress(subprocess.TimeoutExpired):
-        proc.wait(5)
 
 
 @dataclass
@@ -166,14 +137,9 @@ class CrossbarNode:
         root = psutil.Process(self.proc.pid)
         return [root, *root.children(recursive=True)]
 
-    def rss_mb(self) -> tuple[int, float]:
-        """(processes, total RSS in MB) of the controller and all its workers."""
-        procs = self.processes()
-        return len(procs), sum(p.memory_info().rss for p in procs) / 2**20
-
     def stop(self) -> None:
         if self.proc is not None:
-            kill_group(self.proc)
+            reap(self.proc, 10)
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -405,7 +371,7 @@ def sidecars(tmp_path: Path) -> Iterator[Callable[..., Sidecar]]:
 
     yield start
     for s in started:
-        kill_group(s.proc, grace=5)
+        reap(s.proc, 5)
 
 
 def member(lb: SerfAgent, name: str) -> Member | None:
@@ -522,27 +488,3 @@ def test_drain_timeout_bounds_the_wait_for_a_held_connection(
         assert time.monotonic() - signalled < 8  # ...and not much after it
     assert side.proc.wait(10) == 0, side.log()
     assert "drain timeout: 1 connection(s) still open" in side.log()
-
-
-# --- measured, not asserted ------------------------------------------------------------------
-
-
-def test_measure_start_time_and_memory(crossbar_nodes: StartNode,
-                                       capsys: pytest.CaptureFixture[str]) -> None:
-    rows = []
-    for proxies in (1, 2, 4):
-        node = crossbar_nodes(f"m{proxies}edge", proxies=proxies)
-        first_info = node.wait_info()
-        wait_for(lambda n=node, p=proxies: n.listeners() == p, 60,
-                 f"{proxies} proxy workers listening")
-        all_listening = time.monotonic() - node.started_at
-        time.sleep(1.0)  # let the last worker finish its start-up allocations
-        procs, rss = node.rss_mb()
-        rows.append((proxies, first_info, all_listening, procs, rss))
-        node.stop()
-    with capsys.disabled():
-        print("\ncrossbar node (measured): proxies | /info 200 after | all proxies listening"
-              " after | processes | RSS total")
-        for proxies, first_info, all_listening, procs, rss in rows:
-            print(f"  {proxies} | {first_info:.2f} s | {all_listening:.2f} s | {procs} | "
-                  f"{rss:.0f} MB ({rss / procs:.0f} MB each)")

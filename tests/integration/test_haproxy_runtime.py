@@ -6,8 +6,6 @@ Every test that starts HAProxy (`haproxy_rig`) runs once per binary of `haproxy_
 from __future__ import annotations
 
 import re
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,13 +15,12 @@ from haproxy_fixtures import (
     HAProxyRig,
     HeldRequest,
     dynamic_cookie,
-    free_port,
     http_get,
 )
 
 from lbsync.edge.agentcheck import AgentCheck
 from lbsync.haproxy import runtime as runtime_module
-from lbsync.haproxy.binary import ConfigInvalid, check_config, haproxy_version
+from lbsync.haproxy.binary import ConfigInvalid, check_haproxy_config, haproxy_version
 from lbsync.haproxy.master import MasterCLI, ReloadFailed
 from lbsync.haproxy.runtime import (
     CommandFailed,
@@ -32,16 +29,10 @@ from lbsync.haproxy.runtime import (
     response_error,
 )
 from lbsync.model import ADMIN_FDRAIN, ADMIN_FMAINT, ServerState
+from tests.rig.haproxy import wait_ready
+from tests.rig.procs import free_port, wait_for
 
 pytestmark = [pytest.mark.integration]  # haproxy_bin skips when a binary is missing
-
-
-def wait_for(what: str, check: Callable[[], bool], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.02)
 
 
 def server(rt: RuntimeAPI, name: str) -> ServerState | None:
@@ -68,7 +59,7 @@ def test_server_lifecycle(haproxy_rig: HAProxyRig, kind: str) -> None:
     assert added.in_maint, "a dynamic server starts in maintenance"
 
     rt.run([f"enable health {BACKEND}/n1", f"enable server {BACKEND}/n1"])
-    wait_for("n1 up", lambda: (s := server(rt, "n1")) is not None and s.up)
+    wait_for(lambda: (s := server(rt, "n1")) is not None and s.up, 5.0, "n1 up")
     assert http_get(haproxy_rig.nodes_port).body == "node0"
 
     rt.run([f"set server {BACKEND}/n1 state drain"])
@@ -164,8 +155,8 @@ def test_cookie_on_add_server_refused_before_3_0_and_used_from_3_0(
     rt.run([command, f"enable health {BACKEND}/c1", f"enable server {BACKEND}/c1"])
     add_and_enable(rt, "c2", haproxy_rig.nodes[1].port)  # no cookie: a dynamic one
     rt.run([f"enable dynamic-cookie backend {BACKEND}"])
-    wait_for("c1 and c2 up", lambda: all((s := server(rt, n)) is not None and s.up
-                                         for n in ("c1", "c2")))
+    wait_for(lambda: all((s := server(rt, n)) is not None and s.up
+                         for n in ("c1", "c2")), 5.0, "c1 and c2 up")
     # The explicit cookie wins over the backend's dynamic ones, and pins the client.
     cookies = {}
     for _ in range(6):  # round robin, equal weights
@@ -181,7 +172,7 @@ def test_servers_state_counts_sessions_of_held_requests(haproxy_rig: HAProxyRig)
     rt = haproxy_rig.runtime("tcp")
     node = haproxy_rig.nodes[0]
     add_and_enable(rt, "n1", node.port)
-    wait_for("n1 up", lambda: (s := server(rt, "n1")) is not None and s.up)
+    wait_for(lambda: (s := server(rt, "n1")) is not None and s.up, 5.0, "n1 up")
 
     held = [HeldRequest(haproxy_rig.nodes_port) for _ in range(2)]
     node.wait_held(2)
@@ -195,14 +186,15 @@ def test_servers_state_counts_sessions_of_held_requests(haproxy_rig: HAProxyRig)
         result = request.join()
         assert not isinstance(result, BaseException) and result is not None
         assert (result.status, result.body) == (200, "node0")
-    wait_for("sessions back to 0", lambda: (s := server(rt, "n1")) is not None and not s.sessions)
+    wait_for(lambda: (s := server(rt, "n1")) is not None and not s.sessions, 5.0,
+             "sessions back to 0")
 
 
 def test_del_refused_while_a_session_is_open(haproxy_rig: HAProxyRig) -> None:
     rt = haproxy_rig.runtime()
     node = haproxy_rig.nodes[0]
     add_and_enable(rt, "n1", node.port)
-    wait_for("n1 up", lambda: (s := server(rt, "n1")) is not None and s.up)
+    wait_for(lambda: (s := server(rt, "n1")) is not None and s.up, 5.0, "n1 up")
     held = HeldRequest(haproxy_rig.nodes_port)
     node.wait_held()
 
@@ -215,8 +207,8 @@ def test_del_refused_while_a_session_is_open(haproxy_rig: HAProxyRig) -> None:
     rt.run([f"shutdown sessions server {BACKEND}/n1"])
     # The killed stream goes away asynchronously, a few milliseconds later.
     wait_for(
-        "del server to succeed",
         lambda: rt.execute([f"del server {BACKEND}/n1"]) == ["Server deleted."],
+        5.0, "del server to succeed",
     )
     node.release()
     result = held.join()
@@ -232,24 +224,24 @@ def test_reload_through_master_keeps_serving(haproxy_rig: HAProxyRig) -> None:
     master.reload()
 
     after = master.status()
-    assert master.reload_count() == before.reloads + 1
+    assert master.status().reloads == before.reloads + 1
     assert after.workers and set(after.workers).isdisjoint(before.workers)
     assert http_get(haproxy_rig.static_port).body == "static"
-    haproxy_rig.runtime().wait_ready(5)
-    assert master.worker_pids() == list(after.workers)
+    wait_ready(haproxy_rig.runtime(), 5)
+    assert list(master.status().workers) == list(after.workers)
 
 
 def test_failed_reload_raises_and_old_worker_keeps_serving(haproxy_rig: HAProxyRig) -> None:
     master = haproxy_rig.master()
     good = haproxy_rig.config.read_text()
-    workers = master.worker_pids()
+    workers = list(master.status().workers)
     haproxy_rig.config.write_text(good + "\nbackend broken\n    no_such_keyword here\n")
 
     with pytest.raises(ReloadFailed, match=re.escape(haproxy_rig.master_socket)):
         master.reload()
 
     assert master.status().failed_reloads == 1
-    assert master.worker_pids() == workers
+    assert list(master.status().workers) == workers
     assert http_get(haproxy_rig.static_port).body == "static"
 
     haproxy_rig.config.write_text(good)
@@ -259,14 +251,14 @@ def test_failed_reload_raises_and_old_worker_keeps_serving(haproxy_rig: HAProxyR
 
 def test_check_config_returns_haproxys_alerts(haproxy_rig: HAProxyRig, tmp_path: Path) -> None:
     binary = haproxy_rig.haproxy.path
-    check_config(haproxy_rig.config, binary)  # the running config is valid
+    check_haproxy_config(haproxy_rig.config, binary)  # the running config is valid
 
     broken = tmp_path / "broken.cfg"
     broken.write_text(
         "defaults\n    mode http\nbackend b\n    server s 127.0.0.1:80 chek\n    bogus_kw 1\n"
     )
     with pytest.raises(ConfigInvalid) as invalid:
-        check_config(broken, binary)
+        check_haproxy_config(broken, binary)
     alerts = invalid.value.alerts
     assert any("unknown keyword 'chek'" in a and "broken.cfg:4" in a for a in alerts), alerts
     assert any("bogus_kw" in a for a in alerts), alerts
@@ -283,7 +275,7 @@ def test_version_matches_the_binary(haproxy_rig: HAProxyRig) -> None:
 def test_dynamic_cookie_needs_enable_after_add(haproxy_rig: HAProxyRig) -> None:
     rt = haproxy_rig.runtime()
     add_and_enable(rt, "c1", haproxy_rig.nodes[0].port)
-    wait_for("c1 up", lambda: (s := server(rt, "c1")) is not None and s.up)
+    wait_for(lambda: (s := server(rt, "c1")) is not None and s.up, 5.0, "c1 up")
     if rt.version() < (3, 0, 0):
         # 2.6 computes dynamic cookies only when asked: the new server has none, and
         # HAProxy even tells the client to drop its cookie.
@@ -313,9 +305,9 @@ def test_missing_socket_and_refused_port_raise_runtime_api_error(tmp_path: Path)
     with pytest.raises(RuntimeAPIError, match=re.escape(missing)):
         RuntimeAPI(missing).execute(["show info"])
     with pytest.raises(RuntimeAPIError, match="not ready after 0.2s"):
-        RuntimeAPI(missing).wait_ready(0.2)
+        wait_ready(RuntimeAPI(missing), 0.2)
     with pytest.raises(RuntimeAPIError, match=re.escape(missing)):
-        MasterCLI(missing).reload_count()
+        MasterCLI(missing).status()
 
     address = f"127.0.0.1:{free_port()}"
     with pytest.raises(RuntimeAPIError, match=f"{re.escape(address)}: connection refused"):
@@ -329,8 +321,8 @@ def test_drain_keeps_cookie_holders_and_maint_redispatches_them(haproxy_rig: HAP
     for i, name in enumerate(("n0", "n1")):
         add_and_enable(rt, name, haproxy_rig.nodes[i].port)
     rt.run([f"enable dynamic-cookie backend {BACKEND}"])
-    wait_for("both up", lambda: all((s := server(rt, n)) is not None and s.up
-                                    for n in ("n0", "n1")))
+    wait_for(lambda: all((s := server(rt, n)) is not None and s.up
+                         for n in ("n0", "n1")), 5.0, "both up")
     cookie = f"SERVERID={dynamic_cookie(COOKIE_KEY, '127.0.0.1', haproxy_rig.nodes[0].port)}"
     assert http_get(haproxy_rig.nodes_port, cookie=cookie).body == "node0"
 
@@ -342,7 +334,7 @@ def test_drain_keeps_cookie_holders_and_maint_redispatches_them(haproxy_rig: HAP
     held = HeldRequest(haproxy_rig.nodes_port)
     haproxy_rig.nodes[0].wait_held()
     rt.run([f"set server {BACKEND}/n1 state ready", f"set server {BACKEND}/n0 state maint"])
-    wait_for("n1 up again", lambda: (s := server(rt, "n1")) is not None and s.up)
+    wait_for(lambda: (s := server(rt, "n1")) is not None and s.up, 5.0, "n1 up again")
     assert {http_get(haproxy_rig.nodes_port, cookie=cookie).body for _ in range(5)} == {"node1"}
     n0 = server(rt, "n0")
     assert n0 is not None and n0.forced_maint and n0.sessions == 1
@@ -364,14 +356,14 @@ def test_agent_check_maint_is_forced_maintenance_and_ready_undoes_it(
         add_and_enable(rt, "a0", haproxy_rig.nodes[0].port,
                        f"agent-check agent-port {agent.port} agent-inter 200")
         rt.run([f"enable agent {BACKEND}/a0"])
-        wait_for("a0 up", lambda: (s := server(rt, "a0")) is not None and s.up)
+        wait_for(lambda: (s := server(rt, "a0")) is not None and s.up, 5.0, "a0 up")
         agent.maint()
-        wait_for("a0 in maintenance", lambda: (s := server(rt, "a0")) is not None
-                 and s.forced_maint)
+        wait_for(lambda: (s := server(rt, "a0")) is not None and s.forced_maint, 5.0,
+                 "a0 in maintenance")
         s = server(rt, "a0")
         assert s is not None and s.admin_state == ADMIN_FMAINT and s.state_word == "MAINT"
         agent.resume()
-        wait_for("a0 up again", lambda: (s := server(rt, "a0")) is not None and s.up)
+        wait_for(lambda: (s := server(rt, "a0")) is not None and s.up, 5.0, "a0 up again")
     finally:
         agent.close()
 

@@ -440,7 +440,7 @@ def test_probe_status_and_no_reload(cluster: Layout) -> None:
     r = lbsync("status", "--check", env=env, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     # Joins, leaves, a crashed router: membership changes only, never a reload.
-    assert MasterCLI(cluster.lb["master_socket"]).reload_count() == 0
+    assert MasterCLI(cluster.lb["master_socket"]).status().reloads == 0
 
 
 def test_only_the_fleet_key_can_link(cluster: Layout) -> None:

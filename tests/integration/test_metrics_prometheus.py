@@ -1,5 +1,5 @@
 """A real Prometheus scrapes lbsync agent's /metrics and HAProxy's own exporter while real
-Serf members join and leave (lbsync.cluster.devstack on 127.N.0.x, Prometheus on a free
+Serf members join and leave (tests.rig.devstack on 127.N.0.x, Prometheus on a free
 127.0.0.1 port, 1 s scrapes). What the test asserts, it reads back from Prometheus's HTTP
 API, so names, labels and values are checked the way a dashboard or an alert sees them.
 It runs once per HAProxy of `haproxy_bin` (2.6, and 3.0 when LBSYNC_HAPROXY30 names one):
@@ -11,11 +11,8 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
-import os
 import re
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -28,8 +25,9 @@ import pytest
 import requests
 from haproxy_fixtures import HAProxyBin
 
-from lbsync.cluster.devstack import DevStack, wait_for
-from lbsync.cluster.local import METRICS_PORT
+from lbsync.cluster.addresses import METRICS_PORT
+from tests.rig.devstack import DevStack
+from tests.rig.procs import free_port, reap, wait_for
 
 pytestmark = [
     pytest.mark.integration,
@@ -43,13 +41,6 @@ pytestmark = [
 # benchmarks' nets.
 _nets = itertools.count(165)
 SCRAPE = "1s"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @dataclass
@@ -91,19 +82,6 @@ class Prometheus:
             return ""
 
 
-def _stop_group(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
 @contextlib.contextmanager
 def prometheus(workdir: Path, targets: dict[str, str]) -> Iterator[Prometheus]:
     """`prometheus` on 127.0.0.1:free port scraping each job's target every second."""
@@ -113,7 +91,7 @@ def prometheus(workdir: Path, targets: dict[str, str]) -> Iterator[Prometheus]:
                    for job, target in targets.items())
     config.write_text(f"global:\n  scrape_interval: {SCRAPE}\n  scrape_timeout: {SCRAPE}\n"
                       f"  evaluation_interval: {SCRAPE}\nscrape_configs:\n{jobs}")
-    port = _free_port()
+    port = free_port()
     log = workdir / "prometheus.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
@@ -134,7 +112,7 @@ def prometheus(workdir: Path, targets: dict[str, str]) -> Iterator[Prometheus]:
         wait_for(ready, 20, "Prometheus ready", interval=0.1)
         yield prom
     finally:
-        _stop_group(proc)
+        reap(proc, 10)
         # What went wrong is in these logs; pytest shows them only on failure.
         sys.stderr.write(f"--- prometheus.log ---\n{prom.log_tail()}\n")
 
@@ -213,4 +191,4 @@ def test_prometheus_scrapes_lbsync_and_haproxy_through_a_join_and_a_leave(
         for name in dashboard_metrics():
             assert prom.vector(f"count({name})"), f"the dashboard's {name} has no series"
 
-    assert stack.master().reload_count() == 0, "a membership change reloaded HAProxy"
+    assert stack.master().status().reloads == 0, "a membership change reloaded HAProxy"

@@ -4,14 +4,9 @@ only as good as this judgement."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-
-from faults import BY_NAME, SCENARIOS, Views  # noqa: E402
+from bench.faults import BY_NAME, SCENARIOS, Views
 
 ALL = {"node1", "node2", "node3"}
 

@@ -3,15 +3,11 @@ only as good as the counting behind it."""
 
 from __future__ import annotations
 
-import sys
 from datetime import UTC, datetime
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
-
-from realm import (  # noqa: E402
+from bench.realm import (
     count_delivery,
     event_latencies,
     first_ready,

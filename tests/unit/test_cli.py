@@ -126,12 +126,12 @@ def test_bad_flag_value_is_one_error_line(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str, flags: list[str],
     fragment: str
 ) -> None:
-    import lbsync.agent
+    import lbsync.daemon
 
     def must_not_run(*_args: object) -> None:
         raise AssertionError("the daemon started despite a bad flag")
 
-    monkeypatch.setattr(lbsync.agent, "run_agent", must_not_run)
+    monkeypatch.setattr(lbsync.daemon, "run_daemon", must_not_run)
     result = run([command, *tmp_flags(tmp_path), *flags])
     assert_one_error_line(result, fragment)
     # Refused before doing anything: no folder or state file was prepared.
@@ -150,12 +150,12 @@ def test_wrongly_typed_flag_is_a_usage_error(tmp_path: Path, flags: list[str]) -
 
 
 def _agent_must_not_run(monkeypatch: pytest.MonkeyPatch) -> None:
-    import lbsync.agent
+    import lbsync.daemon
 
     def must_not_run(*_args: object) -> None:
         raise AssertionError("the daemon started despite a bad flag")
 
-    monkeypatch.setattr(lbsync.agent, "run_agent", must_not_run)
+    monkeypatch.setattr(lbsync.daemon, "run_daemon", must_not_run)
 
 
 @pytest.mark.parametrize("via", ["flag", "env"])
@@ -183,14 +183,14 @@ def test_agent_hands_a_bound_metrics_server_to_the_daemon(
     import sys
     import urllib.request
 
-    import lbsync.agent
+    import lbsync.daemon
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     seen: dict[str, object] = {}
 
-    def fake_run_agent(settings: object, stop: object, metrics: object, server: object) -> None:
+    def fake_run_daemon(settings: object, stop: object, metrics: object, server: object) -> None:
         from lbsync.metrics import Metrics, MetricsServer
 
         assert isinstance(metrics, Metrics) and isinstance(server, MetricsServer)
@@ -201,7 +201,7 @@ def test_agent_hands_a_bound_metrics_server_to_the_daemon(
         finally:
             server.stop()
 
-    monkeypatch.setattr(lbsync.agent, "run_agent", fake_run_agent)
+    monkeypatch.setattr(lbsync.daemon, "run_daemon", fake_run_daemon)
     result = run(["agent", *tmp_flags(tmp_path), "--haproxy-bin", sys.executable,
                   "--metrics-bind", f"127.0.0.1:{port}"])
     assert result.exit_code == 0, result.output
@@ -212,10 +212,10 @@ def test_agent_without_metrics_bind_serves_none(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import sys
 
-    import lbsync.agent
+    import lbsync.daemon
 
     seen: list[object] = []
-    monkeypatch.setattr(lbsync.agent, "run_agent",
+    monkeypatch.setattr(lbsync.daemon, "run_daemon",
                         lambda settings, stop, metrics, server: seen.append(server))
     result = run(["agent", *tmp_flags(tmp_path), "--haproxy-bin", sys.executable])
     assert result.exit_code == 0, result.output
@@ -370,7 +370,7 @@ def _two_members(tmp: Path) -> None:
 
 @needs_haproxy
 def test_render_writes_a_valid_config(tmp_path: Path) -> None:
-    from lbsync.haproxy.binary import check_config
+    from lbsync.haproxy.binary import check_haproxy_config
 
     _two_members(tmp_path)
     result = run(["render", *tmp_flags(tmp_path)], env={"LBSYNC_DEFAULT_PORT": "18002"})
@@ -380,7 +380,7 @@ def test_render_writes_a_valid_config(tmp_path: Path) -> None:
     text = cfg.read_text(encoding="utf-8")
     servers = [ln.split()[1:3] for ln in text.splitlines() if ln.startswith("    server ")]
     assert servers == [["e1", "127.0.0.1:18001"], ["e2", "127.0.0.2:18002"]]
-    check_config(cfg)
+    check_haproxy_config(cfg)
     assert sorted(p.name for p in cfg.parent.iterdir()) == ["haproxy.cfg", "haproxy.state"]
     # A second run changes nothing.
     again = run(["render", *tmp_flags(tmp_path)], env={"LBSYNC_DEFAULT_PORT": "18002"})

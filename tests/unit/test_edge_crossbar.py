@@ -23,7 +23,7 @@ from lbsync.edge.crossbar import (
     prepare_cbdir,
     render_crossbar_config,
     router_socket,
-    write_config,
+    write_crossbar_config,
 )
 
 ENV = {name: None for name in ("LBSYNC_CBDIR", "LBSYNC_NODE_NAME", "LBSYNC_LISTEN",
@@ -119,9 +119,9 @@ def test_default_proxies_is_twice_the_cpus(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_write_config_is_atomic_and_skips_unchanged(tmp_path: Path) -> None:
-    assert write_config(tmp_path / "cb", "{}\n") is True
+    assert write_crossbar_config(tmp_path / "cb", "{}\n") is True
     assert (tmp_path / "cb" / "config.json").read_text() == "{}\n"
-    assert write_config(tmp_path / "cb", "{}\n") is False
+    assert write_crossbar_config(tmp_path / "cb", "{}\n") is False
     assert sorted(p.name for p in (tmp_path / "cb").iterdir()) == ["config.json"]
 
 

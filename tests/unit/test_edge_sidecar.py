@@ -20,9 +20,9 @@ from lbsync.edge.sidecar import (
     Effects,
     NodeConfig,
     Sidecar,
-    check_config,
     established,
     info_answers,
+    validate_node_config,
 )
 from lbsync.model import LbsyncError, Member, MemberStatus
 from lbsync.serf.rpc import SerfAuthError, SerfError
@@ -290,12 +290,13 @@ def test_refused_auth_key_is_not_retried() -> None:
 ])
 def test_bad_config_is_refused(change: dict[str, object], fragment: str) -> None:
     with pytest.raises(LbsyncError, match=fragment):
-        check_config(replace(CONFIG, **change))  # type: ignore[arg-type]
+        validate_node_config(replace(CONFIG, **change))  # type: ignore[arg-type]
 
 
 def test_node_command_refuses_bad_flags_in_one_line() -> None:
     result = CliRunner().invoke(main, [
-        "node", "--name", "node1", "--listen", "127.0.0.1:8080", "--agent-port", "8080"],
+        "node", "--name", "node1", "--serf-rpc", "127.0.0.1:7373", "--listen", "127.0.0.1:8080",
+        "--agent-port", "8080"],
         env={"LBSYNC_LOG_LEVEL": None, "LBSYNC_SERF_RPC": None})
     assert result.exit_code == 1
     assert result.stderr.strip() == (
@@ -483,11 +484,11 @@ def test_links_off_means_no_link_tags_and_no_wait() -> None:
 
 def test_link_port_must_differ_from_the_service_ports() -> None:
     with pytest.raises(LbsyncError, match="--link-port: 8081 is also"):
-        check_config(replace(CONFIG, link_port=8081))
+        validate_node_config(replace(CONFIG, link_port=8081))
     with pytest.raises(LbsyncError, match="--link-port: 0 is outside"):
-        check_config(replace(CONFIG, link_port=0))
+        validate_node_config(replace(CONFIG, link_port=0))
     with pytest.raises(LbsyncError, match="--links-wait cannot be negative"):
-        check_config(replace(CONFIG, links_wait=-1))
+        validate_node_config(replace(CONFIG, links_wait=-1))
 
 
 def test_the_router_socket_is_made_private(tmp_path: Path) -> None:

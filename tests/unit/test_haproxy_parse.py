@@ -463,7 +463,7 @@ def test_master_reload_3x_style_answers(fake_path: Path) -> None:
             else:
                 with pytest.raises(ReloadFailed, match=r"parsing \[h\.cfg:3\] : bad"):
                     master.reload()
-            assert master.worker_pids() == [1271]
+            assert list(master.status().workers) == [1271]
         finally:
             fake.close()
 

@@ -959,7 +959,7 @@ def test_a_failed_benchmark_keeps_its_transcript_in_work(
     step = step_of(6, "measure")
     monkeypatch.setattr(collect, "preflight", lambda step, workdir: None)
     failed = collect.Run(["bench"], 1, "part 4: timed out waiting for node 2\n")
-    monkeypatch.setattr(collect, "run", lambda argv, timeout: failed)
+    monkeypatch.setattr(collect, "run", lambda argv, env, timeout: failed)
     with pytest.raises(LabError, match="timed out waiting for node 2.*measure-failed.txt"):
         collect.collect(LAB, step, root, FakeTrack(dict(PIDS)), io.StringIO())
     assert not (root / step.folder).exists()  # nothing half-collected

@@ -39,6 +39,7 @@ from lbsync.reconcile import TickResult
 from lbsync.render import load_template, render_haproxy
 from lbsync.settings import Settings, parse_cidrs
 from lbsync.validate import name_problem
+from tests.rig.procs import free_port
 
 S = Settings()
 V = (2, 6, 12)
@@ -279,17 +280,10 @@ def test_a_view_that_fails_is_reported_not_raised() -> None:
 # --- the HTTP endpoint -------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def test_server_serves_the_registry_and_stops() -> None:
     m = Metrics()
     m.member_event("member-join")
-    port = _free_port()
+    port = free_port()
     server = MetricsServer(f"127.0.0.1:{port}", m.registry)
     server.start()
     try:

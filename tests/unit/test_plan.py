@@ -20,7 +20,7 @@ from lbsync.model import (
     ServerState,
     WeightUpdate,
 )
-from lbsync.plan import make_plan, servers_after
+from lbsync.plan import Holds, Timeouts, make_plan, servers_after
 
 BE = "nodes"
 
@@ -46,10 +46,9 @@ def plan(actual: Sequence[ServerState], desired: DesiredState, *, now: float = 1
          applied_weights: Mapping[str, int] | None = None,
          held_by_us: frozenset[str] = frozenset(), removing: frozenset[str] = frozenset(),
          failed_grace: float = 0.0, failed_timeout: float = 60.0) -> Plan:
-    return make_plan(actual, desired, now=now, drain_started=drain_started or {},
-                     drain_timeout=drain_timeout, applied_weights=applied_weights or {},
-                     held_by_us=held_by_us, removing=removing, failed_grace=failed_grace,
-                     failed_timeout=failed_timeout)
+    return make_plan(actual, desired,
+                     Holds(drain_started or {}, applied_weights or {}, held_by_us, removing),
+                     Timeouts(drain_timeout, failed_grace, failed_timeout), now=now)
 
 
 KEEPER = st("keeper", "10.0.0.9")
@@ -410,10 +409,9 @@ def test_servers_after_uses_desired_address_for_moved_server() -> None:
 
 def test_a_member_whose_registry_file_is_unreadable_keeps_its_server() -> None:
     actual = [KEEPER, st("a", sessions=3)]
-    p = make_plan(actual, want(KEEPER_SRV), now=100.0, drain_started={}, drain_timeout=30.0,
-                  applied_weights={}, unreadable=frozenset({"a"}))
+    p = make_plan(actual, want(KEEPER_SRV), Holds(), Timeouts(30.0), now=100.0,
+                  unreadable=frozenset({"a"}))
     assert p == Plan()
     # Readable again and really gone: the normal leave.
-    p = make_plan(actual, want(KEEPER_SRV), now=100.0, drain_started={}, drain_timeout=30.0,
-                  applied_weights={})
+    p = make_plan(actual, want(KEEPER_SRV), Holds(), Timeouts(30.0), now=100.0)
     assert p.maint == ("a",)

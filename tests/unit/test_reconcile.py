@@ -1,4 +1,8 @@
-"""The reconcile pass with fakes for HAProxy's runtime API, master CLI and `haproxy -c`."""
+"""The reconcile pass with fakes for HAProxy's runtime API, master CLI and `haproxy -c`.
+
+The fake runtime API refuses what HAProxy refuses (`del server` of a server not in
+maintenance or still holding sessions, `add server` of a name in use), with HAProxy's own
+words, and the passes read its answers with lbsync's real `response_error`."""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from lbsync import apply
+from lbsync.haproxy.runtime import response_error
 from lbsync.model import (
     ADMIN_FDRAIN,
     ADMIN_FMAINT,
@@ -18,7 +24,7 @@ from lbsync.model import (
     MemberStatus,
     ServerState,
 )
-from lbsync.reconcile import Reconciler
+from lbsync.reconcile import Effects, Reconciler
 from lbsync.registry import Registry
 from lbsync.settings import Settings
 
@@ -49,14 +55,26 @@ class FakeHAProxy:
             return "1\n# be_id be_name srv_id srv_name"
         if words[:2] == ["add", "server"]:
             name = words[2].split("/")[1]
+            if name in self.servers:
+                return "Already exists a server with the same name in backend."
             addr, port = words[3].rsplit(":", 1)
             weight = int(words[words.index("weight") + 1])
             self.servers[name] = ServerState("nodes", name, addr, int(port), OP_RUNNING,
                                              ADMIN_FMAINT, weight, weight)
             return "New server registered."
         if words[:2] == ["del", "server"]:
-            del self.servers[words[2].split("/")[1]]
+            name = words[2].split("/")[1]
+            if name not in self.servers:
+                return "No such server."
+            if not self.servers[name].forced_maint:
+                return "Only servers in maintenance mode can be deleted."
+            if self.sessions.get(name, 0):
+                return "Server still has connections attached to it, cannot remove it."
+            del self.servers[name]
             return "Server deleted."
+        if words[:3] == ["shutdown", "sessions", "server"]:
+            self.sessions.pop(words[3].split("/")[1], None)
+            return ""
         if words[:3] == ["set", "server", words[2]] and words[3] == "state":
             name = words[2].split("/")[1]
             admin = {"ready": 0, "drain": ADMIN_FDRAIN, "maint": ADMIN_FMAINT}[words[4]]
@@ -92,8 +110,8 @@ def setup(tmp_path: Path) -> Rig:
 def reconciler(settings: Settings, registry: Registry, haproxy: FakeHAProxy,
                master: FakeMaster, check: Callable[[Path], None] = ok_check,
                wall: Callable[[], float] = lambda: 1_000_000.0) -> Reconciler:
-    return Reconciler(settings, registry, haproxy, master, (2, 6, 12), check,
-                      lambda command, answer: None, wall=wall)
+    return Reconciler(settings, registry, (2, 6, 12),
+                      Effects(haproxy, master, check, response_error, wall=wall))
 
 
 def edge(name: str, addr: str, status: MemberStatus = MemberStatus.ALIVE) -> Member:
@@ -207,8 +225,6 @@ def test_failed_then_left_flap_cuts_no_session_before_the_drain_timeout(setup: R
 def test_a_del_refused_for_attached_connections_is_retried_soon(setup: Rig) -> None:
     _, registry, haproxy, _ = setup
     r = reconciler(*setup)
-    r.response_error = lambda command, answer: (  # type: ignore[method-assign]
-        answer if answer.startswith("Server still") else None)
     for n in ("n1", "n2"):
         registry.put(edge(n, f"10.0.0.{n[1]}"))
     r.tick(0.0)
@@ -323,7 +339,7 @@ def test_restart_finishes_a_removal_lbsync_had_started(setup: Rig) -> None:
     haproxy.servers["n2"] = ServerState("nodes", "n2", "10.0.0.2", 8080, OP_STOPPED,
                                         ADMIN_FMAINT, 100, 100)
     r.mem.removing.add("n2")
-    r.save_memory(12.0)
+    r.mem.save(12.0)
     haproxy.commands.clear()
     reconciler(*setup).tick(13.0)
     assert "del server nodes/n2" in haproxy.commands
@@ -386,7 +402,7 @@ def test_structure_change_reloads_once_rate_limited(setup: Rig) -> None:
     assert master.reloads == 1, "same structure: no second reload"
     again = Settings(**{**settings.__dict__, "check_rise": 4})
     r2 = reconciler(again, registry, haproxy, master)
-    r2.mem.last_reload = 10.0
+    r2.config.last_reload = 10.0
     assert r2.tick(12.0).busy, "held back by --reload-min-interval, and says so"
     assert master.reloads == 1
     r2.tick(15.5)
@@ -427,9 +443,10 @@ def test_tick_result_problem_when_the_config_is_rejected(setup: Rig) -> None:
 
 def test_tick_result_problem_when_haproxy_refuses_a_command(setup: Rig) -> None:
     settings, registry, haproxy, master = setup
-    r = Reconciler(settings, registry, haproxy, master, (2, 6, 12), ok_check,
-                   lambda command, answer: "No such backend." if command.startswith(
-                       "add server") else None)
+    r = Reconciler(settings, registry, (2, 6, 12), Effects(
+        haproxy, master, ok_check,
+        lambda command, answer: "No such backend." if command.startswith(
+            "add server") else None))
     registry.put(edge("n1", "10.0.0.1"))
     result = r.tick(0.0)
     assert result.problem == "HAProxy refused 1 command(s)"
@@ -444,3 +461,46 @@ def test_tick_result_refusals_and_reload(setup: Rig) -> None:
     changed = Settings(**{**settings.__dict__, "check_rise": 3})
     result = reconciler(changed, registry, haproxy, master).tick(10.0)
     assert result.reloaded and result.problem is None
+
+
+# --- the fake refuses what HAProxy refuses: a removal that skips a step fails ---------------
+
+
+def test_the_fake_refuses_what_haproxy_refuses() -> None:
+    haproxy = FakeHAProxy()
+    add = "add server nodes/n1 10.0.0.1:8080 weight 100"
+    assert haproxy.execute([add, add]) == [
+        "New server registered.", "Already exists a server with the same name in backend."]
+    haproxy.execute(["set server nodes/n1 state ready"])
+    assert haproxy.execute(["del server nodes/n1"]) == [
+        "Only servers in maintenance mode can be deleted."]
+    haproxy.sessions["n1"] = 1
+    haproxy.execute(["set server nodes/n1 state maint"])
+    assert haproxy.execute(["del server nodes/n1"]) == [
+        "Server still has connections attached to it, cannot remove it."]
+    haproxy.execute(["shutdown sessions server nodes/n1"])
+    assert haproxy.execute(["del server nodes/n1", "del server nodes/n1"]) == [
+        "Server deleted.", "No such server."]
+
+
+@pytest.mark.parametrize(("skip", "refusal"), [
+    ("state maint", "Only servers in maintenance mode can be deleted."),
+    ("shutdown sessions", "Server still has connections attached to it"),
+])
+def test_a_removal_that_skips_maint_or_shutdown_sessions_fails(
+        setup: Rig, monkeypatch: pytest.MonkeyPatch, skip: str, refusal: str) -> None:
+    settings, registry, haproxy, _ = setup
+    real_removal = apply._removal
+
+    def careless(be: str, name: str, cur: ServerState | None) -> tuple[str, ...]:
+        return tuple(c for c in real_removal(be, name, cur) if skip not in c)
+
+    monkeypatch.setattr(apply, "_removal", careless)
+    # A failed member with sessions: drained (not in maintenance), then killed once its
+    # check fails too: the kill needs both `state maint` and `shutdown sessions`.
+    r = two_then_n2_leaves_busy(setup, MemberStatus.FAILED)
+    check_fails(haproxy, "n2")
+    result = r.tick(1.0 + settings.failed_grace)
+    assert "n2" in haproxy.servers, "HAProxy keeps a server it was not allowed to delete"
+    errors = [o.error for o in result.outcomes if o.step.action == "kill"]
+    assert len(errors) == 1 and errors[0] is not None and refusal in errors[0]

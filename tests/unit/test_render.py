@@ -14,14 +14,16 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 
 from lbsync.desired import desired_state
-from lbsync.model import Member, MemberStatus, Server
+from lbsync.model import LbsyncError, Member, MemberStatus, Server
 from lbsync.render import (
     BEGIN,
     END,
+    ConfigPipeline,
     RenderError,
     load_template,
     render_haproxy,
     render_text,
+    split_servers,
     structure,
     structure_hash,
 )
@@ -373,7 +375,7 @@ def test_member_input_never_changes_structure_or_escapes_a_server_line(
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
 @pytest.mark.parametrize("explicit", [False, True], ids=["dynamic-cookies", "explicit-cookies"])
 def test_rendered_config_passes_haproxy_check(tmp_path: Path, explicit: bool) -> None:
-    from lbsync.haproxy.binary import check_config
+    from lbsync.haproxy.binary import check_haproxy_config
 
     settings = Settings(
         haproxy_config=tmp_path / "haproxy.cfg",
@@ -396,7 +398,7 @@ def test_rendered_config_passes_haproxy_check(tmp_path: Path, explicit: bool) ->
                           desired.explicit_cookies)
     assert (" cookie e1" in text) is explicit
     settings.haproxy_config.write_text(text, encoding="utf-8")
-    check_config(settings.haproxy_config)  # raises ConfigInvalid with HAProxy's alerts
+    check_haproxy_config(settings.haproxy_config)  # raises ConfigInvalid with HAProxy's alerts
 
 
 @pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
@@ -414,7 +416,7 @@ def test_rendered_config_passes_haproxy_check(tmp_path: Path, explicit: bool) ->
 def test_settings_that_pass_check_render_a_config_haproxy_accepts(
     tmp_path: Path, changes: dict[str, Any]
 ) -> None:
-    from lbsync.haproxy.binary import check_config
+    from lbsync.haproxy.binary import check_haproxy_config
 
     base = Settings(
         haproxy_config=tmp_path / "haproxy.cfg", runtime_socket=str(tmp_path / "admin.sock"),
@@ -426,4 +428,60 @@ def test_settings_that_pass_check_render_a_config_haproxy_accepts(
     text = render_haproxy(LABEL, SOURCE, settings, [Server("e1", "127.0.0.1", 18001)], False)
     settings.haproxy_config.write_text(text, encoding="utf-8")
     # Settings.check() accepted the value, so HAProxy must accept what it renders to.
-    check_config(settings.haproxy_config)
+    check_haproxy_config(settings.haproxy_config)
+
+
+# --- the pipeline: render -> haproxy -c -> atomic write ----------------------------------
+
+
+class Check:
+    """A stand-in for `haproxy -c`: records what it saw, rejects on demand."""
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+        self.reject = False
+
+    def __call__(self, path: Path) -> None:
+        self.seen.append(path.read_text(encoding="utf-8"))
+        if self.reject:
+            raise LbsyncError("[ALERT] parsing error")
+
+
+def pipeline(tmp_path: Path) -> tuple[ConfigPipeline, Check, Path]:
+    cfg = tmp_path / "etc" / "haproxy.cfg"
+    check = Check()
+    return ConfigPipeline(dataclasses.replace(S, haproxy_config=cfg), check), check, cfg
+
+
+def test_pipeline_checks_the_candidate_then_swaps_it_in(tmp_path: Path) -> None:
+    p, check, cfg = pipeline(tmp_path)
+    text = p.render(SERVERS, False)
+    assert p.install(text) is True
+    assert check.seen == [text] and cfg.read_text(encoding="utf-8") == text
+    assert sorted(f.name for f in cfg.parent.iterdir()) == ["haproxy.cfg"], "no candidate left"
+
+
+def test_pipeline_skips_unchanged_text_unless_asked_to_check_it(tmp_path: Path) -> None:
+    p, check, cfg = pipeline(tmp_path)
+    text = p.render(SERVERS, False)
+    p.install(text)
+    assert p.install(text) is False and len(check.seen) == 1, "unchanged: not checked again"
+    assert p.install(text, check_unchanged=True) is False and len(check.seen) == 2
+
+
+def test_pipeline_keeps_the_old_file_when_the_check_rejects(tmp_path: Path) -> None:
+    p, check, cfg = pipeline(tmp_path)
+    cfg.parent.mkdir()
+    cfg.write_bytes(b"old \xe2\x9c\x93\n")
+    check.reject = True
+    with pytest.raises(LbsyncError, match="parsing error"):
+        p.install(p.render(SERVERS, False))
+    assert cfg.read_bytes() == b"old \xe2\x9c\x93\n"
+    assert sorted(f.name for f in cfg.parent.iterdir()) == ["haproxy.cfg"]
+
+
+def test_split_servers_leaves_the_markers_out() -> None:
+    outside, inside = split_servers("global\n  # lbsync:servers begin\n  server a 1:2\n"
+                                    "  # lbsync:servers end\nbackend b\n")
+    assert outside == ["global", "backend b"]
+    assert inside == ["  server a 1:2"]

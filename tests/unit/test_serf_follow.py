@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import logging
 import re
-import socket
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import pytest
 from serf_fake import FakeAgent, FakeClock
 
 from lbsync.model import Member, MemberEvent
 from lbsync.serf.follow import Follower
+from tests.rig.procs import free_port, wait_for
 
 
 class Recorder:
@@ -29,20 +28,6 @@ class Recorder:
     def on_members(self, members: list[Member]) -> None:
         self.threads.add(threading.current_thread().name)
         self.polls.append(members)
-
-
-def wait_for(check: Callable[[], object], timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -64,10 +49,11 @@ def test_polls_and_events_arrive_on_the_follower_thread(
                         poll_interval=0.05)
     follower.start()
     try:
-        wait_for(lambda: follower.connected and agent.streams and len(recorder.polls) >= 3)
+        wait_for(lambda: follower.connected and agent.streams and len(recorder.polls) >= 3, 5.0,
+                 "connected, streaming, 3 polls")
         (seq,) = agent.streams
         agent.push(seq, {"Event": "member-join", "Members": agent.members[:1]})
-        wait_for(lambda: recorder.events)
+        wait_for(lambda: recorder.events, 5.0, "recorder.events")
     finally:
         follower.stop()
     assert [m.name for m in recorder.polls[0]] == ["a1", "a2"]
@@ -88,17 +74,17 @@ def test_outage_logs_once_and_recovery_once(
     follower.start()
     agent: FakeAgent | None = None
     try:
-        wait_for(lambda: len(clock.waits) == 5)
+        wait_for(lambda: len(clock.waits) == 5, 5.0, "five reconnect attempts")
         assert clock.waits == [0.1, 0.2, 0.4, 0.8, 1.6]  # doubling from BACKOFF_FIRST
         assert not follower.connected
         agent = FakeAgent(port=port)
         clock.expire(1)  # the fifth backoff: the agent is up now
-        wait_for(lambda: follower.connected and recorder.polls)
+        wait_for(lambda: follower.connected and recorder.polls, 5.0, "connected and a poll")
         agent.drop()  # as when the agent restarts: the follower must notice and come back
         fake = agent
-        wait_for(lambda: fake.accepted == 2 and follower.connected)
+        wait_for(lambda: fake.accepted == 2 and follower.connected, 5.0, "the second connection")
         count = len(recorder.polls)
-        wait_for(lambda: len(recorder.polls) > count + 2)
+        wait_for(lambda: len(recorder.polls) > count + 2, 5.0, "len(recorder.polls) > count + 2")
     finally:
         follower.stop()
         if agent is not None:
@@ -117,7 +103,7 @@ def test_stop_cuts_the_reconnect_backoff_short(recorder: Recorder) -> None:
     follower = Follower("127.0.0.1", free_port(), recorder.on_event, recorder.on_members,
                         clock=clock)
     follower.start()
-    wait_for(lambda: clock.waits)
+    wait_for(lambda: clock.waits, 5.0, "the first backoff")
     follower.stop()
     assert clock.waits == [0.1] and clock.ended == ["event"]
 
@@ -128,7 +114,7 @@ def test_stop_is_prompt_with_a_hung_agent(agent: FakeAgent, recorder: Recorder) 
     follower = Follower("127.0.0.1", agent.port, recorder.on_event, recorder.on_members,
                         timeout=30.0, clock=clock)
     follower.start()
-    wait_for(lambda: any(c == "members" for c, _ in agent.requests))
+    wait_for(lambda: any(c == "members" for c, _ in agent.requests), 5.0, "a members request")
     follower.stop()
     # Every reply wait (30 s each) is over, ended by its event: stop() closed the connection.
     assert clock.waits and set(clock.waits) == {30.0}
@@ -147,7 +133,7 @@ def test_callback_errors_are_logged_not_fatal(
     follower = Follower("127.0.0.1", agent.port, lambda e: None, bad_members, poll_interval=0.02)
     follower.start()
     try:
-        wait_for(lambda: len(polls) >= 3)
+        wait_for(lambda: len(polls) >= 3, 5.0, "len(polls) >= 3")
     finally:
         follower.stop()
     assert "consumer bug" in caplog.text
@@ -165,12 +151,12 @@ def test_events_received_before_a_drop_come_before_the_next_poll(
     )
     follower.start()
     try:
-        wait_for(lambda: order == ["poll"] and agent.streams)
+        wait_for(lambda: order == ["poll"] and agent.streams, 5.0, "a poll, then the stream")
         (seq,) = agent.streams
         agent.streams.clear()
         agent.push(seq, {"Event": "member-leave", "Members": []})
         agent.drop()
-        wait_for(lambda: len(order) >= 3)
+        wait_for(lambda: len(order) >= 3, 5.0, "len(order) >= 3")
     finally:
         follower.stop()
     assert order[:3] == ["poll", "member-leave", "poll"]
@@ -201,7 +187,7 @@ def test_a_list_lacking_known_members_is_delivered_after_joining_them(
     with caplog.at_level(logging.INFO, logger="lbsync.serf.follow"):
         follower.start()
         try:
-            wait_for(lambda: len(recorder.polls) >= 3)
+            wait_for(lambda: len(recorder.polls) >= 3, 5.0, "len(recorder.polls) >= 3")
         finally:
             follower.stop()
     assert all({m.name for m in poll} == {"a1", "a2"} for poll in recorder.polls)
@@ -227,7 +213,7 @@ def test_a_failed_join_delivers_the_list_as_it_is(
     with caplog.at_level(logging.WARNING, logger="lbsync.serf.follow"):
         follower.start()
         try:
-            wait_for(lambda: len(recorder.polls) >= 2)
+            wait_for(lambda: len(recorder.polls) >= 2, 5.0, "len(recorder.polls) >= 2")
         finally:
             follower.stop()
     assert [m.name for m in recorder.polls[0]] == ["a1"]

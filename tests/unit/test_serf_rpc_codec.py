@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import msgpack
 import pytest
@@ -20,8 +19,9 @@ from lbsync.serf.rpc import (
     decode_member,
     decode_member_event,
     decode_status,
-    parse_rpc_addr,
 )
+from tests.rig.procs import wait_for
+from tests.rig.serfaddr import parse_rpc_addr
 
 # --- parse_rpc_addr ---
 
@@ -152,13 +152,6 @@ def agent() -> Iterator[FakeAgent]:
     fake.close()
 
 
-def wait_for(check: Callable[[], object], timeout: float = 3.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.01)
-
-
 def test_members_over_the_wire(agent: FakeAgent) -> None:
     with SerfRPC("127.0.0.1", agent.port) as rpc:
         members = rpc.members()
@@ -191,7 +184,7 @@ def test_stream_records_interleave_with_replies(agent: FakeAgent) -> None:
         agent.push(seq, {"Event": "user", "Name": "deploy", "Payload": b""})
         assert len(rpc.members()) == 2
         agent.push(seq, {"Event": "member-leave", "Members": agent.members})
-        wait_for(lambda: len(events) == 2)
+        wait_for(lambda: len(events) == 2, 3.0, "len(events) == 2")
         rpc.stop(seq)
         agent.push(seq, {"Event": "member-join", "Members": agent.members})  # late record
         assert len(rpc.members()) == 2  # the late record's body was skipped, not misread
@@ -221,7 +214,7 @@ def test_calling_back_into_the_connection_from_a_callback_is_refused(agent: Fake
 
         seq = rpc.stream(MEMBER_EVENT_TYPES, reenter)
         agent.push(seq, {"Event": "member-join", "Members": []})
-        wait_for(lambda: errors)
+        wait_for(lambda: errors, 3.0, "errors")
     assert "deadlock" in str(errors[0])
 
 
@@ -252,7 +245,7 @@ def test_agent_drop_fails_waiting_calls_and_marks_closed(agent: FakeAgent) -> No
 
     caller = threading.Thread(target=call)
     caller.start()
-    wait_for(lambda: any(c == "members" for c, _ in agent.requests))
+    wait_for(lambda: any(c == "members" for c, _ in agent.requests), 3.0, "a members request")
     agent.drop()
     caller.join(3)
     assert errors and "connection lost (agent closed the connection)" in str(errors[0])

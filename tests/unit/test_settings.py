@@ -153,8 +153,9 @@ def _bad(**changes: Any) -> str:
         ({"cookie_key": "k" * 129}, "--cookie-key"),
         ({"check_fall": 0}, "--check-fall"),
         ({"check_rise": 0}, "--check-rise"),
-        ({"retries": 0}, "--retries"),
-        ({"maxconn": 0}, "--maxconn"),
+        # No flag sets these two (lbsync.settings.TABLE): the message names the setting.
+        ({"retries": 0}, "retries"),
+        ({"maxconn": 0}, "maxconn"),
         ({"check_inter": 0.0}, "--check-inter"),
         ({"check_inter": -1.0}, "--check-inter"),
         ({"resync_interval": 0.0}, "--resync-interval"),

@@ -1,4 +1,4 @@
-"""A light HTTP backend that names the node that answered (for tests, demos, benchmarks).
+"""The light HTTP member of the rig: it names the node that answered (tests, benchmarks).
 
 `/info` answers an HTML page naming the node (what HAProxy's health check asks for),
 `/mydata` and every other path a small JSON body. One process can serve many

@@ -2,40 +2,33 @@
 
 This is the smallest real system lbsync runs in: HAProxy (master-worker), the load
 balancer's Serf agent, `lbsync agent`, and members that are each a Serf agent plus a
-light HTTP backend, every one of them on its own 127.N.0.x address. The integration
-tests, the benchmark and the README's demo all drive it, so the three see the same thing.
-
-Addresses: the load balancer is 127.N.0.1 (frontend :8080, stats :1936, runtime :9999),
-member i is 127.N.0.(10+i) (Serf :7946/:7373, HTTP :8080).
+light HTTP member (tests.rig.httpmember), every one of them on its own 127.N.0.x address
+of lbsync.cluster.addresses' plan. The integration tests and the benchmark both drive it,
+so the two see the same thing.
 """
 
 from __future__ import annotations
 
-import argparse
-import contextlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from ..haproxy.binary import start_master
-from ..haproxy.master import MasterCLI
-from ..haproxy.runtime import RuntimeAPI
-from ..model import LbsyncError, ServerState
+from lbsync.cluster import addresses as A
+from lbsync.cluster.addresses import HTTP_PORT, SERF_PORT, SERF_RPC_PORT
+from lbsync.haproxy.master import MasterCLI
+from lbsync.haproxy.runtime import RuntimeAPI
+from lbsync.model import LbsyncError, ServerState
 
-SERF_PORT = 7946
-SERF_RPC_PORT = 7373
-HTTP_PORT = 8080
+from .haproxy import start_master, wait_ready
+from .procs import StackError, kill, reap, wait_for
 
-
-class StackError(LbsyncError):
-    """A process of the stack did not start or did not reach the state asked for."""
+# The checkout: a child running `python -m tests.rig.httpmember` imports it from here.
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def need(binary: str) -> str:
@@ -45,8 +38,24 @@ def need(binary: str) -> str:
     return path
 
 
+def http_member_argv(listens: list[tuple[str, str]]) -> list[str]:
+    """The light HTTP member answering as NAME on IP:HTTP_PORT, for each (NAME, IP)."""
+    argv = [sys.executable, "-m", "tests.rig.httpmember"]
+    for name, ip in listens:
+        argv += ["--listen", f"{ip}:{HTTP_PORT}={name}"]
+    return argv
+
+
+def checkout_env() -> dict[str, str]:
+    """The environment of a child that imports tests.rig: the checkout on PYTHONPATH."""
+    path = os.environ.get("PYTHONPATH")
+    return {**os.environ, "PYTHONPATH": str(ROOT) + (os.pathsep + path if path else "")}
+
+
 @dataclass
-class Member:
+class StackMember:
+    """A member of the stack: its Serf agent and its light HTTP member."""
+
     name: str
     ip: str
     serf: subprocess.Popen[bytes] | None = None
@@ -62,17 +71,18 @@ class DevStack:
     haproxy_bin: str = "haproxy"
     agent_args: list[str] = field(default_factory=list)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
-    members: dict[str, Member] = field(default_factory=dict)
+    members: dict[str, StackMember] = field(default_factory=dict)
 
     # --- addresses -------------------------------------------------------------------
     @property
     def lb_ip(self) -> str:
-        return f"127.{self.net}.0.1"
+        return A.lb_ip(self.net)
 
     def member_ip(self, index: int) -> str:
-        if not 1 <= index <= 240:
-            raise StackError(f"member index {index} is outside 1-240")
-        return f"127.{self.net}.0.{10 + index}"
+        try:
+            return A.member_ip(self.net, index)
+        except LbsyncError as e:
+            raise StackError(str(e)) from None
 
     @property
     def frontend(self) -> str:
@@ -80,7 +90,7 @@ class DevStack:
 
     @property
     def runtime_tcp(self) -> str:
-        return f"{self.lb_ip}:9999"
+        return f"{self.lb_ip}:{A.RUNTIME_PORT}"
 
     @property
     def paths(self) -> dict[str, Path]:
@@ -96,17 +106,25 @@ class DevStack:
             "--runtime-socket", str(p["admin"]), "--runtime-tcp", self.runtime_tcp,
             "--master-socket", str(p["master"]),
             "--frontend-bind", f"{self.lb_ip}:{HTTP_PORT}",
-            "--stats-bind", f"{self.lb_ip}:1936", "--haproxy-bin", self.haproxy_bin,
+            "--stats-bind", f"{self.lb_ip}:{A.STATS_PORT}", "--haproxy-bin", self.haproxy_bin,
         ]
         if not self.handler_mode:
             flags += ["--serf-rpc", f"{self.lb_ip}:{SERF_RPC_PORT}"]
         return flags
 
     # --- processes -------------------------------------------------------------------
-    def _spawn(self, key: str, argv: list[str]) -> subprocess.Popen[bytes]:
+    def spawn(self, key: str, argv: list[str], env: dict[str, str] | None = None,
+              ) -> subprocess.Popen[bytes]:
+        """Start a process of the stack in its own group, output in logs/KEY.log; stop()
+        stops it."""
         return self._track(key, lambda log: subprocess.Popen(
             argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True))
+            start_new_session=True, env=env))
+
+    def serve_http(self, key: str, listens: list[tuple[str, str]]) -> subprocess.Popen[bytes]:
+        """One light HTTP member process answering for each (NAME, IP) (many members need
+        not be many Python processes)."""
+        return self.spawn(key, http_member_argv(listens), env=checkout_env())
 
     def _track(self, key: str, start: Callable[[IO[bytes]], subprocess.Popen[bytes]],
                ) -> subprocess.Popen[bytes]:
@@ -139,7 +157,7 @@ class DevStack:
         self.paths["master"].unlink(missing_ok=True)
         self._track("haproxy", lambda log: start_master(
             self.paths["config"], self.paths["master"], binary=self.haproxy_bin, output=log))
-        self.runtime().wait_ready(timeout=10)
+        wait_ready(self.runtime(), timeout=10)
 
     def start_lb_serf(self) -> None:
         argv = ["serf", "agent", "-node", "lb", "-profile", "local", "-log-level", "warn",
@@ -151,33 +169,32 @@ class DevStack:
             handler = (f"{sys.executable} -m lbsync handle "
                        f"--registry-dir {self.paths['registry']}")
             argv += ["-event-handler", handler]
-        self._spawn("serf-lb", argv)
-        wait_for(lambda: self._rpc_ok(self.lb_ip), 10, "the load balancer's Serf agent")
+        self.spawn("serf-lb", argv)
+        wait_for(lambda: self.rpc_ok(self.lb_ip), 10, "the load balancer's Serf agent")
 
     def start_agent(self) -> None:
-        self._spawn("agent", [sys.executable, "-m", "lbsync", "agent", *self.settings_flags(),
+        self.spawn("agent", [sys.executable, "-m", "lbsync", "agent", *self.settings_flags(),
                               *self.agent_args])
 
-    def _rpc_ok(self, ip: str) -> bool:
+    def rpc_ok(self, ip: str) -> bool:
+        """Whether the Serf agent at IP answers `serf members` on its RPC port."""
         r = subprocess.run(["serf", "members", "-rpc-addr", f"{ip}:{SERF_RPC_PORT}"],
                            capture_output=True, timeout=5, check=False)
         return r.returncode == 0
 
     def add_member(self, index: int, *, tags: dict[str, str] | None = None,
-                   name: str | None = None, http: bool = True) -> Member:
+                   name: str | None = None, http: bool = True) -> StackMember:
         ip = self.member_ip(index)
-        m = Member(name or f"node{index}", ip)
+        m = StackMember(name or f"node{index}", ip)
         if http:
-            m.http = self._spawn(f"http-{m.name}", [
-                sys.executable, "-m", "lbsync.cluster.backend",
-                "--listen", f"{ip}:{HTTP_PORT}={m.name}"])
+            m.http = self.serve_http(f"http-{m.name}", [(m.name, ip)])
         all_tags = {"role": "edge", "port": str(HTTP_PORT), **(tags or {})}
         argv = ["serf", "agent", "-node", m.name, "-profile", "local", "-log-level", "warn",
                 "-bind", f"{ip}:{SERF_PORT}", "-rpc-addr", f"{ip}:{SERF_RPC_PORT}",
                 "-retry-join", f"{self.lb_ip}:{SERF_PORT}", "-retry-interval", "1s"]
         for k, v in all_tags.items():
             argv += ["-tag", f"{k}={v}"]
-        m.serf = self._spawn(f"serf-{m.name}", argv)
+        m.serf = self.spawn(f"serf-{m.name}", argv)
         self.members[m.name] = m
         return m
 
@@ -187,41 +204,37 @@ class DevStack:
         subprocess.run(["serf", "leave", "-rpc-addr", f"{m.ip}:{SERF_RPC_PORT}"],
                        capture_output=True, timeout=30, check=False)
         if m.serf:
-            _reap(m.serf, 10)
+            reap(m.serf, 10)
         if stop_http and m.http:
-            _reap(m.http, 5)
+            reap(m.http, 5)
 
     def kill_member(self, name: str) -> None:
-        """A crash: SIGKILL the member's Serf agent and its backend."""
+        """A crash: SIGKILL the member's Serf agent and its HTTP member."""
         m = self.members[name]
         for p in (m.serf, m.http):
-            if p and p.poll() is None:
-                p.kill()
-                p.wait()
+            if p:
+                kill(p)
 
     def terminate(self, key: str, timeout: float = 5) -> None:
         """SIGTERM one process (group) of the stack, SIGKILL it after `timeout` s."""
-        _reap(self.procs[key], timeout)
+        reap(self.procs[key], timeout)
 
     def kill(self, key: str) -> None:
-        p = self.procs[key]
-        if p.poll() is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
+        kill(self.procs[key])
 
     def restart_agent(self) -> None:
-        _reap(self.procs["agent"], 10)
+        reap(self.procs["agent"], 10)
         self.start_agent()
 
     def restart_haproxy(self) -> None:
         """Stop HAProxy entirely and start it again from the file lbsync keeps."""
-        _reap(self.procs["haproxy"], 10)
+        reap(self.procs["haproxy"], 10)
         self.start_haproxy()
 
     def stop(self) -> None:
         # Members first, so the agent is not asked to drain what no longer exists.
         for key in sorted(self.procs, key=lambda k: (k in ("agent", "haproxy", "serf-lb"), k)):
-            _reap(self.procs[key], 5)
+            reap(self.procs[key], 5)
 
     # --- what it looks like ----------------------------------------------------------
     def runtime(self) -> RuntimeAPI:
@@ -241,68 +254,3 @@ class DevStack:
             return (self.paths["logs"] / f"{key}.log").read_text(errors="replace")
         except FileNotFoundError:
             return ""
-
-
-def _reap(proc: subprocess.Popen[bytes], timeout: float) -> None:
-    """SIGTERM the process group, SIGKILL it when it does not go in time."""
-    if proc.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def wait_for(cond: object, timeout: float, what: str, interval: float = 0.05) -> float:
-    """Poll `cond()` until true; returns the seconds it took, or raises StackError."""
-    assert callable(cond)
-    started = time.monotonic()
-    last: Exception | None = None
-    while time.monotonic() - started < timeout:
-        try:
-            if cond():
-                return time.monotonic() - started
-        except (LbsyncError, OSError) as e:
-            last = e
-        time.sleep(interval)
-    raise StackError(f"timed out after {timeout:g}s waiting for {what}"
-                     + (f" (last error: {last})" if last else ""))
-
-
-@contextlib.contextmanager
-def running(workdir: Path, **kw: object) -> Iterator[DevStack]:
-    stack = DevStack(workdir, **kw)  # type: ignore[arg-type]
-    try:
-        stack.start()
-        yield stack
-    finally:
-        stack.stop()
-
-
-def main() -> None:
-    p = argparse.ArgumentParser(description="Run a load balancer and N members on loopback.")
-    p.add_argument("--nodes", type=int, default=3)
-    p.add_argument("--dir", type=Path, default=Path("run/devstack"))
-    args = p.parse_args()
-    if not 0 <= args.nodes <= 240:
-        p.error("--nodes must be 0-240")
-    with running(args.dir.resolve()) as stack:
-        for i in range(1, args.nodes + 1):
-            stack.add_member(i)
-        wait_for(lambda: len(stack.up_servers()) == args.nodes, 30, f"{args.nodes} servers UP")
-        print(f"frontend  {stack.frontend}/info\nstats     http://{stack.lb_ip}:1936/\n"
-              f"runtime   echo \"show servers state\" | nc {stack.lb_ip} 9999\n"
-              f"config    {stack.paths['config']}\nlogs      {stack.paths['logs']}/\n"
-              "Ctrl-C stops everything.", flush=True)
-        with contextlib.suppress(KeyboardInterrupt):
-            signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-            while True:
-                time.sleep(3600)
-
-
-if __name__ == "__main__":
-    main()

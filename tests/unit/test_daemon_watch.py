@@ -1,4 +1,4 @@
-"""Which filesystem events wake the agent: changes to registry files, never reads."""
+"""Which filesystem events wake the daemon: changes to registry files, never reads."""
 
 from __future__ import annotations
 
@@ -16,7 +16,8 @@ from watchdog.events import (
     FileSystemEvent,
 )
 
-from lbsync.agent import TOUCHED, RegistryWatch
+from lbsync.daemon import RegistryWatch
+from lbsync.loop import TOUCHED
 
 
 def woke(event: FileSystemEvent) -> bool:
@@ -33,12 +34,12 @@ def woke(event: FileSystemEvent) -> bool:
     # lbsync handle writes atomically: a temp file renamed onto the member's file.
     FileMovedEvent("/nodes/.n1.json.abc.tmp", "/nodes/n1.json"),
 ])
-def test_changes_to_registry_files_wake_the_agent(event: FileSystemEvent) -> None:
+def test_changes_to_registry_files_wake_the_daemon(event: FileSystemEvent) -> None:
     assert woke(event)
 
 
 @pytest.mark.parametrize("event", [
-    FileOpenedEvent("/nodes/n1.json"),  # the agent's own reads must not wake it
+    FileOpenedEvent("/nodes/n1.json"),  # the daemon's own reads must not wake it
     FileClosedNoWriteEvent("/nodes/n1.json"),
     FileCreatedEvent("/nodes/.n1.json.abc.tmp"),
     FileModifiedEvent("/nodes/notes.txt"),
