@@ -422,7 +422,7 @@ def plot_latency(r: dict[str, Any], path: Path) -> Path:
 def plot_scale(scale: list[dict[str, Any]], path: Path) -> Path:
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4.2))
     for s in scale:
-        pts = [(t, v) for t, v in s["up_timeline"] if isinstance(v, int)]
+        pts = [(t, v["up"]) for t, v in s["stage_timeline"] if isinstance(v, dict)]
         a1.plot([t for t, _ in pts], [v for _, v in pts], label=f"{s['members']} members "
                 f"(all UP after {s['storm_to_all_up_s']:.1f} s)")
         us = [(t, v) for t, v in s["agent_usage_timeline"] if isinstance(v, dict)]

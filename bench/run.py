@@ -15,7 +15,10 @@ real Crossbar.io nodes and autobahn WAMP clients hold sessions through HAProxy b
   4. side by side, same run: scale cycles 1 -> 5 -> 1 at a fixed rate (wrk) with WAMP
      sessions (bench/wampload.py), lbsync's runtime-API mode vs the reload-per-change
      baseline (bench/baseline_handler.sh)
-  5. scale: a join storm of N members -> all UP, an N-server plan, the agent's RSS/CPU
+  5. scale: a join storm of N members -> all UP, when the last member reached each stage
+     (alive in Serf, in the registry, in HAProxy, UP), an N-server plan, the agent's and
+     the load balancer's Serf agent's RSS/CPU; 5b (bench/stages.py): one reconcile pass at
+     50/200/500 servers split into desired, plan, Runtime API, render, haproxy -c, write
   6. one realm across the fleet (bench/realm.py), on the real local cluster (`lbsync up`,
      Crossbar nodes with router links): call and event latency across nodes vs on one
      node, events lost/duplicated and calls failed through scale cycles 3 -> 5 -> 3, how
@@ -24,6 +27,9 @@ real Crossbar.io nodes and autobahn WAMP clients hold sessions through HAProxy b
      members in their own network namespaces; partitions, gossip-only and packet loss,
      kill -9 of every process, haproxy.cfg's folder read-only or full, a corrupt registry
      file, each under HTTP load and WAMP sessions (not in --quick: about 7 minutes)
+  8. data path (bench/datapath.py, not in --quick): the same members as runtime-added
+     servers and as servers in haproxy.cfg, wrk unpaced with keep-alive and with a new
+     connection per request, alternating rounds; guard: throughput within 3 %
 Writes the JSON to --out, bench/results/latest.md and PNG plots under bench/results/.
 """
 
@@ -40,6 +46,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.common import BENCH, machine
+from lbsync.cluster.addresses import MAX_MEMBER
 from tests.rig.devstack import DevStack
 from tests.rig.procs import wait_for
 
@@ -51,14 +58,14 @@ def parse_parts(p: argparse.ArgumentParser, text: str) -> set[int]:
         parts = {int(x) for x in text.split(",")}
     except ValueError:
         parts = set()
-    if not parts or not parts <= {1, 2, 3, 4, 5, 6, 7}:
-        p.error(f"--only {text!r}: a comma-separated list of parts 1-7, e.g. 4,5")
+    if not parts or not parts <= {1, 2, 3, 4, 5, 6, 7, 8}:
+        p.error(f"--only {text!r}: a comma-separated list of parts 1-8, e.g. 4,5")
     return parts
 
 
 def preflight(p: argparse.ArgumentParser, parts: set[int]) -> None:
     """Fail in the first second, not after minutes of measuring, when a part is missing."""
-    need = ["haproxy", "serf"] + (["wrk"] if parts & {2, 3, 4} else [])
+    need = ["haproxy", "serf"] + (["wrk"] if parts & {2, 3, 4, 8} else [])
     missing = [b for b in need if shutil.which(b) is None]
     if 7 in parts:
         from bench.netns import usable
@@ -74,6 +81,18 @@ def preflight(p: argparse.ArgumentParser, parts: set[int]) -> None:
         p.error(f"missing: {', '.join(missing)}; `bash scripts/setup.sh` installs them all")
 
 
+def scale_sizes(p: argparse.ArgumentParser, text: str | None, quick: bool) -> list[int]:
+    if text is None:
+        return [50] if quick else [100, 200, 500]
+    try:
+        sizes = [int(x) for x in text.split(",")]
+    except ValueError:
+        p.error(f"--scale-sizes {text!r}: comma-separated member counts, e.g. 200,500")
+    if not all(1 <= n <= MAX_MEMBER for n in sizes):
+        p.error(f"--scale-sizes {text!r}: each size must be 1-{MAX_MEMBER}")
+    return sizes
+
+
 def main() -> None:
     p = argparse.ArgumentParser(prog="lbsync bench", description=__doc__,
                                 formatter_class=argparse.RawTextHelpFormatter)
@@ -85,14 +104,16 @@ def main() -> None:
                    help="part 4: WAMP clients holding one session for the whole run")
     p.add_argument("--wamp-rotating", type=int, default=20,
                    help="part 4: WAMP clients renewing their session every 2-6 s")
-    p.add_argument("--only", help="parts to run, e.g. 4,5 (default: 1-7, --quick: 1-6)")
+    p.add_argument("--scale-sizes", help="part 5's storm sizes, e.g. 200,500 "
+                   "(default: 100,200,500; --quick: 50)")
+    p.add_argument("--only", help="parts to run, e.g. 4,5 (default: 1-8, --quick: 1-6)")
     p.add_argument("--results", type=Path, default=RESULTS,
                    help="folder of latest.md and the plots (default bench/results)")
     # 127.150 is the local-cluster test's, 127.60-79 the agent tests': stay clear of them.
     p.add_argument("--net", type=int, default=200,
                    help="first N of 127.N.0.x (uses N..N+4, and N+10..N+14 in part 6)")
     args = p.parse_args()
-    parts = parse_parts(p, args.only or ("1,2,3,4,5,6" if args.quick else "1,2,3,4,5,6,7"))
+    parts = parse_parts(p, args.only or ("1,2,3,4,5,6" if args.quick else "1,2,3,4,5,6,7,8"))
     if args.rate < 100:
         p.error(f"--rate {args.rate}: at least 100 req/s")
     if not 1 <= args.net <= 250:
@@ -105,7 +126,7 @@ def main() -> None:
     q = args.quick
     cfg = {"join_runs": 10 if q else 20, "leave_runs": 1 if q else 5,
            "crash_runs": 1 if q else 5, "cycles": 3 if q else 10,
-           "scale_sizes": [50] if q else [100, 200], "rate_req_s": args.rate,
+           "scale_sizes": scale_sizes(p, args.scale_sizes, q), "rate_req_s": args.rate,
            "wamp_held": args.wamp_held, "wamp_rotating": args.wamp_rotating,
            # part 6: calls and events per latency series, scale cycles 3 -> 5 -> 3, joins
            # 3 -> 4, cluster sizes of the n² cost; rates per publisher / caller
@@ -113,13 +134,18 @@ def main() -> None:
            "realm_cycles": 1 if q else 2, "realm_joins": 1 if q else 3,
            "realm_sizes": [2, 4] if q else [2, 4, 8, 16], "realm_rate": 50,
            "realm_call_rate": 20, "realm_hold_s": 3.0 if q else 4.0,
-           "realm_idle_s": 3.0 if q else 5.0}
+           "realm_idle_s": 3.0 if q else 5.0,
+           # part 5b: server counts of the stage-by-stage pass; part 8: wrk rounds
+           "stage_sizes": [50, 200, 500], "stage_repeats": 3 if q else 7,
+           "datapath_rounds": 3 if q else 5, "datapath_seconds": 5 if q else 10}
 
     from bench.churn import crash_under_load, join_latency, leave_under_load
+    from bench.datapath import data_path
     from bench.faults import BY_NAME, faults
     from bench.realm import realm
     from bench.scale import storm
     from bench.sidebyside import side_by_side
+    from bench.stages import stage_costs
 
     started = time.time()
     result: dict[str, object] = {
@@ -167,9 +193,16 @@ def main() -> None:
             print("5. scale", flush=True)
             result["scale"] = [storm(tmp, n, args.net + 3 + i)
                                for i, n in enumerate(cfg["scale_sizes"])]
+            print("5b. one reconcile pass, stage by stage", flush=True)
+            result["stages"] = stage_costs(tmp, cfg["stage_sizes"], args.net + 3,
+                                           cfg["stage_repeats"])
         if 6 in parts:
             print("6. one realm across the fleet (router links)", flush=True)
             result["realm"] = realm(tmp, cfg, [args.net + 10 + i for i in range(5)])
+        if 8 in parts:
+            print("8. data path: runtime-added servers vs servers in haproxy.cfg", flush=True)
+            result["data_path"] = data_path(tmp, args.net + 3, cfg["datapath_rounds"],
+                                            cfg["datapath_seconds"])
         if 7 in parts:
             print("7. faults between hosts (network namespaces)", flush=True)
             result["faults"] = faults(tmp / "faults", list(BY_NAME))

@@ -6,9 +6,12 @@ from __future__ import annotations
 import re
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from bench.common import Sampler, proc_usage
+from lbsync.cluster.addresses import SERF_RPC_PORT
+from lbsync.serf.rpc import SerfRPC
 from tests.rig.devstack import DevStack
 from tests.rig.procs import wait_for
 
@@ -26,15 +29,42 @@ def _usage(samples: list[tuple[float, object]], t0: float, t1: float) -> dict[st
             "rss_mb_max": round(max(rss), 1), "samples": len(window)}
 
 
+def _first(samples: list[tuple[float, object]], key: str, n: int, t0: float) -> float | None:
+    """Seconds from t0 until the sampled count `key` first reached n."""
+    for t, v in samples:
+        if isinstance(v, dict) and v.get(key, 0) >= n:
+            return round(t - t0, 3)
+    return None
+
+
+def stages(stack: DevStack) -> Callable[[], dict[str, int]]:
+    """One probe of where the storm's members are: alive in the load balancer's Serf,
+    in lbsync's registry, servers in HAProxy, servers UP."""
+    rpc = SerfRPC(stack.lb_ip, SERF_RPC_PORT)
+    registry = stack.paths["registry"]
+
+    def probe() -> dict[str, int]:
+        if rpc.closed:
+            rpc.connect()
+        alive = sum(1 for m in rpc.members() if m.tags.get("role") == "edge"
+                    and str(m.status) == "alive")
+        servers = stack.servers()
+        return {"serf_alive": alive, "registry": sum(1 for _ in registry.glob("*.json")),
+                "haproxy": len(servers), "up": sum(1 for s in servers.values() if s.up)}
+
+    return probe
+
+
 def storm(tmp: Path, n: int, net: int) -> dict[str, object]:
     stack = DevStack(tmp / f"scale{n}", net=net)
     try:
         stack.start()
         stack.serve_http("http-all", [(f"node{i}", stack.member_ip(i)) for i in range(1, n + 1)])
         time.sleep(REST_S)  # the agent settles (imports, first reconcile) before "at rest"
-        agent = stack.procs["agent"]
+        agent, lb_serf = stack.procs["agent"], stack.procs["serf-lb"]
         with Sampler(proc_usage(agent.pid), interval=0.5) as usage, \
-                Sampler(lambda: len(stack.up_servers()), interval=0.2) as ups:
+                Sampler(proc_usage(lb_serf.pid), interval=0.5) as serf_usage, \
+                Sampler(stages(stack), interval=0.1) as where:
             time.sleep(REST_S)
             t_storm = time.time()
             for i in range(1, n + 1):
@@ -48,15 +78,22 @@ def storm(tmp: Path, n: int, net: int) -> dict[str, object]:
             "members": n,
             "storm_to_all_up_s": round(t_up - t_storm, 3),
             "spawn_all_serf_agents_s": round(spawned_s, 3),
+            # When the last member reached each stage (from the first spawn): gossip
+            # (alive in the load balancer's Serf), lbsync noticing (registry), the add
+            # (a server in HAProxy) and the first passing check (UP).
+            "all_reached_s": {k: _first(where.samples, k, n, t_storm)
+                              for k in ("serf_alive", "registry", "haproxy", "up")},
             "agent_idle_0_members": _usage(usage.samples, t_storm - REST_S, t_storm),
             "agent_storm": _usage(usage.samples, t_storm, t_up),
             "agent_idle_n_members": _usage(usage.samples, t_up + 1, t_end),
-            "up_timeline": [(round(t - t_storm, 2), v) for t, v in ups.samples],
+            "lb_serf_storm": _usage(serf_usage.samples, t_storm, t_up),
+            "stage_timeline": [(round(t - t_storm, 2), v) for t, v in where.samples],
             "agent_usage_timeline": [(round(t - t_storm, 2), v) for t, v in usage.samples],
         }
         result["lb_serf_log_tail"] = stack.log("serf-lb")[-2000:]
         result["apply_plan"] = apply_plan(stack, n)
-        print(f"  {n} members: storm -> all UP {result['storm_to_all_up_s']} s; "
+        print(f"  {n} members: storm -> all UP {result['storm_to_all_up_s']} s "
+              f"(spawned in {spawned_s:.2f} s; all reached {result['all_reached_s']}); "
               f"{n}-server plan {result['apply_plan']}", flush=True)
         return result
     finally:

@@ -4,7 +4,8 @@ The load balancer of net N is 127.N.0.1 (frontend :8080, stats :1936 with HAProx
 /metrics, runtime API :9999, Serf :7946/:7373, lbsync agent's /metrics :9180); member
 (edge node) i is 127.N.0.(10+i) (HTTP or Crossbar :8080, the sidecar's agent-check :8081,
 Serf :7946/:7373, its router's links to the other nodes :8082). Each net is its own
-/24 of 127/8, so stacks with different N run side by side.
+/24 of 127/8, so stacks with different N run side by side; members past the 240th go on
+to 127.N.1.x, 127.N.2.x... (a benchmark's storm of 500), the same .11-.250 in each.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ LINK_PORT = DEFAULT_LINK_PORT  # an edge node's router links (lbsync.edge.links)
 METRICS_PORT = 9180
 
 MEMBER_BASE = 10  # member i is .(10+i): .2-.10 stay free for the load balancer's side
-MAX_MEMBER = 240  # .250 is the last member address
+PER_BLOCK = 240  # members .11-.250 of each 127.N.K.x block
+MAX_MEMBER = 4 * PER_BLOCK
 
 
 def lb_ip(net: int) -> str:
@@ -34,7 +36,8 @@ def lb_ip(net: int) -> str:
 
 
 def member_ip(net: int, index: int) -> str:
-    """Member (edge node) `index` of net N, 1-240."""
+    """Member (edge node) `index` of net N, 1-960: 127.N.0.11 to 127.N.3.250."""
     if not 1 <= index <= MAX_MEMBER:
         raise LbsyncError(f"member index {index} is outside 1-{MAX_MEMBER}")
-    return f"127.{net}.0.{MEMBER_BASE + index}"
+    block, offset = divmod(index - 1, PER_BLOCK)
+    return f"127.{net}.{block}.{MEMBER_BASE + 1 + offset}"

@@ -169,3 +169,14 @@ def test_scale_of_a_running_cluster_made_before_the_keys_says_down_and_up(
                        r"then `lbsync up` again"):
         lifecycle.scale(layout, 2, timeout=1, out=io.StringIO())
     assert not layout.serf_key.exists()  # nothing written: its agents keep running as they are
+
+
+def test_member_addresses_continue_past_one_block() -> None:
+    from lbsync.cluster.addresses import MAX_MEMBER, member_ip
+    from lbsync.model import LbsyncError
+    assert [member_ip(9, i) for i in (1, 240, 241, 480, 481)] == [
+        "127.9.0.11", "127.9.0.250", "127.9.1.11", "127.9.1.250", "127.9.2.11"]
+    assert len({member_ip(9, i) for i in range(1, MAX_MEMBER + 1)}) == MAX_MEMBER
+    for bad in (0, MAX_MEMBER + 1):
+        with pytest.raises(LbsyncError, match="outside"):
+            member_ip(9, bad)
