@@ -1,0 +1,311 @@
+"""TLS at the edge against a real HAProxy (2.6 and 3.0): the config lbsync renders with
+--tls-cert passes `haproxy -c`, serves https:// (h2) and wss:// (http/1.1 upgrade) on the
+same frontend as plain HTTP, marks the sticky cookie Secure on TLS only, redirects when
+asked; and `lbsync agent` rotates the certificate file through the Runtime API, no reload.
+
+Everything listens on 127.158.0.2 (this module's address) on ports picked free.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import hashlib
+import http.client
+import socket
+import ssl
+import subprocess
+import sys
+import tempfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+from haproxy_fixtures import HAProxyBin
+
+from lbsync.haproxy.binary import check_haproxy_config
+from lbsync.haproxy.master import MasterCLI
+from lbsync.haproxy.runtime import RuntimeAPI
+from lbsync.model import Server
+from lbsync.render import ConfigPipeline
+from lbsync.settings import Settings
+from tests.rig.certs import make_pem
+from tests.rig.haproxy import start_master, wait_ready
+from tests.rig.procs import free_port, reap
+
+pytestmark = pytest.mark.integration
+
+ADDR = "127.158.0.2"
+WS_GUID = "258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
+
+
+class _App(BaseHTTPRequestHandler):
+    """Answers the scheme HAProxy says the client used; a WebSocket upgrade gets a 101
+    and then echoes raw bytes (enough to see the tunnel)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.headers.get("Upgrade", "").lower() == "websocket":
+            self.send_response(101)
+            self.send_header("Upgrade", "websocket")
+            self.send_header("Connection", "Upgrade")
+            # HAProxy checks the handshake: a wrong accept is a 502.
+            key = self.headers.get("Sec-WebSocket-Key", "") + WS_GUID
+            self.send_header("Sec-WebSocket-Accept",
+                             base64.b64encode(hashlib.sha1(key.encode()).digest()).decode())
+            self.end_headers()
+            self.wfile.flush()
+            data = self.rfile.read1(100)
+            self.wfile.write(b"echo:" + data)
+            self.wfile.flush()
+            self.close_connection = True
+            return
+        body = f"proto={self.headers.get('X-Forwarded-Proto')}".encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+class _QuietServer(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # health checks hang up mid-answer
+
+
+@dataclass
+class Edge:
+    settings: Settings
+    pem: Path
+    process: subprocess.Popen[bytes]
+    haproxy: HAProxyBin
+    workdir: Path
+
+    @property
+    def http_port(self) -> int:
+        return int(self.settings.frontend_bind.rsplit(":", 1)[1])
+
+    @property
+    def tls_port(self) -> int:
+        return int(self.settings.tls_bind.rsplit(":", 1)[1])
+
+    def master(self) -> MasterCLI:
+        return MasterCLI(self.settings.master_socket)
+
+    def tls_context(self, alpn: list[str] | None = None) -> ssl.SSLContext:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+        if alpn:
+            ctx.set_alpn_protocols(alpn)
+        return ctx
+
+    def get(self, scheme: str, path: str = "/") -> http.client.HTTPResponse:
+        conn: http.client.HTTPConnection
+        if scheme == "https":
+            conn = http.client.HTTPSConnection(ADDR, self.tls_port, timeout=10,
+                                               context=self.tls_context(["http/1.1"]))
+        else:
+            conn = http.client.HTTPConnection(ADDR, self.http_port, timeout=10)
+        conn.request("GET", path, headers={"Host": f"localhost:{conn.port}"})
+        resp = conn.getresponse()
+        resp.read()
+        conn.close()
+        return resp
+
+
+def settings_for(workdir: Path, pem: Path, **changes: Any) -> Settings:
+    values: dict[str, Any] = dict(
+        haproxy_config=workdir / "haproxy.cfg", registry_dir=workdir / "nodes",
+        runtime_socket=str(workdir / "admin.sock"), master_socket=str(workdir / "master.sock"),
+        runtime_tcp="", frontend_bind=f"{ADDR}:{free_port(ADDR)}",
+        tls_bind=f"{ADDR}:{free_port(ADDR)}", stats_bind=f"{ADDR}:{free_port(ADDR)}",
+        tls_cert=pem)
+    return dataclasses.replace(Settings(), **{**values, **changes}).check()
+
+
+@pytest.fixture
+def app() -> Iterator[int]:
+    server = _QuietServer((ADDR, 0), _App)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
+                              daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture
+def edge_factory(haproxy_bin: HAProxyBin, tmp_path: Path, app: int) -> Iterator[Any]:
+    started: list[Edge] = []
+    logs: list[Any] = []
+
+    def make(**changes: Any) -> Edge:
+        workdir = Path(tempfile.mkdtemp(prefix="lbsync-tls-", dir="/tmp"))  # short sockets
+        pem = tmp_path / f"site{len(started)}.pem"
+        pem.write_text(make_pem("first"))
+        settings = settings_for(workdir, pem, **changes)
+        settings.state_file.write_text("1\n")
+        pipeline = ConfigPipeline(settings, lambda p: check_haproxy_config(p, haproxy_bin.path))
+        server = Server("app1", ADDR, app, 100,
+                        "app1" if haproxy_bin.explicit_cookies else None)
+        pipeline.install(pipeline.render([server], haproxy_bin.explicit_cookies))
+        log = (workdir / "haproxy.log").open("wb")
+        logs.append(log)
+        process = start_master(settings.haproxy_config, settings.master_socket,
+                               binary=haproxy_bin.path, output=log)
+        edge = Edge(settings, pem, process, haproxy_bin, workdir)
+        started.append(edge)
+        wait_ready(RuntimeAPI(settings.runtime_socket), timeout=10)
+        return edge
+
+    try:
+        yield make
+    finally:
+        for edge in started:
+            reap(edge.process, 5)
+        for log in logs:
+            log.close()
+        for edge in started:
+            subprocess.run(["rm", "-rf", str(edge.workdir)], check=False)
+
+
+# --- the rendered config -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("changes", [
+    {}, {"tls_redirect": True}, {"tls_redirect": True, "tls_bind": f"{ADDR}:443"},
+    {"hsts": 600}, {"cookie_name": "lb.sid"}, "folder",
+], ids=["tls", "redirect", "redirect-443", "hsts", "dotted-cookie", "sni-folder"])
+@pytest.mark.parametrize("explicit", [False, True], ids=["dynamic-cookies", "node-cookies"])
+def test_rendered_tls_config_passes_haproxy_check(
+        haproxy_bin: HAProxyBin, tmp_path: Path, changes: Any, explicit: bool) -> None:
+    pem: Path = tmp_path / "site.pem"
+    if changes == "folder":
+        pem = tmp_path / "certs"
+        pem.mkdir()
+        for name in ("a.example", "b.example"):
+            (pem / f"{name}.pem").write_text(make_pem(name, names=(name,)))
+        changes = {}
+    else:
+        pem.write_text(make_pem("site"))
+    settings = settings_for(tmp_path, pem, **changes)
+    assert settings.cert_files()
+    server = Server("app1", ADDR, 18081, 100, "app1" if explicit else None)
+    pipeline = ConfigPipeline(settings, lambda p: check_haproxy_config(p, haproxy_bin.path))
+    text = pipeline.render([server], explicit)
+    assert f"ssl crt {pem} " in text
+    pipeline.install(text)  # raises ConfigInvalid with HAProxy's alerts
+
+
+def test_a_key_that_does_not_match_is_refused_by_haproxy_check(
+        haproxy_bin: HAProxyBin, tmp_path: Path) -> None:
+    from lbsync.haproxy.binary import ConfigInvalid
+
+    cert = make_pem("a").split("-----BEGIN PRIVATE KEY-----")[0]
+    key = "-----BEGIN PRIVATE KEY-----" + make_pem("b").split("-----BEGIN PRIVATE KEY-----")[1]
+    (tmp_path / "site.pem").write_text(cert + key)
+    settings = settings_for(tmp_path, tmp_path / "site.pem")
+    pipeline = ConfigPipeline(settings, lambda p: check_haproxy_config(p, haproxy_bin.path))
+    with pytest.raises(ConfigInvalid, match="site.pem"):
+        pipeline.install(pipeline.render([], False))
+    assert not settings.haproxy_config.exists()
+
+
+# --- what clients get --------------------------------------------------------------------
+
+
+def test_https_and_http_on_one_frontend_cookie_secure_on_tls_only(edge_factory: Any) -> None:
+    edge: Edge = edge_factory(hsts=600)
+    plain = edge.get("http")
+    assert plain.status == 200
+    assert plain.getheader("Set-Cookie", "").startswith(edge.settings.cookie_name + "=")
+    assert "Secure" not in plain.getheader("Set-Cookie", "")
+    assert plain.getheader("Strict-Transport-Security") is None
+    tls = edge.get("https")
+    assert tls.status == 200
+    assert tls.getheader("Set-Cookie", "").endswith("; Secure")
+    assert tls.getheader("Strict-Transport-Security") == "max-age=600"
+
+
+def test_backend_sees_the_scheme(edge_factory: Any) -> None:
+    edge: Edge = edge_factory()
+    for scheme in ("http", "https"):
+        conn = (http.client.HTTPSConnection(ADDR, edge.tls_port, timeout=10,
+                                            context=edge.tls_context())
+                if scheme == "https" else http.client.HTTPConnection(ADDR, edge.http_port))
+        conn.request("GET", "/")
+        assert conn.getresponse().read() == f"proto={scheme}".encode()
+        conn.close()
+
+
+def test_alpn_offers_h2_and_a_websocket_upgrade_goes_through_over_tls(
+        edge_factory: Any) -> None:
+    edge: Edge = edge_factory()
+    with socket.create_connection((ADDR, edge.tls_port), timeout=5) as raw, \
+            edge.tls_context(["h2", "http/1.1"]).wrap_socket(raw) as conn:
+        assert conn.selected_alpn_protocol() == "h2"
+        assert conn.version() in ("TLSv1.2", "TLSv1.3")
+    # A browser's wss:// offers http/1.1 only (RFC 8441 aside) and upgrades.
+    with socket.create_connection((ADDR, edge.tls_port), timeout=5) as raw, \
+            edge.tls_context(["http/1.1"]).wrap_socket(raw) as conn:
+        assert conn.selected_alpn_protocol() == "http/1.1"
+        conn.sendall(b"GET /ws HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\n"
+                     b"Connection: Upgrade\r\nSec-WebSocket-Version: 13\r\n"
+                     b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = conn.recv(4096)
+            assert chunk, head
+            head += chunk
+        assert head.startswith(b"HTTP/1.1 101"), head
+        conn.sendall(b"ping")
+        rest = head.split(b"\r\n\r\n", 1)[1]
+        while b"echo:ping" not in rest:
+            chunk = conn.recv(4096)
+            assert chunk, rest
+            rest += chunk
+
+
+def test_tls12_gets_the_modern_ciphers_only(edge_factory: Any) -> None:
+    edge: Edge = edge_factory()
+
+    def handshake(cipher: str) -> str | None:
+        ctx = edge.tls_context()
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        ctx.set_ciphers(cipher)
+        with socket.create_connection((ADDR, edge.tls_port), timeout=5) as raw, \
+                ctx.wrap_socket(raw) as conn:
+            return conn.version()
+
+    assert handshake("ECDHE-ECDSA-AES128-GCM-SHA256") == "TLSv1.2"  # the control
+    with pytest.raises(ssl.SSLError):
+        handshake("ECDHE-ECDSA-AES128-SHA")  # CBC: not in ssl-default-bind-ciphers
+
+
+def test_redirect_sends_plain_http_to_the_tls_port_and_the_cookie_is_secure(
+        edge_factory: Any) -> None:
+    edge: Edge = edge_factory(tls_redirect=True)
+    plain = edge.get("http", "/a/b?c=1")
+    assert plain.status == 301
+    assert plain.getheader("Location") == f"https://localhost:{edge.tls_port}/a/b?c=1"
+    assert plain.getheader("Set-Cookie") is None
+    tls = edge.get("https")
+    assert tls.status == 200 and tls.getheader("Set-Cookie", "").endswith("; Secure")
+    assert tls.getheader("Set-Cookie", "").count("Secure") == 1
+
+
+def lbsync(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "lbsync", *args], capture_output=True,
+                          text=True, timeout=60, check=False)
