@@ -208,19 +208,26 @@ def fingerprint(text: str) -> str:
     return ""
 
 
+def listed(path: Path) -> list[Path]:
+    """The files `crt PATH` names, unchecked: PATH, or the certificates of the folder PATH
+    (HAProxy's extra files and dot files left out); [] when there is nothing there."""
+    try:
+        if path.is_dir():
+            return sorted(p for p in path.iterdir() if p.is_file()
+                          and not p.name.startswith(".") and not p.name.endswith(_EXTRA_SUFFIXES))
+    except OSError:
+        return []
+    return [path] if path.exists() else []
+
+
 def cert_files(path: Path) -> list[Path]:
     """The certificate files `crt PATH` loads: PATH itself, or each file of the folder
     PATH (SNI picks among them). CertError naming the file when one is missing or is not
     a PEM with a key."""
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith(".")
-                       and not p.name.endswith(_EXTRA_SUFFIXES))
-        if not files:
-            raise CertError(f"{path} is a folder with no certificate file in it")
-    elif path.exists():
-        files = [path]
-    else:
-        raise CertError(f"{path} does not exist (a PEM with its key, or a folder of them)")
+    files = listed(path)
+    if not files:
+        raise CertError(f"{path} is a folder with no certificate file in it" if path.is_dir()
+                        else f"{path} does not exist (a PEM with its key, or a folder of them)")
     for file in files:
         try:
             text = file.read_text(encoding="ascii", errors="replace")

@@ -12,6 +12,7 @@ import base64
 import dataclasses
 import hashlib
 import http.client
+import os
 import socket
 import ssl
 import subprocess
@@ -20,11 +21,13 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
 from haproxy_fixtures import HAProxyBin
 
 from lbsync.haproxy.binary import check_haproxy_config
@@ -33,9 +36,9 @@ from lbsync.haproxy.runtime import RuntimeAPI
 from lbsync.model import Server
 from lbsync.render import ConfigPipeline
 from lbsync.settings import Settings
-from tests.rig.certs import make_pem
+from tests.rig.certs import common_name, make_pem, served_cert
 from tests.rig.haproxy import start_master, wait_ready
-from tests.rig.procs import free_port, reap
+from tests.rig.procs import free_port, reap, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -306,6 +309,103 @@ def test_redirect_sends_plain_http_to_the_tls_port_and_the_cookie_is_secure(
     assert tls.getheader("Set-Cookie", "").count("Secure") == 1
 
 
-def lbsync(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "lbsync", *args], capture_output=True,
-                          text=True, timeout=60, check=False)
+# --- rotation by `lbsync agent` ----------------------------------------------------------
+
+
+def agent_flags(s: Settings, haproxy: HAProxyBin) -> list[str]:
+    return ["--registry-dir", str(s.registry_dir), "--haproxy-config", str(s.haproxy_config),
+            "--runtime-socket", s.runtime_socket, "--runtime-tcp", "",
+            "--master-socket", s.master_socket, "--frontend-bind", s.frontend_bind,
+            "--stats-bind", s.stats_bind, "--tls-cert", str(s.tls_cert),
+            "--tls-bind", s.tls_bind, "--haproxy-bin", haproxy.path, "--serf-rpc", ""]
+
+
+@dataclass
+class Agent:
+    process: subprocess.Popen[bytes]
+    log: Path
+
+    def text(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+@pytest.fixture
+def agent_factory() -> Iterator[Any]:
+    started: list[Agent] = []
+
+    def start(edge: Edge) -> Agent:
+        edge.settings.registry_dir.mkdir(exist_ok=True)
+        log = edge.workdir / "agent.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "lbsync", "agent",
+                 *agent_flags(edge.settings, edge.haproxy)],
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+                env={k: v for k, v in os.environ.items() if not k.startswith("LBSYNC_")})
+        agent = Agent(process, log)
+        started.append(agent)
+        wait_for(lambda: process.poll() is None and "start version=" in agent.text(), 20,
+                 "lbsync agent's start")
+        return agent
+
+    try:
+        yield start
+    finally:
+        for agent in started:
+            reap(agent.process, 10)
+
+
+def serial(pem: str) -> int:
+    return x509.load_pem_x509_certificate(pem.encode()).serial_number
+
+
+def write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".new")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def test_agent_rotates_the_certificate_file_without_a_reload(
+        edge_factory: Any, agent_factory: Any) -> None:
+    edge: Edge = edge_factory()
+    agent: Agent = agent_factory(edge)
+    port = edge.tls_port
+    first = edge.pem.read_text()
+    assert served_cert(ADDR, port).serial_number == serial(first)
+    before = edge.master().status()
+    held = socket.create_connection((ADDR, port), timeout=5)
+    held_tls = edge.tls_context(["http/1.1"]).wrap_socket(held)
+    try:
+        second = make_pem("second")
+        write_atomically(edge.pem, second)
+        wait_for(lambda: served_cert(ADDR, port).serial_number == serial(second), 15,
+                 "the second certificate served")
+        assert common_name(served_cert(ADDR, port)) == "second"
+        assert "rotated certificate=" in agent.text()
+        # The connection opened before the rotation goes on.
+        held_tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        assert held_tls.recv(4096).startswith(b"HTTP/1.1 200")
+    finally:
+        held_tls.close()
+    after = edge.master().status()
+    assert after.reloads == before.reloads
+    assert after.workers == before.workers and after.master_pid == before.master_pid
+
+    # Refused: a key that is not the certificate's, then an expired certificate. Each is
+    # one error in the agent's log, and the second certificate stays served.
+    cert_part = make_pem("mismatched").split("-----BEGIN PRIVATE KEY-----")[0]
+    other_key = make_pem("x").split("-----END CERTIFICATE-----\n")[1]
+    for bad, reason in ((cert_part + other_key, "inconsistencies between private key"),
+                        (make_pem("expired", days=1,
+                                  start=datetime.now(UTC) - timedelta(days=3)), "expired on")):
+        errors = agent.text().count("not rotated")
+        write_atomically(edge.pem, bad)
+        wait_for(lambda n=errors: agent.text().count("not rotated") == n + 1, 15,
+                 f"the agent's refusal ({reason})")
+        line = [ln for ln in agent.text().splitlines() if "not rotated" in ln][-1]
+        assert reason in line and str(edge.pem) in line and "keeps serving /CN=second" in line
+        assert served_cert(ADDR, port).serial_number == serial(second)
+    assert agent.text().count("not rotated") == 2, "each refusal logged once"
+    assert edge.master().status().reloads == before.reloads
+    assert agent.process.poll() is None
