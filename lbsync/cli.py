@@ -304,9 +304,11 @@ def down(timeout: str, cluster_dir: Path | None) -> None:
 
 @main.command()
 @table_options("status")
-@click.option("--check", is_flag=True, help="exit 1 on any drift between Serf, HAProxy, config")
+@click.option("--check", is_flag=True, help="exit 1 on any drift between Serf, HAProxy, config, "
+              "or a certificate expiring within --cert-expiry-margin days")
 def status(check: bool, **kw: Any) -> None:
-    """Each member's Serf status, HAProxy server state and presence in haproxy.cfg."""
+    """Each member's Serf status, HAProxy server state and presence in haproxy.cfg; with
+    --tls-cert, each certificate HAProxy serves (subject, names, notAfter)."""
     from .haproxy.runtime import RuntimeAPI
     from .registry import Registry
     from .serf.rpc import SerfRPC
@@ -328,10 +330,34 @@ def status(check: bool, **kw: Any) -> None:
             f"--haproxy-config: cannot read {settings.haproxy_config} ({e})") from None
     rows = status_rows(members_, actual, config_servers(text), settings, version)
     click.echo(format_table(rows))
-    drifted = [r.name for r in rows if r.drift]
-    if check and drifted:
-        click.echo(f"lbsync: drift on {len(drifted)} member(s): {', '.join(drifted)}", err=True)
+    problems = []
+    if drifted := [r.name for r in rows if r.drift]:
+        problems.append(f"drift on {len(drifted)} member(s): {', '.join(drifted)}")
+    if settings.tls_cert is not None:
+        problems += _status_certs(settings)
+    if check and problems:
+        for problem in problems:
+            click.echo(f"lbsync: {problem}", err=True)
         sys.exit(1)
+
+
+def _status_certs(settings: Settings) -> list[str]:
+    """Print the certificates HAProxy serves; `status --check`'s lines for those expiring
+    within --cert-expiry-margin days."""
+    from datetime import UTC, datetime
+
+    from .haproxy.certs import Certificates
+    from .status import cert_rows, format_certs
+
+    certs = Certificates(settings.runtime_socket)
+    rows = cert_rows([certs.info(f) for f in certs.files()], datetime.now(UTC),
+                     settings.cert_expiry_margin)
+    click.echo("")
+    click.echo(format_certs(rows, settings.cert_expiry_margin))
+    if not rows:
+        return [f"HAProxy serves no certificate although --tls-cert is {settings.tls_cert}"]
+    return [f"{r.problem} (--cert-expiry-margin {settings.cert_expiry_margin} days)"
+            for r in rows if r.expiring]
 
 
 # --- edge node ---------------------------------------------------------------------------

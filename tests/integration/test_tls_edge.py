@@ -154,16 +154,17 @@ def edge_factory(haproxy_bin: HAProxyBin, tmp_path: Path, app: int) -> Iterator[
     started: list[Edge] = []
     logs: list[Any] = []
 
-    def make(**changes: Any) -> Edge:
+    def make(*, days: int = 30, with_app: bool = True, **changes: Any) -> Edge:
         workdir = Path(tempfile.mkdtemp(prefix="lbsync-tls-", dir="/tmp"))  # short sockets
         pem = tmp_path / f"site{len(started)}.pem"
-        pem.write_text(make_pem("first"))
+        pem.write_text(make_pem("first", days=days, names=("localhost", "edge.example")))
         settings = settings_for(workdir, pem, **changes)
         settings.state_file.write_text("1\n")
         pipeline = ConfigPipeline(settings, lambda p: check_haproxy_config(p, haproxy_bin.path))
         server = Server("app1", ADDR, app, 100,
                         "app1" if haproxy_bin.explicit_cookies else None)
-        pipeline.install(pipeline.render([server], haproxy_bin.explicit_cookies))
+        pipeline.install(pipeline.render([server] if with_app else [],
+                                         haproxy_bin.explicit_cookies))
         log = (workdir / "haproxy.log").open("wb")
         logs.append(log)
         process = start_master(settings.haproxy_config, settings.master_socket,
@@ -409,3 +410,41 @@ def test_agent_rotates_the_certificate_file_without_a_reload(
     assert agent.text().count("not rotated") == 2, "each refusal logged once"
     assert edge.master().status().reloads == before.reloads
     assert agent.process.poll() is None
+
+
+# --- lbsync status -----------------------------------------------------------------------
+
+
+def status_flags(s: Settings) -> list[str]:
+    return ["--registry-dir", str(s.registry_dir), "--haproxy-config", str(s.haproxy_config),
+            "--runtime-socket", s.runtime_socket, "--master-socket", s.master_socket,
+            "--tls-cert", str(s.tls_cert), "--serf-rpc", ""]
+
+
+def lbsync_status(edge: Edge, *args: str) -> subprocess.CompletedProcess[str]:
+    edge.settings.registry_dir.mkdir(exist_ok=True)
+    return subprocess.run(
+        [sys.executable, "-m", "lbsync", "status", *status_flags(edge.settings), *args],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={k: v for k, v in os.environ.items() if not k.startswith("LBSYNC_")})
+
+
+def test_status_lists_the_served_certificate_and_check_fails_near_expiry(
+        edge_factory: Any) -> None:
+    edge: Edge = edge_factory(days=10, with_app=False)
+    served = served_cert(ADDR, edge.tls_port)
+    not_after = f"{served.not_valid_after_utc:%Y-%m-%d %H:%M} UTC"
+    ok = lbsync_status(edge, "--check", "--cert-expiry-margin", "5")
+    assert ok.returncode == 0, ok.stderr
+    line = next(ln for ln in ok.stdout.splitlines() if ln.startswith(str(edge.pem)))
+    assert "/CN=first" in line and "localhost,edge.example" in line and not_after in line
+    assert "ok, 10 days left" in line or "ok, 9 days left" in line
+    near = lbsync_status(edge, "--check")  # the default margin: 14 days
+    assert near.returncode == 1
+    errors = near.stderr.strip().splitlines()
+    assert len(errors) == 1, errors
+    assert errors[0] == (f"lbsync: certificate {edge.pem} (/CN=first) expires on "
+                         f"{not_after}, in 10.0 days (--cert-expiry-margin 14 days)")
+    # Without --check the same is shown, and the exit is 0.
+    shown = lbsync_status(edge)
+    assert shown.returncode == 0 and "EXPIRES in 10 days (margin 14)" in shown.stdout
