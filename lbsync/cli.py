@@ -250,13 +250,14 @@ _NET_OPTION = click.option("--net", type=click.IntRange(0, 255), default=0, show
                            help="use 127.NET.0.x addresses (0: 127.0.0.1 and 127.0.0.11+)")
 
 
-def _layout(dir_: Path | None, net: int | None = None) -> Any:
+def _layout(dir_: Path | None, net: int | None = None, tls: bool = False) -> Any:
     from .cluster.local import Layout, check_dir, default_dir, read_state
 
     path = check_dir(dir_ or default_dir())
-    if net is None:  # an existing cluster knows its own addresses
-        net = int(read_state(Layout(path)).get("net", 0))
-    return Layout(path, net)
+    if net is None:  # an existing cluster knows its own addresses, and whether it has TLS
+        state = read_state(Layout(path))
+        net, tls = int(state.get("net", 0)), bool(state.get("tls", False))
+    return Layout(path, net, tls)
 
 
 @main.command()
@@ -264,9 +265,11 @@ def _layout(dir_: Path | None, net: int | None = None) -> Any:
 @click.option("--proxies", type=click.IntRange(1, 64), default=None,
               help="Crossbar proxy workers per node (default: 2 x CPU cores)")
 @click.option("--timeout", default="120s", show_default=True, help="longest wait for UP")
+@click.option("--tls", is_flag=True,
+              help="also https:// and wss:// on :8443, with a local CA made in DIR/tls")
 @table_options("up")
 @_NET_OPTION
-def up(nodes: int, proxies: int | None, timeout: str, net: int, **kw: Any) -> None:
+def up(nodes: int, proxies: int | None, timeout: str, tls: bool, net: int, **kw: Any) -> None:
     """Run HAProxy, Serf, lbsync and N Crossbar edge nodes on this machine (supervisord)."""
     from .cluster.lifecycle import up as run_up
 
@@ -275,7 +278,7 @@ def up(nodes: int, proxies: int | None, timeout: str, net: int, **kw: Any) -> No
         from .edge.crossbar import default_proxies
 
         proxies = default_proxies()
-    run_up(_layout(v["cluster_dir"], net), nodes, proxies, v["drain_timeout"],
+    run_up(_layout(v["cluster_dir"], net, tls), nodes, proxies, v["drain_timeout"],
            parse_duration(timeout, "--timeout"))
 
 

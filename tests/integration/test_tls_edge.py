@@ -448,3 +448,51 @@ def test_status_lists_the_served_certificate_and_check_fails_near_expiry(
     # Without --check the same is shown, and the exit is 0.
     shown = lbsync_status(edge)
     assert shown.returncode == 0 and "EXPIRES in 10 days (margin 14)" in shown.stdout
+
+
+# --- lbsync up --tls ---------------------------------------------------------------------
+
+
+def test_the_local_clusters_tls_is_what_haproxy_serves_and_its_ca_verifies(
+        haproxy_bin: HAProxyBin) -> None:
+    """What `lbsync up --tls --net 158` writes (its CA, site.pem, lbsync.env) rendered by
+    `lbsync render` as supervisord runs it, served by HAProxy, verified through the CA
+    (no Crossbar node: the TLS side alone)."""
+    import shutil
+
+    from lbsync.cluster.local import ENV_FILE, Layout, write_files
+
+    if not (Path(sys.executable).parent / "crossbar").exists():
+        pytest.skip("the cluster's supervisord.conf names the crossbar binary")
+    layout = Layout(Path(tempfile.mkdtemp(prefix="lbsync-up-", dir="/tmp")), net=158, tls=True)
+    log = (layout.dir / "haproxy.log").open("wb")
+    process: subprocess.Popen[bytes] | None = None
+    try:
+        write_files(layout, [1], proxies=1, drain_timeout=5)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LBSYNC_")}
+        env.update(line.split("=", 1) for line in
+                   (layout.dir / ENV_FILE).read_text().splitlines())
+        env["LBSYNC_HAPROXY_BIN"] = haproxy_bin.path
+        rendered = subprocess.run([sys.executable, "-m", "lbsync", "render"], env=env,
+                                  capture_output=True, text=True, timeout=60, check=False)
+        assert rendered.returncode == 0, rendered.stderr
+        process = start_master(layout.lb["config"], layout.lb["master_socket"],
+                               binary=haproxy_bin.path, output=log)
+        wait_ready(RuntimeAPI(layout.lb["admin_socket"]), timeout=10)
+        ca = layout.tls_dir / "ca.pem"
+        for name in ("localhost", layout.lb_ip):
+            ctx = ssl.create_default_context(cafile=str(ca))  # verifies chain and name
+            with socket.create_connection((layout.lb_ip, 8443), timeout=5) as raw, \
+                    ctx.wrap_socket(raw, server_hostname=name) as conn:
+                conn.sendall(b"GET /info HTTP/1.1\r\nHost: localhost\r\n\r\n")
+                assert conn.recv(4096).startswith(b"HTTP/1.1 503")  # no node: the TLS side
+        strict = ssl.create_default_context(cafile=str(ca))
+        with socket.create_connection((layout.lb_ip, 8443), timeout=5) as raw, \
+                pytest.raises(ssl.SSLCertVerificationError):
+            strict.wrap_socket(raw, server_hostname="other.example")
+        assert f"curl --cacert {ca} https://{layout.lb_ip}:8443/info" in layout.endpoints()
+    finally:
+        if process is not None:
+            reap(process, 5)
+        log.close()
+        shutil.rmtree(layout.dir, ignore_errors=True)
