@@ -154,10 +154,17 @@ def edge_factory(haproxy_bin: HAProxyBin, tmp_path: Path, app: int) -> Iterator[
     started: list[Edge] = []
     logs: list[Any] = []
 
-    def make(*, days: int = 30, with_app: bool = True, **changes: Any) -> Edge:
+    def make(*, days: int = 30, with_app: bool = True, sni: tuple[str, ...] = (),
+             **changes: Any) -> Edge:
         workdir = Path(tempfile.mkdtemp(prefix="lbsync-tls-", dir="/tmp"))  # short sockets
         pem = tmp_path / f"site{len(started)}.pem"
-        pem.write_text(make_pem("first", days=days, names=("localhost", "edge.example")))
+        if sni:  # a folder: one certificate per name
+            pem = pem.with_suffix("")
+            pem.mkdir()
+            for name in sni:
+                (pem / f"{name}.pem").write_text(make_pem(name, names=(name,)))
+        else:
+            pem.write_text(make_pem("first", days=days, names=("localhost", "edge.example")))
         settings = settings_for(workdir, pem, **changes)
         settings.state_file.write_text("1\n")
         pipeline = ConfigPipeline(settings, lambda p: check_haproxy_config(p, haproxy_bin.path))
@@ -411,6 +418,24 @@ def test_agent_rotates_the_certificate_file_without_a_reload(
     assert agent.text().count("not rotated") == 2, "each refusal logged once"
     assert edge.master().status().reloads == before.reloads
     assert agent.process.poll() is None
+
+
+def test_agent_rotates_one_certificate_of_a_folder_by_its_name(
+        edge_factory: Any, agent_factory: Any) -> None:
+    edge: Edge = edge_factory(sni=("a.example", "b.example"))
+    agent: Agent = agent_factory(edge)
+    port = edge.tls_port
+    a_serial = served_cert(ADDR, port, "a.example").serial_number
+    assert common_name(served_cert(ADDR, port, "b.example")) == "b.example"
+    before = edge.master().status()
+    b2 = make_pem("b2", names=("b.example",))
+    write_atomically(edge.pem / "b.example.pem", b2)
+    wait_for(lambda: served_cert(ADDR, port, "b.example").serial_number == serial(b2), 15,
+             "b.example's new certificate served")
+    assert served_cert(ADDR, port, "a.example").serial_number == a_serial
+    assert agent.text().count("rotated certificate=") == 1
+    assert f"rotated certificate={edge.pem / 'b.example.pem'}" in agent.text()
+    assert edge.master().status().reloads == before.reloads
 
 
 # --- lbsync status -----------------------------------------------------------------------
