@@ -199,3 +199,18 @@ def test_a_crashing_poll_does_not_stop_the_loop(tmp_path: Path,
         loop.handle([], CERT_POLL_INTERVAL)
     assert broken.calls == 2 and passes.calls == [0.0]
     assert "certificate poll crashed" in caplog.text
+
+
+def test_the_daemon_watches_the_tls_cert_only_when_set(tmp_path: Path, pem: Path) -> None:
+    import dataclasses
+
+    from lbsync.daemon import cert_watch
+    from lbsync.settings import Settings
+
+    assert cert_watch(Settings()) is None
+    watch = cert_watch(dataclasses.replace(Settings(), tls_cert=tmp_path,
+                                           runtime_socket=str(tmp_path / "admin.sock")))
+    assert watch is not None
+    assert watch.files() == [pem]  # the folder, listed on each poll
+    (tmp_path / "other.pem").write_text(make_pem("other"))
+    assert watch.files() == [tmp_path / "other.pem", pem]
