@@ -250,13 +250,14 @@ _NET_OPTION = click.option("--net", type=click.IntRange(0, 255), default=0, show
                            help="use 127.NET.0.x addresses (0: 127.0.0.1 and 127.0.0.11+)")
 
 
-def _layout(dir_: Path | None, net: int | None = None) -> Any:
+def _layout(dir_: Path | None, net: int | None = None, tls: bool = False) -> Any:
     from .cluster.local import Layout, check_dir, default_dir, read_state
 
     path = check_dir(dir_ or default_dir())
-    if net is None:  # an existing cluster knows its own addresses
-        net = int(read_state(Layout(path)).get("net", 0))
-    return Layout(path, net)
+    if net is None:  # an existing cluster knows its own addresses, and whether it has TLS
+        state = read_state(Layout(path))
+        net, tls = int(state.get("net", 0)), bool(state.get("tls", False))
+    return Layout(path, net, tls)
 
 
 @main.command()
@@ -264,9 +265,11 @@ def _layout(dir_: Path | None, net: int | None = None) -> Any:
 @click.option("--proxies", type=click.IntRange(1, 64), default=None,
               help="Crossbar proxy workers per node (default: 2 x CPU cores)")
 @click.option("--timeout", default="120s", show_default=True, help="longest wait for UP")
+@click.option("--tls", is_flag=True,
+              help="also https:// and wss:// on :8443, with a local CA made in DIR/tls")
 @table_options("up")
 @_NET_OPTION
-def up(nodes: int, proxies: int | None, timeout: str, net: int, **kw: Any) -> None:
+def up(nodes: int, proxies: int | None, timeout: str, tls: bool, net: int, **kw: Any) -> None:
     """Run HAProxy, Serf, lbsync and N Crossbar edge nodes on this machine (supervisord)."""
     from .cluster.lifecycle import up as run_up
 
@@ -275,7 +278,7 @@ def up(nodes: int, proxies: int | None, timeout: str, net: int, **kw: Any) -> No
         from .edge.crossbar import default_proxies
 
         proxies = default_proxies()
-    run_up(_layout(v["cluster_dir"], net), nodes, proxies, v["drain_timeout"],
+    run_up(_layout(v["cluster_dir"], net, tls), nodes, proxies, v["drain_timeout"],
            parse_duration(timeout, "--timeout"))
 
 
@@ -304,9 +307,11 @@ def down(timeout: str, cluster_dir: Path | None) -> None:
 
 @main.command()
 @table_options("status")
-@click.option("--check", is_flag=True, help="exit 1 on any drift between Serf, HAProxy, config")
+@click.option("--check", is_flag=True, help="exit 1 on any drift between Serf, HAProxy, config, "
+              "or a certificate expiring within --cert-expiry-margin days")
 def status(check: bool, **kw: Any) -> None:
-    """Each member's Serf status, HAProxy server state and presence in haproxy.cfg."""
+    """Each member's Serf status, HAProxy server state and presence in haproxy.cfg; with
+    --tls-cert, each certificate HAProxy serves (subject, names, notAfter)."""
     from .haproxy.runtime import RuntimeAPI
     from .registry import Registry
     from .serf.rpc import SerfRPC
@@ -328,10 +333,34 @@ def status(check: bool, **kw: Any) -> None:
             f"--haproxy-config: cannot read {settings.haproxy_config} ({e})") from None
     rows = status_rows(members_, actual, config_servers(text), settings, version)
     click.echo(format_table(rows))
-    drifted = [r.name for r in rows if r.drift]
-    if check and drifted:
-        click.echo(f"lbsync: drift on {len(drifted)} member(s): {', '.join(drifted)}", err=True)
+    problems = []
+    if drifted := [r.name for r in rows if r.drift]:
+        problems.append(f"drift on {len(drifted)} member(s): {', '.join(drifted)}")
+    if settings.tls_cert is not None:
+        problems += _status_certs(settings)
+    if check and problems:
+        for problem in problems:
+            click.echo(f"lbsync: {problem}", err=True)
         sys.exit(1)
+
+
+def _status_certs(settings: Settings) -> list[str]:
+    """Print the certificates HAProxy serves; `status --check`'s lines for those expiring
+    within --cert-expiry-margin days."""
+    from datetime import UTC, datetime
+
+    from .haproxy.certs import Certificates
+    from .status import cert_rows, format_certs
+
+    certs = Certificates(settings.runtime_socket)
+    rows = cert_rows([certs.info(f) for f in certs.files()], datetime.now(UTC),
+                     settings.cert_expiry_margin)
+    click.echo("")
+    click.echo(format_certs(rows, settings.cert_expiry_margin))
+    if not rows:
+        return [f"HAProxy serves no certificate although --tls-cert is {settings.tls_cert}"]
+    return [f"{r.problem} (--cert-expiry-margin {settings.cert_expiry_margin} days)"
+            for r in rows if r.expiring]
 
 
 # --- edge node ---------------------------------------------------------------------------

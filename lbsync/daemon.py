@@ -19,7 +19,9 @@ import threading
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from .certwatch import CertWatch
 from .haproxy.binary import check_haproxy_config, haproxy_version
+from .haproxy.certs import Certificates, listed
 from .haproxy.master import MasterCLI
 from .haproxy.runtime import RuntimeAPI, response_error
 from .loop import TOUCHED, Loop, RealClock, Snapshot
@@ -88,6 +90,14 @@ class LatestMembers:
         return {m.name: m for m in self.members}
 
 
+def cert_watch(settings: Settings) -> CertWatch | None:
+    """With --tls-cert: its files rotated through the admin Runtime API, no reload."""
+    tls_cert = settings.tls_cert
+    if tls_cert is None:
+        return None
+    return CertWatch(lambda: listed(tls_cert), Certificates(settings.runtime_socket))
+
+
 def run_daemon(settings: Settings, stop: threading.Event, metrics: Metrics | None = None,
               metrics_server: MetricsServer | None = None) -> None:
     """Follow and reconcile until `stop` is set. `metrics_server` (already bound, serving
@@ -104,11 +114,12 @@ def run_daemon(settings: Settings, stop: threading.Event, metrics: Metrics | Non
         haproxy_check=lambda p: check_haproxy_config(p, settings.haproxy_bin),
         response_error=response_error,
     ))
-    log.info("start version=haproxy-%s registry=%s runtime=%s serf=%s metrics=%s",
+    log.info("start version=haproxy-%s registry=%s runtime=%s serf=%s metrics=%s tls=%s",
              ".".join(map(str, version)), settings.registry_dir, settings.runtime_socket,
              f"{settings.serf_rpc[0]}:{settings.serf_rpc[1]}" if settings.serf_rpc
              else "off (registry only)",
-             f"http://{settings.metrics_bind}/metrics" if metrics_server else "off")
+             f"http://{settings.metrics_bind}/metrics" if metrics_server else "off",
+             settings.tls_cert or "off")
     metrics.set_build(version)
     latest = LatestMembers()
     metrics.watch(Views(
@@ -143,7 +154,7 @@ def run_daemon(settings: Settings, stop: threading.Event, metrics: Metrics | Non
             latest.follower = follower
             follower.start()
         Loop(registry, reconciler, metrics, RealClock(), serf=bool(settings.serf_rpc),
-             resync_interval=settings.resync_interval).run(q, stop)
+             resync_interval=settings.resync_interval, certs=cert_watch(settings)).run(q, stop)
     finally:
         if follower is not None:
             follower.stop()

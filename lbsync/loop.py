@@ -6,6 +6,8 @@ the latest members snapshot re-syncs it (duplicates skipped), and one reconcile 
 follows, so a burst of events costs one pass. A timer (`--resync-interval`) reconciles
 and re-syncs the registry from the last snapshot anyway, which heals lost events; while a
 drain or a reload is pending (or a pass failed) the loop comes back every BUSY_INTERVAL.
+With TLS on, the certificate files are polled every CERT_POLL_INTERVAL too
+(lbsync.certwatch: a stat each, HAProxy asked only when one changed).
 
 The clock is injected: `run()` wires the real one and the queue, tests drive `handle` and
 `tick` with plain numbers.
@@ -30,6 +32,7 @@ log = logging.getLogger("lbsync.loop")
 
 BUSY_INTERVAL = 0.25  # while a drain or a reload is pending, or after a failed pass
 IDLE_INTERVAL = 1.0  # the longest wait for an event (so a stop is seen soon)
+CERT_POLL_INTERVAL = 1.0  # how often the certificate files are looked at (a stat each)
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,12 @@ class RealClock:
         return time.time()
 
 
+class CertPoll(Protocol):
+    """The certificate files' watch (lbsync.certwatch.CertWatch)."""
+
+    def poll(self) -> object: ...
+
+
 class Pass(Protocol):
     """One reconcile pass (lbsync.reconcile.Reconciler)."""
 
@@ -75,7 +84,8 @@ def snapshot_key(members: list[Member]) -> _Key:
 
 class Loop:
     def __init__(self, registry: Registry, reconciler: Pass, metrics: Metrics, clock: Clock,
-                 *, serf: bool, resync_interval: float) -> None:
+                 *, serf: bool, resync_interval: float, certs: CertPoll | None = None,
+                 ) -> None:
         self.registry = registry
         self.reconciler = reconciler
         self.metrics = metrics
@@ -86,11 +96,16 @@ class Loop:
         self.last_snapshot: Snapshot | None = None
         self.next_resync = 0.0  # reconcile at once on start
         self.busy = False
+        self.certs = certs
+        self.next_cert_poll = 0.0
 
     def timeout(self, now: float) -> float:
         """How long to wait for the next event before `tick`."""
-        return min(BUSY_INTERVAL if self.busy else IDLE_INTERVAL,
+        wait = min(BUSY_INTERVAL if self.busy else IDLE_INTERVAL,
                    max(0.0, self.next_resync - now))
+        if self.certs is not None:
+            wait = min(wait, max(0.0, self.next_cert_poll - now))
+        return wait
 
     def tick(self, now: float) -> TickResult | None:
         """No event came: reconcile if the timer or a pending drain asks for it."""
@@ -126,7 +141,18 @@ class Loop:
             result = self._reconcile(now)
         if resync:
             self.next_resync = now + self.resync_interval
+        if self.certs is not None and now >= self.next_cert_poll:
+            self._poll_certs()
+            self.next_cert_poll = now + CERT_POLL_INTERVAL
         return result
+
+    def _poll_certs(self) -> None:
+        assert self.certs is not None
+        try:
+            self.certs.poll()
+        except Exception:
+            # As for a pass: a bug here must not stop the load balancer.
+            log.exception("certificate poll crashed; retrying")
 
     def run(self, q: queue.Queue[object], stop: threading.Event) -> None:
         """Until `stop` is set: wait for events (or the timer), drain the queue, handle."""

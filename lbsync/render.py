@@ -18,7 +18,7 @@ from . import __version__
 from .desired import server_args
 from .files import atomic_write, candidate_file
 from .model import LbsyncError, Server
-from .settings import Settings, is_unix_socket
+from .settings import Settings, is_unix_socket, parse_hostport
 
 BEGIN = "# lbsync:servers begin"
 END = "# lbsync:servers end"
@@ -54,6 +54,14 @@ def render_text(label: str, source: str, context: dict[str, object]) -> str:
         raise RenderError(f"template {label}: {e}") from None
 
 
+# Mozilla's "intermediate" server profile (TLS 1.2 ciphers; TLS 1.3 suites).
+TLS_CIPHERS = ":".join((
+    "ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+    "ECDHE-ECDSA-AES256-GCM-SHA384", "ECDHE-RSA-AES256-GCM-SHA384",
+    "ECDHE-ECDSA-CHACHA20-POLY1305", "ECDHE-RSA-CHACHA20-POLY1305"))
+TLS_CIPHERSUITES = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
+
+
 def haproxy_context(settings: Settings, servers: Sequence[Server],
                     explicit_cookies: bool) -> dict[str, object]:
     return {
@@ -64,6 +72,11 @@ def haproxy_context(settings: Settings, servers: Sequence[Server],
         "state_file": str(settings.state_file),
         "explicit_cookies": explicit_cookies,
         "check_inter_ms": max(1, round(settings.check_inter * 1000)),
+        "tls_ciphers": TLS_CIPHERS,
+        "tls_ciphersuites": TLS_CIPHERSUITES,
+        "tls_port": parse_hostport(settings.tls_bind, "--tls-bind", host_required=False)[1],
+        # A cookie name is [A-Za-z0-9_.-]: only '.' means more in a regex.
+        "cookie_regex": settings.cookie_name.replace(".", "\\."),
         "servers": [
             {"name": s.name, "hostport": f"{s.addr}:{s.port}", "args": server_args(s, settings)}
             for s in servers

@@ -14,6 +14,7 @@ reload) is derived from settings and the template alone, never from membership.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass, field, fields
@@ -79,6 +80,24 @@ def _hostport_or_none(value: str, what: str) -> tuple[str, int] | None:
 
 def _or_none(value: str, _what: str) -> str | None:
     return value or None
+
+
+SWITCH = {"on": True, "off": False, "true": True, "false": False, "yes": True, "no": False,
+          "1": True, "0": False}
+
+
+def parse_switch(value: str, what: str) -> bool:
+    """on/off (true/false, yes/no, 1/0) -> bool."""
+    try:
+        return SWITCH[value.strip().lower()]
+    except KeyError:
+        raise SettingsError(f"{what}: {value!r} is not on or off") from None
+
+
+def _abs_path_or_none(value: str, _what: str) -> Path | None:
+    """A path made absolute but not resolved: HAProxy names a certificate by the path its
+    `crt` was given, and a symlink (a mounted secret's) must stay the name lbsync uses."""
+    return Path(os.path.abspath(value)) if value else None
 
 
 # --- the table ---------------------------------------------------------------------------
@@ -179,6 +198,18 @@ TABLE: tuple[Setting, ...] = (
          "HAProxy master CLI socket (haproxy -W -S)"),
     _row("frontend_bind", "*:8080", "HTTP frontend bind address"),
     _row("stats_bind", "127.0.0.1:1936", "stats page bind address"),
+    # TLS at the edge: off unless a certificate is given. Its file is rotated through the
+    # Runtime API when it changes (no reload); a folder is SNI, one certificate per file.
+    _row("tls_cert", "", "PEM file (certificate + key) or folder of them (SNI) the frontend "
+         "serves https:// and wss:// with ('' = no TLS); rotated without reload when it "
+         "changes", convert=_abs_path_or_none),
+    _row("tls_bind", "*:8443", "HTTPS frontend bind address (with --tls-cert)"),
+    _row("tls_redirect", "off", "on: redirect plain HTTP to HTTPS (301), and the sticky "
+         "cookie is Secure", convert=parse_switch),
+    _row("hsts", "0", "Strict-Transport-Security max-age in seconds on HTTPS responses "
+         "(0 = none)", kind=int),
+    _row("cert_expiry_margin", "14", "`status --check` fails when a served certificate "
+         "expires within this many days", kind=int),
     _row("cookie_name", "SERVERID", "sticky-session cookie name"),
     # Shared by every load balancer on 2.6-2.9 so they all hand out the same cookies.
     _row("cookie_key", "lbsync", "dynamic-cookie-key shared by all load balancers (<3.0)"),
@@ -348,6 +379,11 @@ class Settings:
     master_socket: str = default("master_socket")
     frontend_bind: str = default("frontend_bind")
     stats_bind: str = default("stats_bind")
+    tls_cert: Path | None = default("tls_cert")  # None: no TLS
+    tls_bind: str = default("tls_bind")
+    tls_redirect: bool = default("tls_redirect")
+    hsts: int = default("hsts")
+    cert_expiry_margin: int = default("cert_expiry_margin")
     cookie_name: str = default("cookie_name")
     cookie_key: str = default("cookie_key")
     check_path: str = default("check_path")
@@ -380,7 +416,9 @@ class Settings:
         try:
             values["serf_auth_key"] = auth_key(values["serf_auth_key"],
                                                values["serf_auth_key_file"])
-            return cls(**values).check()
+            settings = cls(**values).check()
+            settings.cert_files()  # a missing certificate or one with no key fails here
+            return settings
         except LbsyncError as e:
             raise _blame(e, from_env) from None
 
@@ -420,6 +458,14 @@ class Settings:
                 raise SettingsError(f"{what(name)}: cannot be negative")
         parse_hostport(self.frontend_bind, what("frontend_bind"), host_required=False)
         parse_hostport(self.stats_bind, what("stats_bind"), host_required=False)
+        parse_hostport(self.tls_bind, what("tls_bind"), host_required=False)
+        for name in ("hsts", "cert_expiry_margin"):
+            if getattr(self, name) < 0:
+                raise SettingsError(f"{what(name)}: cannot be negative")
+        if self.tls_cert is None:
+            for name in ("tls_redirect", "hsts"):
+                if getattr(self, name):
+                    raise SettingsError(f"{what(name)} needs {what('tls_cert')}")
         if self.runtime_tcp:
             parse_hostport(self.runtime_tcp, what("runtime_tcp"))
         if self.runtime_tcp_level not in RUNTIME_LEVELS:
@@ -434,8 +480,20 @@ class Settings:
             parse_hostport(self.metrics_bind, what("metrics_bind"), host_required=False)
         if not is_unix_socket(self.runtime_socket):
             parse_hostport(self.runtime_socket, what("runtime_socket"))
-        for name in ("runtime_socket", "master_socket", "haproxy_config"):
+        for name in ("runtime_socket", "master_socket", "haproxy_config", "tls_cert"):
             path = str(getattr(self, name))
             if any(c.isspace() or c in "\"'#;" for c in path):
                 raise SettingsError(f"{what(name)}: {path!r} has spaces, quotes, '#' or ';'")
         return self
+
+    def cert_files(self) -> list[Path]:
+        """The certificate files the frontend serves (none without --tls-cert), each
+        checked to be a PEM with its key: SettingsError naming the file if not."""
+        from .haproxy.certs import cert_files
+
+        if self.tls_cert is None:
+            return []
+        try:
+            return cert_files(self.tls_cert)
+        except LbsyncError as e:
+            raise SettingsError(f"{what('tls_cert')}: {e}") from None

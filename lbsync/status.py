@@ -1,4 +1,5 @@
-"""Drift between the three views of the fleet: Serf, HAProxy and haproxy.cfg (pure).
+"""Drift between the three views of the fleet: Serf, HAProxy and haproxy.cfg (pure); and
+the certificates HAProxy serves, against --cert-expiry-margin.
 
 It reuses the plan: if lbsync would still do something for a server, that server has
 drifted; a server that only waits for its sessions (or is kept so the backend is not
@@ -10,8 +11,10 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 
 from .desired import desired_state
+from .haproxy.certs import CertInfo
 from .model import Member, ServerState
 from .plan import Holds, Timeouts, make_plan
 from .render import split_servers
@@ -105,6 +108,51 @@ def format_table(rows: Sequence[Row]) -> str:
     header = ("MEMBER", "SERF", "HAPROXY", "CONFIG", "LINKS", "NOTE")
     body = [(r.name, r.serf, r.haproxy, "yes" if r.in_config else "no", r.links,
              ("DRIFT: " if r.drift else "") + r.note) for r in rows]
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=False)]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=False)).rstrip()
+                     for line in (header, *body))
+
+
+# --- certificates ------------------------------------------------------------------------
+
+DAY = 86400.0
+
+
+@dataclass(frozen=True)
+class CertRow:
+    file: str
+    subject: str
+    names: str  # the subjectAltName DNS names HAProxy lists, or "-"
+    not_after: str  # YYYY-MM-DD HH:MM UTC
+    days: float  # until notAfter (negative: expired)
+    expiring: bool  # within the margin (or expired)
+
+    @property
+    def problem(self) -> str:
+        """`status --check`'s line for it."""
+        when = (f"expired on {self.not_after}" if self.days <= 0
+                else f"expires on {self.not_after}, in {self.days:.1f} days")
+        return f"certificate {self.file} ({self.subject}) {when}"
+
+
+def cert_rows(infos: Sequence[CertInfo], now: datetime, margin_days: int) -> list[CertRow]:
+    """The certificates HAProxy serves, each with its time left against the margin
+    (--cert-expiry-margin)."""
+    rows = []
+    for info in sorted(infos, key=lambda i: i.filename):
+        days = info.expires_in(now) / DAY
+        rows.append(CertRow(info.filename, info.subject, ",".join(info.dns_names) or "-",
+                            f"{info.not_after:%Y-%m-%d %H:%M} UTC", days,
+                            days <= margin_days))
+    return rows
+
+
+def format_certs(rows: Sequence[CertRow], margin_days: int) -> str:
+    header = ("CERTIFICATE", "SUBJECT", "NAMES", "NOT AFTER", "NOTE")
+    body = [(r.file, r.subject, r.names, r.not_after,
+             ("EXPIRED" if r.days <= 0 else f"EXPIRES in {r.days:.0f} days (margin "
+              f"{margin_days})") if r.expiring else f"ok, {r.days:.0f} days left")
+            for r in rows]
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body, strict=False)]
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(line, widths, strict=False)).rstrip()
                      for line in (header, *body))

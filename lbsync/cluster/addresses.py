@@ -1,6 +1,6 @@
 """The one loopback address plan: `lbsync up`'s local cluster and the test rig's stack.
 
-The load balancer of net N is 127.N.0.1 (frontend :8080, stats :1936 with HAProxy's
+The load balancer of net N is 127.N.0.1 (frontend :8080, with TLS :8443, stats :1936 with HAProxy's
 /metrics, runtime API :9999, Serf :7946/:7373, lbsync agent's /metrics :9180); member
 (edge node) i is 127.N.0.(10+i) (HTTP or Crossbar :8080, the sidecar's agent-check :8081,
 Serf :7946/:7373, its router's links to the other nodes :8082). Each net is its own
@@ -17,6 +17,7 @@ from ..serf.rejoin import GOSSIP_PORT
 SERF_PORT = GOSSIP_PORT  # Serf's gossip (DefaultBindPort)
 SERF_RPC_PORT = 7373  # Serf's RPC (`-rpc-addr`)
 HTTP_PORT = 8080  # HAProxy's frontend on the load balancer; a member's HTTP / Crossbar
+TLS_PORT = 8443  # the frontend's https:// and wss:// (`lbsync up --tls`)
 STATS_PORT = 1936  # HAProxy's stats page and /metrics
 RUNTIME_PORT = 9999  # HAProxy's Runtime API over TCP
 AGENT_PORT = 8081  # an edge node's agent-check (lbsync.edge.agentcheck)

@@ -6,7 +6,8 @@ unless `--net` says otherwise.
 
 Everything the cluster writes lives in one folder (`--dir`): supervisord.conf, sockets,
 haproxy.cfg, the registry, each node's Crossbar folder, logs, the fleet secret of the
-router links (`fleet.secret`, 0600), Serf's gossip key and RPC token (`serf.key`,
+router links (`fleet.secret`, 0600), with `--tls` the local CA and the frontend's
+certificate (`tls/`: lbsync.cluster.tls), Serf's gossip key and RPC token (`serf.key`,
 `serf-rpc.token` and the agents' `serf.json` made of them, all 0600), and `lbsync.env`, which
 lets `lbsync status` and `lbsync members` find the cluster with no flags.
 """
@@ -43,9 +44,12 @@ from .addresses import (
     RUNTIME_PORT,
     SERF_RPC_PORT,
     STATS_PORT,
+    TLS_PORT,
     lb_ip,
     member_ip,
 )
+from .tls import ensure as ensure_tls
+from .tls import paths as tls_paths
 
 MAX_NODES = 200
 ENV_FILE = "lbsync.env"
@@ -83,10 +87,20 @@ class Layout:
 
     dir: Path
     net: int = 0
+    tls: bool = False  # `lbsync up --tls`: https:// and wss:// on TLS_PORT, a local CA
 
     @property
     def lb_ip(self) -> str:
         return lb_ip(self.net)
+
+    @property
+    def tls_dir(self) -> Path:
+        """The local CA (ca.pem: what clients trust) and the frontend's site.pem."""
+        return self.dir / "tls"
+
+    def tls_names(self) -> list[str]:
+        """What the frontend's certificate is valid for."""
+        return ["localhost", self.lb_ip] + (["127.0.0.1"] if self.lb_ip != "127.0.0.1" else [])
 
     def node(self, index: int) -> Node:
         return Node(index, f"node{index}", member_ip(self.net, index),
@@ -157,6 +171,8 @@ class Layout:
             "serf_auth_key_file": str(self.serf_token),
             "drain_timeout": f"{drain_timeout:g}s",
             "metrics_bind": f"{self.lb_ip}:{METRICS_PORT}",
+            **({"tls_cert": str(tls_paths(self.tls_dir).site_pem),
+                "tls_bind": f"{self.lb_ip}:{TLS_PORT}"} if self.tls else {}),
         })
 
     def endpoints(self) -> str:
@@ -167,7 +183,14 @@ class Layout:
                 f"http://{ip}:{METRICS_PORT}/metrics (lbsync)\n"
                 f"runtime   echo \"show servers state\" | nc {ip} {RUNTIME_PORT}\n"
                 f"status    lbsync status\n"
-                f"logs      {self.dir}/logs/")
+                f"logs      {self.dir}/logs/" + (self.tls_endpoints() if self.tls else ""))
+
+    def tls_endpoints(self) -> str:
+        ip, tls = self.lb_ip, tls_paths(self.tls_dir)
+        return (f"\nhttps     https://{ip}:{TLS_PORT}/info   (WAMP: wss://{ip}:{TLS_PORT}/ws)\n"
+                f"CA        {tls.ca_cert}   (curl --cacert {tls.ca_cert} "
+                f"https://{ip}:{TLS_PORT}/info)\n"
+                f"cert      {tls.site_pem}   (replace it: lbsync rotates it, no reload)")
 
 
 def _binary(name: str, apt: str) -> str:
@@ -324,9 +347,11 @@ def write_files(layout: Layout, nodes: list[int], proxies: int, drain_timeout: f
         atomic_write(layout.fleet_secret, new_secret() + "\n", mode=0o600)
     write_serf_secrets(layout)
     atomic_write(layout.conf, render_supervisord(layout, nodes, proxies, drain_timeout))
+    if layout.tls:  # before supervisord.conf: HAProxy starts from it
+        ensure_tls(layout.tls_dir, layout.tls_names())
     atomic_write(layout.dir / STATE_FILE, json.dumps(
         {"net": layout.net, "nodes": nodes, "proxies": proxies,
-         "drain_timeout": drain_timeout}, indent=2) + "\n")
+         "drain_timeout": drain_timeout, "tls": layout.tls}, indent=2) + "\n")
     env = layout.lb_env(drain_timeout)
     atomic_write(layout.dir / ENV_FILE, "".join(f"{k}={v}\n" for k, v in env.items()))
 

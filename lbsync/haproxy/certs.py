@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 
 from ..model import LbsyncError
 from .runtime import Address, CLISession, parse_address
@@ -173,3 +174,66 @@ def _check_name(filename: str) -> None:
     if not filename or any(ch.isspace() or ch == ";" or ord(ch) < 0x20 for ch in filename):
         raise CertError(f"certificate file name {filename!r} is empty or has a space, ';' "
                         "or a control character")
+
+
+# --- the certificate files on disk -------------------------------------------------------
+
+_PEM_BLOCK = re.compile(
+    r"-----BEGIN ([A-Z0-9 ]+)-----\s*([A-Za-z0-9+/=\s]*?)\s*-----END \1-----")
+# Files HAProxy reads beside a certificate in a `crt` folder, not certificates themselves.
+_EXTRA_SUFFIXES = (".key", ".issuer", ".ocsp", ".sctl")
+
+
+def pem_problem(text: str) -> str | None:
+    """Why `text` is not what `crt` wants (a certificate and its private key in one PEM),
+    or None. Whether the two match is HAProxy's to say (`haproxy -c`, `set ssl cert`)."""
+    kinds = [m.group(1) for m in _PEM_BLOCK.finditer(text)]
+    if "CERTIFICATE" not in kinds:
+        return "no PEM certificate in it (-----BEGIN CERTIFICATE-----)"
+    if not any(k.endswith("PRIVATE KEY") for k in kinds):
+        return "no PEM private key in it: the certificate's key goes in the same file"
+    return None
+
+
+def fingerprint(text: str) -> str:
+    """The SHA1 of the PEM's first certificate, as `show ssl cert FILE` spells it
+    ("SHA1 FingerPrint": hex, upper case); '' when there is none."""
+    import base64
+    import hashlib
+
+    for m in _PEM_BLOCK.finditer(text):
+        if m.group(1) == "CERTIFICATE":
+            der = base64.b64decode("".join(m.group(2).split()))
+            return hashlib.sha1(der).hexdigest().upper()  # noqa: S324 (HAProxy's own id)
+    return ""
+
+
+def listed(path: Path) -> list[Path]:
+    """The files `crt PATH` names, unchecked: PATH, or the certificates of the folder PATH
+    (HAProxy's extra files and dot files left out); [] when there is nothing there."""
+    try:
+        if path.is_dir():
+            return sorted(p for p in path.iterdir() if p.is_file()
+                          and not p.name.startswith(".") and not p.name.endswith(_EXTRA_SUFFIXES))
+    except OSError:
+        return []
+    return [path] if path.exists() else []
+
+
+def cert_files(path: Path) -> list[Path]:
+    """The certificate files `crt PATH` loads: PATH itself, or each file of the folder
+    PATH (SNI picks among them). CertError naming the file when one is missing or is not
+    a PEM with a key."""
+    files = listed(path)
+    if not files:
+        raise CertError(f"{path} is a folder with no certificate file in it" if path.is_dir()
+                        else f"{path} does not exist (a PEM with its key, or a folder of them)")
+    for file in files:
+        try:
+            text = file.read_text(encoding="ascii", errors="replace")
+        except OSError as e:
+            raise CertError(f"{file}: cannot read it ({e.strerror})") from None
+        if problem := pem_problem(text):
+            raise CertError(f"{file}: {problem}")
+        _check_name(str(file))
+    return files

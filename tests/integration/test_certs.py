@@ -19,13 +19,12 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from haproxy_fixtures import HAProxyBin
 
 from lbsync.haproxy.certs import CertError, Certificates
 from lbsync.haproxy.runtime import CLISession, RuntimeAPI, parse_address
+from tests.rig.certs import make_pem
 from tests.rig.procs import free_port, reap, wait_for
 
 pytestmark = pytest.mark.integration
@@ -44,23 +43,6 @@ frontend tls
     bind {addr}:{port} ssl crt {pem} alpn h2,http/1.1
     http-request return status 200 content-type text/plain string ok
 """
-
-
-def make_pem(cn: str, *, days: int = 30, start: datetime | None = None,
-             key: ec.EllipticCurvePrivateKey | None = None,
-             signing_key: ec.EllipticCurvePrivateKey | None = None) -> str:
-    """A self-signed certificate for `cn` (SAN localhost) and its key, as one PEM."""
-    key = key or ec.generate_private_key(ec.SECP256R1())
-    start = start or datetime.now(UTC) - timedelta(minutes=5)
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(start).not_valid_after(start + timedelta(days=days))
-            .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), False)
-            .sign(signing_key or key, hashes.SHA256()))
-    return (cert.public_bytes(serialization.Encoding.PEM).decode()
-            + key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                serialization.NoEncryption()).decode())
 
 
 @dataclass

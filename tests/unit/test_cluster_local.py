@@ -180,3 +180,50 @@ def test_member_addresses_continue_past_one_block() -> None:
     for bad in (0, MAX_MEMBER + 1):
         with pytest.raises(LbsyncError, match="outside"):
             member_ip(9, bad)
+
+
+def test_tls_is_off_unless_asked() -> None:
+    layout = Layout(Path("/c"), net=7)
+    assert "LBSYNC_TLS_CERT" not in layout.lb_env(5.0)
+    assert "https://" not in layout.endpoints()
+
+
+def test_a_tls_cluster_serves_its_site_certificate_on_8443() -> None:
+    layout = Layout(Path("/c"), net=7, tls=True)
+    env = layout.lb_env(5.0)
+    assert env["LBSYNC_TLS_CERT"] == "/c/tls/site.pem"
+    assert env["LBSYNC_TLS_BIND"] == "127.7.0.1:8443"
+    assert layout.tls_names() == ["localhost", "127.7.0.1", "127.0.0.1"]
+    assert Layout(Path("/c"), tls=True).tls_names() == ["localhost", "127.0.0.1"]
+    shown = layout.endpoints()
+    assert "https://127.7.0.1:8443/info" in shown and "wss://127.7.0.1:8443/ws" in shown
+    assert "curl --cacert /c/tls/ca.pem https://127.7.0.1:8443/info" in shown
+
+
+@NEEDS_BINARIES
+def test_write_files_makes_the_local_ca_once_and_remembers_tls(tmp_path: Path) -> None:
+    from cryptography import x509
+
+    from lbsync.cli import _layout
+    from lbsync.settings import Settings
+
+    layout = Layout(tmp_path, net=7, tls=True)
+    write_files(layout, [1], proxies=1, drain_timeout=5)
+    ca, site = tmp_path / "tls" / "ca.pem", tmp_path / "tls" / "site.pem"
+    cert = x509.load_pem_x509_certificate(site.read_bytes())
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert set(sans.get_values_for_type(x509.DNSName)) == {"localhost"}
+    assert {str(a) for a in sans.get_values_for_type(x509.IPAddress)} == {
+        "127.7.0.1", "127.0.0.1"}
+    assert stat.S_IMODE(site.stat().st_mode) == 0o600
+    env = dict(line.split("=", 1) for line in (tmp_path / "lbsync.env").read_text().split())
+    assert env["LBSYNC_TLS_CERT"] == str(site)
+    # What `lbsync status` and the agent build from it: the certificate is usable.
+    assert Settings.build({"tls_cert": env["LBSYNC_TLS_CERT"]}).cert_files() == [site]
+    assert 'LBSYNC_TLS_CERT="' + str(site) + '"' in layout.conf.read_text()
+    first_ca = ca.read_text()
+    # `lbsync scale 2` reads the cluster's own TLS from its state, and keeps its CA.
+    again = _layout(tmp_path)
+    assert again.tls is True and again.net == 7
+    write_files(again, [1, 2], proxies=1, drain_timeout=5)
+    assert ca.read_text() == first_ca

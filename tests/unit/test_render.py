@@ -485,3 +485,73 @@ def test_split_servers_leaves_the_markers_out() -> None:
                                     "  # lbsync:servers end\nbackend b\n")
     assert outside == ["global", "backend b"]
     assert inside == ["  server a 1:2"]
+
+
+# --- TLS ---------------------------------------------------------------------------------
+
+
+def tls_settings(tmp_path: Path, **changes: Any) -> Settings:
+    from tests.rig.certs import make_pem
+
+    pem = tmp_path / "site.pem"
+    pem.write_text(make_pem("site"))
+    return dataclasses.replace(S, tls_cert=pem, **changes).check()
+
+
+def test_no_tls_without_a_certificate() -> None:
+    text = render()
+    for word in ("ssl", "ssl_fc", "Secure", "secure", "Strict-Transport", "redirect"):
+        assert word not in text, word
+
+
+@pytest.mark.parametrize("explicit", [False, True])
+def test_tls_binds_the_certificate_by_its_path_on_the_same_frontend(
+        tmp_path: Path, explicit: bool) -> None:
+    s = tls_settings(tmp_path, tls_bind="10.0.0.1:443")
+    text = render(settings=s, explicit=explicit)
+    frontend = text.split("frontend http\n", 1)[1].split("\n\n", 1)[0]
+    assert f"    bind 10.0.0.1:443 ssl crt {tmp_path / 'site.pem'} alpn h2,http/1.1" in \
+        frontend.split("\n")
+    assert "    bind *:8080" in frontend.split("\n")  # plain HTTP still served
+    assert "ssl-default-bind-options ssl-min-ver TLSv1.2 no-tls-tickets" in lines(text)
+    ciphers = [ln for ln in lines(text) if ln.startswith("ssl-default-bind-cipher")]
+    assert len(ciphers) == 2 and all("CBC" not in ln and "RSA-AES128-SHA" not in ln
+                                     for ln in ciphers)
+    assert "redirect" not in text and "Strict-Transport-Security" not in text
+    # Both schemes served: Secure is added on TLS responses only, to the sticky cookie only.
+    assert ("http-after-response replace-header Set-Cookie ^(SERVERID=.*)$ \"\\1; Secure\" "
+            "if { ssl_fc }") in lines(text)
+    cookie_line = next(ln for ln in lines(text) if ln.startswith("cookie SERVERID"))
+    assert "secure" not in cookie_line
+
+
+def test_tls_redirect_makes_the_cookie_secure_and_keeps_the_tls_port(tmp_path: Path) -> None:
+    text = render(settings=tls_settings(tmp_path, tls_redirect=True, tls_bind="*:8443"))
+    assert ("http-request redirect location https://%[req.hdr(host),regsub(:[0-9]+$,)]:8443"
+            "%[capture.req.uri] code 301 unless { ssl_fc }") in lines(text)
+    cookie_line = next(ln for ln in lines(text) if ln.startswith("cookie SERVERID"))
+    assert cookie_line.endswith(" secure")
+    assert "http-after-response" not in text
+
+
+def test_tls_redirect_to_443_is_a_scheme_redirect(tmp_path: Path) -> None:
+    text = render(settings=tls_settings(tmp_path, tls_redirect=True, tls_bind="*:443"))
+    assert "http-request redirect scheme https code 301 unless { ssl_fc }" in lines(text)
+
+
+def test_hsts_only_on_tls_responses(tmp_path: Path) -> None:
+    text = render(settings=tls_settings(tmp_path, hsts=31536000))
+    assert ('http-response set-header Strict-Transport-Security "max-age=31536000" '
+            "if { ssl_fc }") in lines(text)
+
+
+def test_a_dotted_cookie_name_is_matched_literally(tmp_path: Path) -> None:
+    text = render(settings=tls_settings(tmp_path, cookie_name="lb.sid"))
+    assert "^(lb\\.sid=.*)$" in text
+
+
+def test_tls_settings_are_structure(tmp_path: Path) -> None:
+    plain = structure_hash(render())
+    tls = structure_hash(render(settings=tls_settings(tmp_path)))
+    redirect = structure_hash(render(settings=tls_settings(tmp_path, tls_redirect=True)))
+    assert len({plain, tls, redirect}) == 3

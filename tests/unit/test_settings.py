@@ -254,3 +254,85 @@ def test_is_unix_socket(address: str, unix: bool) -> None:
 
 def test_metrics_are_off_by_default() -> None:
     assert Settings().metrics_bind == ""
+
+
+# --- TLS ---------------------------------------------------------------------------------
+
+
+def _pem(tmp_path: Path, name: str = "site.pem") -> Path:
+    from tests.rig.certs import make_pem
+
+    path = tmp_path / name
+    path.write_text(make_pem(name))
+    return path
+
+
+def test_tls_is_off_by_default() -> None:
+    s = Settings()
+    assert s.tls_cert is None and s.tls_redirect is False and s.hsts == 0
+    assert s.cert_files() == []
+
+
+def test_tls_cert_is_made_absolute_not_resolved(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    pem = _pem(tmp_path)
+    (tmp_path / "link.pem").symlink_to(pem)
+    monkeypatch.chdir(tmp_path)
+    s = Settings.build({"tls_cert": "link.pem"})
+    assert s.tls_cert == tmp_path / "link.pem"  # HAProxy's name for it: not site.pem
+    assert s.cert_files() == [tmp_path / "link.pem"]
+
+
+def test_a_folder_is_each_of_its_certificates(tmp_path: Path) -> None:
+    folder = tmp_path / "certs"
+    folder.mkdir()
+    a, b = _pem(folder, "a.pem"), _pem(folder, "b.pem")
+    (folder / "a.pem.ocsp").write_bytes(b"\x30")  # HAProxy's extra files are no certificate
+    (folder / ".hidden").write_text("x")
+    assert Settings.build({"tls_cert": str(folder)}).cert_files() == [a, b]
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (None, "does not exist"),
+    ("", "no PEM certificate"),
+    ("hello", "no PEM certificate"),
+    ("cert only", "no PEM private key"),
+    ("folder", "folder with no certificate file"),
+])
+def test_a_bad_tls_cert_is_one_error_naming_the_file(tmp_path: Path, content: str | None,
+                                                     message: str) -> None:
+    path = tmp_path / "site.pem"
+    if content == "cert only":
+        content = _pem(tmp_path, "x.pem").read_text().split("-----BEGIN PRIVATE KEY")[0]
+    if content == "folder":
+        path.mkdir()
+    elif content is not None:
+        path.write_text(content)
+    with pytest.raises(SettingsError, match=f"^--tls-cert: {path}.*{message}"):
+        Settings.build({"tls_cert": str(path)})
+
+
+@pytest.mark.parametrize("changes", [{"tls_redirect": "on"}, {"hsts": "3600"}])
+def test_redirect_and_hsts_need_a_certificate(changes: dict[str, str]) -> None:
+    with pytest.raises(SettingsError, match="needs --tls-cert"):
+        Settings.build(changes)
+
+
+@pytest.mark.parametrize(("text", "on"), [("on", True), ("OFF", False), ("1", True),
+                                          ("no", False), ("true", True)])
+def test_tls_redirect_reads_a_switch(tmp_path: Path, text: str, on: bool) -> None:
+    s = Settings.build({"tls_cert": str(_pem(tmp_path)), "tls_redirect": text})
+    assert s.tls_redirect is on
+
+
+def test_fingerprint_is_what_haproxy_calls_sha1() -> None:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    from lbsync.haproxy.certs import fingerprint
+    from tests.rig.certs import make_pem
+
+    pem = make_pem("x")
+    cert = x509.load_pem_x509_certificate(pem.encode())
+    assert fingerprint(pem) == cert.fingerprint(hashes.SHA1()).hex().upper()
+    assert fingerprint("no pem") == ""

@@ -23,6 +23,7 @@ from lbsync.settings import (
     Settings,
     parse_cidrs,
     parse_duration,
+    parse_switch,
     rows_for,
 )
 
@@ -52,6 +53,8 @@ def sample(row: Setting) -> str:
         return "7s"
     if row.convert is parse_cidrs:
         return "10.0.0.0/8"
+    if row.convert is parse_switch:
+        return "on"
     if row.name in ("serf_rpc", "listen"):
         return "127.0.0.1:7"
     return "sample"
@@ -170,6 +173,8 @@ BAD = {
     "check_fall": "0", "check_rise": "0", "drain_timeout": "5h", "failed_grace": "-1s",
     "failed_timeout": "soon", "resync_interval": "0", "poll_interval": "x",
     "reload_min_interval": "-1", "serf_rpc": "nope", "metrics_bind": "127.0.0.1:0",
+    "tls_cert": "/nonexistent/site.pem", "tls_bind": "nope", "tls_redirect": "maybe",
+    "hsts": "-1", "cert_expiry_margin": "-1",
 }
 
 

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
+import pytest
+
+from lbsync.haproxy.certs import CertInfo
 from lbsync.model import (
     ADMIN_FDRAIN,
     ADMIN_FMAINT,
@@ -15,7 +19,14 @@ from lbsync.model import (
 )
 from lbsync.render import BEGIN, END, load_template, render_haproxy
 from lbsync.settings import Settings
-from lbsync.status import Row, config_servers, format_table, status_rows
+from lbsync.status import (
+    Row,
+    cert_rows,
+    config_servers,
+    format_certs,
+    format_table,
+    status_rows,
+)
 
 S = Settings()
 V = (2, 6, 12)
@@ -237,3 +248,41 @@ def test_config_servers_of_a_real_render() -> None:
     text = render_haproxy(label, source, S, [Server("a", "10.0.0.1", 80),
                                              Server("b", "::1", 81, 1, "b")], True)
     assert config_servers(text) == {"a", "b"}
+
+
+# --- certificates ------------------------------------------------------------------------
+
+
+def _cert(name: str, days_left: float) -> tuple[CertInfo, datetime]:
+    now = datetime(2026, 6, 1, tzinfo=UTC)
+    return CertInfo(f"/etc/lb/{name}.pem", f"/CN={name}", "/CN=ca", "0A",
+                    now - timedelta(days=30), now + timedelta(days=days_left),
+                    (name, f"www.{name}"), "AB" * 20), now
+
+
+@pytest.mark.parametrize(("days_left", "expiring", "problem"), [
+    (30.0, False, None),
+    (14.5, False, None),
+    (14.0, True, "expires on 2026-06-15 00:00 UTC, in 14.0 days"),
+    (0.5, True, "expires on 2026-06-01 12:00 UTC, in 0.5 days"),
+    (-2.0, True, "expired on 2026-05-30 00:00 UTC"),
+])
+def test_cert_rows_hold_each_certificate_to_the_margin(
+        days_left: float, expiring: bool, problem: str | None) -> None:
+    info, now = _cert("a.example", days_left)
+    (row,) = cert_rows([info], now, 14)
+    assert row.expiring is expiring
+    assert row.names == "a.example,www.a.example"
+    if problem:
+        assert row.problem == f"certificate /etc/lb/a.example.pem (/CN=a.example) {problem}"
+
+
+def test_format_certs_one_line_each_sorted_by_file() -> None:
+    (b, now), (a, _) = _cert("b.example", 3.2), _cert("a.example", 60)
+    text = format_certs(cert_rows([b, a], now, 14), 14)
+    lines = text.splitlines()
+    assert lines[0].split() == ["CERTIFICATE", "SUBJECT", "NAMES", "NOT", "AFTER", "NOTE"]
+    assert lines[1].startswith("/etc/lb/a.example.pem") and lines[1].endswith("ok, 60 days left")
+    assert lines[2].startswith("/etc/lb/b.example.pem")
+    assert lines[2].endswith("EXPIRES in 3 days (margin 14)")
+    assert "2026-06-04 04:48 UTC" in lines[2]
