@@ -102,21 +102,55 @@ def markdown(r: dict[str, Any], json_path: Path, plots: list[Path]) -> str:
                 + ("met" if a["load"]["failed"] == 0 and a["reloads"] == 0 else "MISSED") + "."]
     if "scale" in r:
         out += ["", "## Scale: join storm (all Serf agents started at once)", "",
-                "| members | storm → all UP | N-server plan: Runtime API batch | agent restart → "
-                "all UP | agent CPU idle (0 / N members) | agent CPU in storm (mean / max) | "
-                "agent RSS max |", "|---|---|---|---|---|---|---|"]
+                "| members | storm → all UP | last member: alive in Serf / registry / in "
+                "HAProxy / UP | spawning the agents | N-server plan: Runtime API batch | "
+                "agent CPU in storm (mean / max) | agent RSS max | lb Serf CPU in storm "
+                "(mean / max) |", "|---|---|---|---|---|---|---|---|"]
         for s in r["scale"]:
-            ap, i0, st, i1 = (s["apply_plan"], s["agent_idle_0_members"], s["agent_storm"],
+            ap, i0, st, i1 = (s.get("apply_plan"), s["agent_idle_0_members"], s["agent_storm"],
                               s["agent_idle_n_members"])
+            reached = s.get("all_reached_s", {})
+            ls = s.get("lb_serf_storm", {})
+            up = (f"{s['storm_to_all_up_s']:.2f} s" if s.get("storm_to_all_up_s") is not None
+                  else f"not within {s.get('limit_s', '?')} s")
             out.append(
-                f"| {s['members']} | {s['storm_to_all_up_s']:.2f} s | "
-                f"{_f(ap['runtime_batch_ms'], 1)} ms ({ap['batch_size']} servers) | "
-                f"{ap['agent_start_to_all_up_s']:.2f} s | {i0.get('cpu_pct_mean')} % / "
-                f"{i1.get('cpu_pct_mean')} % | {st.get('cpu_pct_mean')} % / "
-                f"{st.get('cpu_pct_max')} % | "
+                f"| {s['members']} | {up} | "
+                + " / ".join(_f(reached.get(k), 2) for k in ("serf_alive", "registry",
+                                                           "haproxy", "up"))
+                + f" s | {s['spawn_all_serf_agents_s']:.2f} s | "
+                + (f"{_f(ap['runtime_batch_ms'], 1)} ms ({ap['batch_size']} servers) | "
+                   if ap else "– | ")
+                + f"{st.get('cpu_pct_mean')} % / {st.get('cpu_pct_max')} % | "
                 f"{max(i0.get('rss_mb_max', 0), st.get('rss_mb_max', 0), i1.get('rss_mb_max', 0))}"
-                " MB |")
-        out += ["", "CPU % is of one core (psutil), sampled every 0.5 s."]
+                f" MB | {ls.get('cpu_pct_mean')} % / {ls.get('cpu_pct_max')} % |")
+        out += ["", "CPU % is of one core (psutil), sampled every 0.5 s. The stages are when "
+                "the last of the N members reached each (seconds from the first spawn)."]
+    if "stages" in r:
+        keys = ["desired_ms", "plan_ms", "runtime_show_servers_ms", "runtime_batch_ms",
+                "render_ms", "haproxy_check_ms", "write_ms", "pass_ms"]
+        out += ["", "## One reconcile pass, stage by stage (bench/stages.py, ms)", "",
+                "| servers | pass | " + " | ".join(k.removesuffix("_ms") for k in keys) + " |",
+                "|---|---|" + "---|" * len(keys)]
+        for row in r["stages"]:
+            for label, d in (("one join (median)", row["one_join_pass_median"]),
+                             ("first: all N added", row["first_pass_all_servers"])):
+                out.append(f"| {row['servers']} | {label} | "
+                           + " | ".join(_f(d.get(k), 1) for k in keys) + " |")
+    if "data_path" in r:
+        dp = r["data_path"]
+        med = dp["median"]
+        out += ["", "## Data path: runtime-added servers vs servers in haproxy.cfg", "",
+                f"{dp['members']} members, {dp['rounds']} alternating rounds of "
+                f"{dp['seconds_per_run']} s, {dp['wrk']}; medians.", "",
+                "| servers | mode | req/s | p50 | p99 | errors |", "|---|---|---|---|---|---|"]
+        for key, v in med.items():
+            kind, mode = key.split("_", 1)
+            out.append(f"| {kind} | {mode} | {v['req_s']:.0f} | {v['p50_ms']:.2f} ms | "
+                       f"{v['p99_ms']:.2f} ms | {v['errors']:.0f} |")
+        ratios = dp["throughput_ratio_config_over_runtime"]
+        out += ["", f"Throughput config/runtime: keep-alive {ratios['keepalive']}, new "
+                f"connection per request {ratios['close']}; guard (within "
+                f"{dp['guard_within']:.0%}): {'met' if dp['guard_ok'] else 'MISSED'}."]
     if "realm" in r:
         out += realm_section(r["realm"], r["machine"])
     if "faults" in r:
@@ -424,7 +458,8 @@ def plot_scale(scale: list[dict[str, Any]], path: Path) -> Path:
     for s in scale:
         pts = [(t, v["up"]) for t, v in s["stage_timeline"] if isinstance(v, dict)]
         a1.plot([t for t, _ in pts], [v for _, v in pts], label=f"{s['members']} members "
-                f"(all UP after {s['storm_to_all_up_s']:.1f} s)")
+                + (f"(all UP after {s['storm_to_all_up_s']:.1f} s)"
+                   if s.get("storm_to_all_up_s") is not None else "(not all UP)"))
         us = [(t, v) for t, v in s["agent_usage_timeline"] if isinstance(v, dict)]
         a2.plot([t for t, _ in us], [v["cpu_pct"] for _, v in us],
                 label=f"{s['members']} members")
