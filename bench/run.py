@@ -46,6 +46,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from bench.common import BENCH, machine
+from lbsync import stop_on_sigterm
 from lbsync.cluster.addresses import MAX_MEMBER
 from tests.rig.devstack import DevStack
 from tests.rig.procs import wait_for
@@ -94,6 +95,9 @@ def scale_sizes(p: argparse.ArgumentParser, text: str | None, quick: bool) -> li
 
 
 def main() -> None:
+    # SIGTERM (a stopped `lbsync lab collect`, a CI timeout) unwinds like Ctrl-C: every
+    # part's `finally` stops its stack, so no HAProxy, Serf or Crossbar is left behind.
+    stop_on_sigterm()
     p = argparse.ArgumentParser(prog="lbsync bench", description=__doc__,
                                 formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer runs, 50 members; about 5 minutes")

@@ -1,6 +1,7 @@
 """lbsync: keep HAProxy in step with a Serf gossip cluster, without reloads."""
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -28,3 +29,12 @@ def bench_command(*args: str) -> tuple[list[str], dict[str, str]]:
     path = os.environ.get("PYTHONPATH")
     env = {**os.environ, "PYTHONPATH": str(CHECKOUT) + (os.pathsep + path if path else "")}
     return [sys.executable, "-P", "-m", "bench.run", *args], env
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM raises SystemExit in the main thread, so `finally` blocks and `run`'s
+    cleanup (lbsync.lab.tracks.run) run instead of the process vanishing with its children
+    left behind."""
+    def handler(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+    signal.signal(signal.SIGTERM, handler)

@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 import click
 from click.core import ParameterSource
 
+from . import stop_on_sigterm
 from .files import atomic_write
 from .model import LbsyncError
 from .settings import (
@@ -581,6 +582,7 @@ def lab_collect(task: int, step_name: str, dir_: Path, mode: str | None,
     from .lab.spec import load_lab
     from .lab.tracks import find_track
 
+    stop_on_sigterm()  # a stopped collection stops the benchmark it runs, and its stack
     spec = load_lab()
     step = spec.task(task).step(step_name)
     workdir = check_workdir(dir_)

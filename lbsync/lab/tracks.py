@@ -44,14 +44,36 @@ class Run:
 
 def run(argv: list[str], *, env: dict[str, str] | None = None,
         timeout: float = _TIMEOUT) -> Run:
+    """Run a command to its end; when this process is stopped meanwhile (Ctrl-C, or
+    SIGTERM through lbsync.stop_on_sigterm), the command gets SIGTERM and up to STOP_GRACE_S
+    to clean up (the benchmark stops its own HAProxy, Serf and Crossbar processes) before
+    SIGKILL, so no stack outlives the collection."""
     try:
-        r = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env,
-                           check=False, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env=env, stdin=subprocess.DEVNULL)
     except FileNotFoundError:
         raise LabError(f"{argv[0]} not found") from None
+    try:
+        out, _ = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
+        _stop(proc)
         raise LabError(f"{' '.join(argv)} did not finish in {timeout:g}s") from None
-    return Run(argv, r.returncode, r.stdout + r.stderr)
+    except BaseException:
+        _stop(proc)
+        raise
+    return Run(argv, proc.returncode, out)
+
+
+STOP_GRACE_S = 30.0
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    proc.terminate()
+    try:
+        proc.communicate(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
 
 
 def must(r: Run, what: str) -> str:
