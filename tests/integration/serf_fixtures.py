@@ -10,10 +10,8 @@ import itertools
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +20,7 @@ import pytest
 
 from lbsync.serf.agent_cmd import serf_agent_argv
 from lbsync.serf.rpc import SerfRPC
-from tests.rig.procs import free_port
+from tests.rig.procs import StackError, free_port, kill, reap, wait_for
 
 # 127.0.0.1 is left to other fixtures; the pid spreads concurrent test runs apart.
 _ADDRS = itertools.cycle(range(20 + os.getpid() % 100, 20 + os.getpid() % 100 + 100))
@@ -64,20 +62,17 @@ class SerfAgent:
         self._wait_rpc(wait)
 
     def _wait_rpc(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
+        def up() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise RuntimeError(f"serf agent {self.name} exited:\n{self.log_tail()}")
-            try:
-                socket.create_connection((self.ip, self.rpc_port), timeout=0.5).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"serf agent {self.name} RPC not up:\n{self.log_tail()}"
-                    ) from None
-                time.sleep(0.02)
+            socket.create_connection((self.ip, self.rpc_port), timeout=0.5).close()
+            return True
+
+        try:
+            wait_for(up, timeout, f"serf agent {self.name} RPC", 0.02)
+        except StackError:
+            raise RuntimeError(f"serf agent {self.name} RPC not up:\n{self.log_tail()}") from None
 
     def rpc(self, auth_key: str | None = None, timeout: float = 5.0) -> SerfRPC:
         """A connected client (the caller closes it)."""
@@ -87,19 +82,13 @@ class SerfAgent:
 
     def kill(self) -> None:
         """SIGKILL: the agent vanishes without a leave, as a crashed machine does."""
-        self._signal(signal.SIGKILL)
+        if self.proc is not None:
+            kill(self.proc)
 
     def terminate(self) -> None:
-        self._signal(signal.SIGTERM)
-
-    def _signal(self, sig: signal.Signals) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        """SIGTERM, SIGKILL when it is not gone within 10 s."""
+        if self.proc is not None:
+            reap(self.proc, 10)
 
     def wait_exit(self, timeout: float) -> int:
         assert self.proc is not None
