@@ -19,14 +19,14 @@ class StackError(LbsyncError):
 
 # What wait_for takes for "not yet" unless told: a socket still starting (OSError), a
 # client of lbsync that cannot reach its server yet (an LbsyncError).
-NOT_YET: tuple[type[Exception], ...] = (LbsyncError, OSError)
+RETRY_ON: tuple[type[Exception], ...] = (LbsyncError, OSError)
 
 
 # Callable[..., object]: a check may be a lambda with defaults (`lambda n=name: ...`), which
 # binds a loop's variable; wait_for calls it without arguments.
 def wait_for(check: Callable[..., object], timeout: float, what: str,
              interval: float = 0.05, *,
-             retry_on: tuple[type[Exception], ...] = NOT_YET) -> float:
+             retry_on: tuple[type[Exception], ...] = RETRY_ON) -> float:
     """Poll `check()` until true; returns the seconds it took, or raises StackError.
 
     An exception of `retry_on` from `check` means "not yet"; the last one is named in the
