@@ -19,6 +19,7 @@ import psutil
 
 from bench.common import BENCH, haproxy_processes
 from lbsync.cluster.addresses import SERF_PORT, SERF_RPC_PORT
+from lbsync.serf.agent_cmd import serf_agent_argv
 from tests.rig.devstack import DevStack
 from tests.rig.haproxy import wait_ready
 from tests.rig.procs import StackError, wait_for
@@ -45,10 +46,10 @@ class BaselineStack(DevStack):
         self._handler("member-join", "")
         (self.workdir / "reloads.log").write_text("")
         wait_ready(self.runtime(), timeout=10)
-        argv = ["serf", "agent", "-node", "lb", "-profile", "local", "-log-level", "warn",
-                "-bind", f"{self.lb_ip}:{SERF_PORT}", "-rpc-addr", f"{self.lb_ip}:{SERF_RPC_PORT}",
-                "-tag", "role=lb",
-                "-event-handler", f"{BENCH / 'baseline_handler.sh'} {self.workdir}"]
+        argv = serf_agent_argv(
+            "lb", f"{self.lb_ip}:{SERF_PORT}", f"{self.lb_ip}:{SERF_RPC_PORT}",
+            profile="local", tags={"role": "lb"},
+            event_handler=f"{BENCH / 'baseline_handler.sh'} {self.workdir}")
         self.spawn("serf-lb", argv)
         wait_for(lambda: self.rpc_ok(self.lb_ip), 10, "the load balancer's Serf agent")
 

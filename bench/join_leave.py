@@ -25,6 +25,7 @@ import requests
 
 from bench.common import pct
 from lbsync.cluster.addresses import HTTP_PORT, SERF_PORT, SERF_RPC_PORT
+from lbsync.serf.agent_cmd import serf_agent_argv
 from tests.rig.devstack import DevStack
 from tests.rig.procs import wait_for
 
@@ -49,10 +50,9 @@ def one_run(stack: DevStack, index: int) -> dict[str, float]:
     wait_for(lambda: requests.get(f"http://{ip}:{HTTP_PORT}/info", timeout=1).ok, 10,
              f"{name}'s backend")
     t0 = time.monotonic()
-    stack.spawn(f"serf-{name}", [
-        "serf", "agent", "-node", name, "-profile", "local", "-log-level", "warn",
-        "-bind", f"{ip}:{SERF_PORT}", "-rpc-addr", f"{ip}:{SERF_RPC_PORT}",
-        "-join", f"{stack.lb_ip}:{SERF_PORT}", "-tag", "role=edge", "-tag", f"port={HTTP_PORT}"])
+    stack.spawn(f"serf-{name}", serf_agent_argv(
+        name, f"{ip}:{SERF_PORT}", f"{ip}:{SERF_RPC_PORT}", profile="local",
+        join=f"{stack.lb_ip}:{SERF_PORT}", tags={"role": "edge", "port": str(HTTP_PORT)}))
     join = first_request_by(stack, name, 20) - t0
 
     t1 = time.monotonic()

@@ -317,6 +317,22 @@ def env_of(values: Mapping[str, str]) -> dict[str, str]:
     return {env_var(name): text for name, text in values.items()}
 
 
+def flags(command: str, /, **values: object) -> list[str]:
+    """{setting: value} -> the flags COMMAND takes for them, in the order given, for a
+    command line lbsync (or a test) writes: `flags("node", node_name="n1")` is
+    ["--name", "n1"]. A name the table has no flag of for COMMAND is a SettingsError;
+    a None value is left out."""
+    argv: list[str] = []
+    for name, value in values.items():
+        row = BY_NAME.get(name)
+        flag = row.flag_for(command) if row is not None and command in row.commands else None
+        if flag is None:
+            raise SettingsError(f"lbsync {command} has no flag for the setting {name!r}")
+        if value is not None:
+            argv += [flag, str(value)]
+    return argv
+
+
 def _blame(error: LbsyncError, from_env: Collection[str]) -> LbsyncError:
     """Name the LBSYNC_* variable when the bad value came from it: messages start with the
     setting's flag (`--check-inter: ...`), which is what a variable's reader cannot see."""
@@ -352,8 +368,10 @@ def auth_key(key: str | None, key_file: Path | None) -> str | None:
     return None
 
 
-def what(name: str) -> str:
-    return BY_NAME[name].what
+def what(name: str, command: str | None = None) -> str:
+    """How messages name a setting: its flag (COMMAND's spelling when given), else its name."""
+    row = BY_NAME[name]
+    return (row.flag_for(command) or row.name) if command else row.what
 
 
 # --- Settings ----------------------------------------------------------------------------

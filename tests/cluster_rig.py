@@ -9,7 +9,6 @@ import contextlib
 import shutil
 import subprocess
 import sys
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -19,6 +18,7 @@ import pytest
 from lbsync.cluster.local import Layout, leftovers
 from lbsync.haproxy.runtime import RuntimeAPIError
 from lbsync.serf.rpc import SerfError
+from tests.rig.procs import wait_for
 
 CROSSBAR = Path(sys.executable).parent / "crossbar"
 # The marks of a module that starts the local cluster.
@@ -40,26 +40,15 @@ def lbsync(*args: str, timeout: float = 300, cwd: Path | None = None,
 # What a check may raise while the world is still settling: a refused, reset or timed-out
 # connection (OSError, requests' errors included), a missing file, a Serf or HAProxy client
 # that cannot reach its agent yet, a command that fails until the thing is ready. Anything
-# else (a KeyError, a failed assert, a TypeError) is a failure of the test, raised at once.
+# else (a KeyError, a failed assert, a TypeError) is a failure of the test, raised at once;
+# a timeout is tests.rig.procs.StackError.
 NOT_YET: tuple[type[Exception], ...] = (
     OSError, SerfError, RuntimeAPIError, subprocess.CalledProcessError)
 
 
-def wait(cond: Callable[[], object], timeout: float, what: str, *,
-         not_yet: tuple[type[Exception], ...] = NOT_YET) -> None:
-    """Call COND every 0.2 s until it is true. An exception of NOT_YET means "not yet"; the
-    last one is chained to the timeout's AssertionError, and any other one is raised."""
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            if cond():
-                return
-        except not_yet as e:
-            last = e
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}"
-                         + (f" (last: {last!r})" if last else "")) from last
+def wait(cond: Callable[[], object], timeout: float, what: str) -> float:
+    """tests.rig.procs.wait_for every 0.2 s, with the cluster's NOT_YET."""
+    return wait_for(cond, timeout, what, 0.2, retry_on=NOT_YET)
 
 
 def stop_cluster(layout: Layout) -> None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -35,13 +36,15 @@ from ..files import atomic_write
 from ..model import LbsyncError
 from ..render import load_template, render_text
 from ..serf import keys
-from ..settings import env_of, env_var
+from ..serf.agent_cmd import serf_agent_argv
+from ..settings import env_of, env_var, flags
 from .addresses import (
     AGENT_PORT,
     HTTP_PORT,
     LINK_PORT,
     METRICS_PORT,
     RUNTIME_PORT,
+    SERF_PORT,
     SERF_RPC_PORT,
     STATS_PORT,
     TLS_PORT,
@@ -203,6 +206,50 @@ def _binary(name: str, apt: str) -> str:
     return found
 
 
+def _commands(layout: Layout, nodes: list[int], proxies: int, drain_timeout: float,
+              ) -> dict[str, str]:
+    """Every program's command line, shell-quoted for supervisord (which splits it as a
+    shell would): the Serf agents from the one builder, lbsync's flags from the settings
+    table. Keyed by program name."""
+    lbsync = self_command()
+    serf = _binary("serf", "apt-get install -y serf")
+    crossbar = _binary("crossbar", "pip install 'lbsync[edge]'")
+    supervisorctl = _binary("supervisorctl", "pip install 'lbsync[edge]'")
+    lb = layout.lb
+    lb_serf = f"{layout.lb_ip}:{SERF_PORT}"
+    haproxy = [_binary("haproxy", "apt-get install -y haproxy"), "-W", "-S",
+               lb["master_socket"], "-f", lb["config"]]
+    commands = {
+        # The config is rendered (and checked) from the registry before HAProxy starts.
+        "haproxy": ["/bin/sh", "-c", f"{shlex.join([*lbsync, 'render'])} && exec "
+                    f"{shlex.join(haproxy)}"],
+        # The snapshot lets a restarted agent rejoin the members it knew at once.
+        "lb-serf": serf_agent_argv(
+            "lb", lb_serf, f"{layout.lb_ip}:{SERF_RPC_PORT}", serf=serf, profile="local",
+            config_file=layout.serf_config, tags={"role": "lb"}, snapshot=lb["serf_snapshot"],
+            rejoin=True),
+        "lb-agent": [*lbsync, "agent"],
+    }
+    for n in (layout.node(i) for i in nodes):
+        commands[f"{n.name}-serf"] = serf_agent_argv(
+            n.name, f"{n.ip}:{SERF_PORT}", f"{n.ip}:{SERF_RPC_PORT}", serf=serf,
+            profile="local", config_file=layout.serf_config, retry_join=lb_serf,
+            retry_interval="1s")
+        config = [*lbsync, "crossbar-config", *flags(
+            "crossbar-config", cbdir=n.cbdir, node_name=n.name, listen=f"{n.ip}:{n.port}",
+            proxies=proxies, link_port=n.link_port, link_secret_file=layout.fleet_secret)]
+        start = [crossbar, "start", "--cbdir", str(n.cbdir), "--loglevel", "warn"]
+        commands[f"{n.name}-crossbar"] = [
+            "/bin/sh", "-c", f"{shlex.join(config)} && exec {shlex.join(start)}"]
+        stop = [supervisorctl, "-c", str(layout.conf), "stop", f"{n.name}:{n.name}-crossbar"]
+        commands[f"{n.name}-sidecar"] = [*lbsync, "node", *flags(
+            "node", node_name=n.name, serf_rpc=f"{n.ip}:{SERF_RPC_PORT}",
+            serf_auth_key_file=layout.serf_token, listen=f"{n.ip}:{n.port}",
+            agent_port=n.agent_port, cbdir=n.cbdir, link_port=n.link_port,
+            drain_timeout=f"{int(drain_timeout)}s", stop_command=shlex.join(stop))]
+    return {name: shlex.join(argv) for name, argv in commands.items()}
+
+
 def render_supervisord(layout: Layout, nodes: list[int], proxies: int,
                        drain_timeout: float) -> str:
     label, source = load_template(None, "supervisord.conf.j2")
@@ -212,16 +259,10 @@ def render_supervisord(layout: Layout, nodes: list[int], proxies: int,
         "dir": str(layout.dir),
         "lb": layout.lb,
         "serf_config": str(layout.serf_config),
-        "serf_token": str(layout.serf_token),
         "lb_env": ",".join(f'{k}="{v}"' for k, v in env.items()),
         "nodes": [layout.node(i) for i in nodes],
-        "proxies": proxies,
         "drain_timeout": int(drain_timeout),
-        "lbsync": " ".join(self_command()),
-        "haproxy": _binary("haproxy", "apt-get install -y haproxy"),
-        "serf": _binary("serf", "apt-get install -y serf"),
-        "crossbar": _binary("crossbar", "pip install 'lbsync[edge]'"),
-        "supervisorctl": _binary("supervisorctl", "pip install 'lbsync[edge]'"),
+        "commands": _commands(layout, nodes, proxies, drain_timeout),
     })
 
 

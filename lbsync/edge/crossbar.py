@@ -20,6 +20,7 @@ from .. import __version__
 from ..files import atomic_write
 from ..model import LbsyncError
 from ..render import load_template, render_text
+from ..settings import env_var, what
 from ..validate import name_problem
 from .links import LINK_PATH, LINK_ROLE
 
@@ -59,6 +60,14 @@ def default_proxies() -> int:
     return 2 * (psutil.cpu_count(logical=True) or 1)
 
 
+CMD = "crossbar-config"
+
+
+def _flag(name: str) -> str:
+    """How `lbsync crossbar-config` spells a setting's flag (lbsync.settings.TABLE)."""
+    return what(name, CMD)
+
+
 def _ip(host: str, what: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
     try:
         return ipaddress.ip_address(host)
@@ -75,11 +84,11 @@ def check_inputs(node: str, host: str, port: int, proxies: int,
                  realm: str = "realm1") -> None:
     """Raise CrossbarConfigError naming the first value Crossbar could not use."""
     if problem := node_problem(node):
-        raise CrossbarConfigError(f"--node: {problem}")
-    _ip(host, "--listen")
-    _check_port(port, "--listen")
+        raise CrossbarConfigError(f"{_flag('node_name')}: {problem}")
+    _ip(host, _flag("listen"))
+    _check_port(port, _flag("listen"))
     if not 1 <= proxies <= MAX_PROXIES:
-        raise CrossbarConfigError(f"--proxies: {proxies} is outside 1-{MAX_PROXIES}")
+        raise CrossbarConfigError(f"{_flag('proxies')}: {proxies} is outside 1-{MAX_PROXIES}")
     if not _REALM.fullmatch(realm):
         raise CrossbarConfigError(f"realm {realm!r} is not a WAMP realm name")
 
@@ -95,13 +104,14 @@ def router_socket(cbdir: Path) -> str:
     size = len(os.fsencode(path))
     if size > MAX_UNIX_PATH:
         raise CrossbarConfigError(
-            f"--cbdir: the router socket {path} would be {size} bytes long, over the "
-            f"{MAX_UNIX_PATH}-byte limit of AF_UNIX socket paths: use a shorter --cbdir")
+            f"{_flag('cbdir')}: the router socket {path} would be {size} bytes long, over the "
+            f"{MAX_UNIX_PATH}-byte limit of AF_UNIX socket paths: use a shorter "
+            f"{_flag('cbdir')}")
     return path
 
 
 def _endpoint(host: str, port: int) -> dict[str, object]:
-    ip = _ip(host, "--listen")
+    ip = _ip(host, _flag("listen"))
     return {"type": "tcp", "interface": str(ip), "port": port,
             **({"version": 6} if ip.version == 6 else {})}
 
@@ -117,11 +127,14 @@ def render_crossbar_config(node: str, host: str, port: int, proxies: int,
     check_inputs(node, host, port, proxies, realm)
     links = None
     if link_port is not None:
-        _check_port(link_port, "--link-port")
+        _check_port(link_port, _flag("link_port"))
         if link_port == port:
-            raise CrossbarConfigError(f"--link-port: {link_port} is also the --listen port")
+            raise CrossbarConfigError(f"{_flag('link_port')}: {link_port} is also the "
+                                      f"{_flag('listen')} port")
         if fleet_key is None or not re.fullmatch(r"[0-9a-f]{64}", fleet_key):
-            raise CrossbarConfigError("the router links need the fleet key (--link-secret)")
+            raise CrossbarConfigError("the router links need the fleet key "
+                                      f"({_flag('link_secret_file')} or "
+                                      f"{env_var('link_secret')})")
         links = {"endpoint": _endpoint(host, link_port), "path": LINK_PATH, "role": LINK_ROLE,
                  "pubkey": fleet_key}
     label, source = load_template(None, TEMPLATE)

@@ -47,7 +47,7 @@ import psutil
 from .. import __version__
 from ..model import LbsyncError, Member
 from ..serf.rpc import SerfAuthError, SerfError, SerfRPC
-from ..settings import default
+from ..settings import default, what
 from ..validate import name_problem
 from . import links as L
 from .crossbar import ROUTER_SOCKET
@@ -498,27 +498,33 @@ def real_effects(config: NodeConfig, agent: Agent) -> Effects:
     )
 
 
+def _flag(name: str) -> str:
+    """How `lbsync node` spells a setting's flag (lbsync.settings.TABLE)."""
+    return what(name, "node")
+
+
 def validate_node_config(config: NodeConfig) -> NodeConfig:
     """Raise LbsyncError naming the first value that cannot work; return the config."""
     if problem := name_problem(config.name):
-        raise LbsyncError(f"--name: {problem}")
+        raise LbsyncError(f"{_flag('node_name')}: {problem}")
     try:
         ipaddress.ip_address(config.host)
     except ValueError:
-        raise LbsyncError(f"--listen: {config.host!r} is not an IP address") from None
+        raise LbsyncError(f"{_flag('listen')}: {config.host!r} is not an IP address") from None
     if not 1 <= config.agent_port <= 65535:
-        raise LbsyncError(f"--agent-port: {config.agent_port} is outside 1-65535")
+        raise LbsyncError(f"{_flag('agent_port')}: {config.agent_port} is outside 1-65535")
     if config.agent_port == config.port:
-        raise LbsyncError(f"--agent-port: {config.agent_port} is also the --listen port")
+        raise LbsyncError(f"{_flag('agent_port')}: {config.agent_port} is also the "
+                          f"{_flag('listen')} port")
     if config.weight is not None and not 0 <= config.weight <= 256:
-        raise LbsyncError(f"--weight: {config.weight} is outside 0-256")
+        raise LbsyncError(f"{_flag('weight')}: {config.weight} is outside 0-256")
     if config.drain_timeout < 0:
-        raise LbsyncError("--drain-timeout cannot be negative")
+        raise LbsyncError(f"{_flag('drain_timeout')} cannot be negative")
     if not 1 <= config.link_port <= 65535:
-        raise LbsyncError(f"--link-port: {config.link_port} is outside 1-65535")
+        raise LbsyncError(f"{_flag('link_port')}: {config.link_port} is outside 1-65535")
     if config.links_wait < 0:
-        raise LbsyncError("--links-wait cannot be negative")
+        raise LbsyncError(f"{_flag('links_wait')} cannot be negative")
     if config.link_port in (config.port, config.agent_port):
-        raise LbsyncError(f"--link-port: {config.link_port} is also the --listen or "
-                          "--agent-port port")
+        raise LbsyncError(f"{_flag('link_port')}: {config.link_port} is also the "
+                          f"{_flag('listen')} or {_flag('agent_port')} port")
     return config

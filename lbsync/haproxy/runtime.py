@@ -21,6 +21,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from lbsync.model import LbsyncError, ServerState
+from lbsync.settings import SettingsError, parse_hostport
 
 _CHUNK = 65536
 
@@ -226,15 +227,13 @@ def parse_address(text: str) -> Address:
         if rest.startswith(prefix):
             rest = rest[len(prefix):]
             break
-    host, sep, port_text = rest.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    port = int(port_text) if port_text.isascii() and port_text.isdigit() else 0
-    if not sep or not host or not 1 <= port <= 65535:
+    try:  # HOST:PORT as every other address of lbsync is read
+        host, port = parse_hostport(rest, "runtime API address")
+    except SettingsError:
         raise ValueError(
             f"runtime API address {text!r} is neither a unix socket path (/path or unix@path) "
             "nor HOST:PORT (ipv4@HOST:PORT)"
-        )
+        ) from None
     return Address(text, host=host, port=port)
 
 

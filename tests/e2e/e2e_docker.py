@@ -17,7 +17,8 @@ from pathlib import Path
 import pytest
 import requests
 from cluster_rig import NOT_YET
-from cluster_rig import wait as _wait
+
+from tests.rig.procs import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 FRONTEND = "http://127.0.0.1:8080"
@@ -31,7 +32,7 @@ class CommandFailed(AssertionError):
 def wait(cond: Callable[[], object], timeout: float, what: str) -> None:
     """cluster_rig.wait, where a failing command of `run` (docker exec of a service that is
     still starting, say) also means "not yet"."""
-    _wait(cond, timeout, what, not_yet=(*NOT_YET, CommandFailed))
+    wait_for(cond, timeout, what, 0.2, retry_on=(*NOT_YET, CommandFailed))
 
 
 def run(*cmd: str, timeout: float = 120, check: bool = True, env: dict[str, str] | None = None,

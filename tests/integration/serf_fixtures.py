@@ -10,18 +10,17 @@ import itertools
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from lbsync.serf.agent_cmd import serf_agent_argv
 from lbsync.serf.rpc import SerfRPC
-from tests.rig.procs import free_port
+from tests.rig.procs import StackError, free_port, kill, reap, wait_for
 
 # 127.0.0.1 is left to other fixtures; the pid spreads concurrent test runs apart.
 _ADDRS = itertools.cycle(range(20 + os.getpid() % 100, 20 + os.getpid() % 100 + 100))
@@ -34,7 +33,8 @@ class SerfAgent:
     bind_port: int
     rpc_port: int
     log_path: Path
-    args: Sequence[str] = ()
+    tags: Mapping[str, str] = field(default_factory=dict)
+    event_handler: str | None = None
     auth_key: str | None = None
     proc: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
@@ -47,39 +47,32 @@ class SerfAgent:
         return f"{self.ip}:{self.rpc_port}"
 
     def start(self, join: str | None = None, wait: float = 10.0) -> None:
-        argv = [
-            "serf", "agent", "-node", self.name,
-            "-bind", self.bind_addr, "-rpc-addr", self.rpc_addr,
-            # "local" probes every second: failure shows up in ~5 s, not ~7 s.
-            "-profile", "local", "-log-level", "debug",
-            *self.args,
-        ]
-        if join:
-            argv += ["-join", join]
+        conf = None
         if self.auth_key is not None:
             # There is no -rpc-auth flag for the agent; the key lives in its config.
             conf = self.log_path.with_suffix(".json")
             conf.write_text(json.dumps({"rpc_auth": self.auth_key}))
-            argv += ["-config-file", str(conf)]
+        # "local" probes every second: failure shows up in ~5 s, not ~7 s.
+        argv = serf_agent_argv(
+            self.name, self.bind_addr, self.rpc_addr, profile="local", log_level="debug",
+            tags=self.tags, event_handler=self.event_handler, join=join or (),
+            config_file=conf)
         with self.log_path.open("ab") as log:
             self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         self._wait_rpc(wait)
 
     def _wait_rpc(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
+        def up() -> bool:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise RuntimeError(f"serf agent {self.name} exited:\n{self.log_tail()}")
-            try:
-                socket.create_connection((self.ip, self.rpc_port), timeout=0.5).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"serf agent {self.name} RPC not up:\n{self.log_tail()}"
-                    ) from None
-                time.sleep(0.02)
+            socket.create_connection((self.ip, self.rpc_port), timeout=0.5).close()
+            return True
+
+        try:
+            wait_for(up, timeout, f"serf agent {self.name} RPC", 0.02)
+        except StackError:
+            raise RuntimeError(f"serf agent {self.name} RPC not up:\n{self.log_tail()}") from None
 
     def rpc(self, auth_key: str | None = None, timeout: float = 5.0) -> SerfRPC:
         """A connected client (the caller closes it)."""
@@ -89,19 +82,13 @@ class SerfAgent:
 
     def kill(self) -> None:
         """SIGKILL: the agent vanishes without a leave, as a crashed machine does."""
-        self._signal(signal.SIGKILL)
+        if self.proc is not None:
+            kill(self.proc)
 
     def terminate(self) -> None:
-        self._signal(signal.SIGTERM)
-
-    def _signal(self, sig: signal.Signals) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
+        """SIGTERM, SIGKILL when it is not gone within 10 s."""
+        if self.proc is not None:
+            reap(self.proc, 10)
 
     def wait_exit(self, timeout: float) -> int:
         assert self.proc is not None
@@ -119,7 +106,8 @@ StartAgent = Callable[..., SerfAgent]
 
 @pytest.fixture
 def serf_agents(tmp_path: Path) -> Iterator[StartAgent]:
-    """Factory: `start(name, join=None, args=(), auth_key=None) -> SerfAgent` (running).
+    """Factory: `start(name, join=None, tags=None, event_handler=None, auth_key=None) ->
+    SerfAgent` (running).
 
     `join` may be another SerfAgent. All agents are killed at teardown.
     """
@@ -130,7 +118,8 @@ def serf_agents(tmp_path: Path) -> Iterator[StartAgent]:
     def start(
         name: str,
         join: SerfAgent | str | None = None,
-        args: Sequence[str] = (),
+        tags: Mapping[str, str] | None = None,
+        event_handler: str | None = None,
         auth_key: str | None = None,
     ) -> SerfAgent:
         ip = f"127.0.0.{next(_ADDRS)}"
@@ -142,7 +131,8 @@ def serf_agents(tmp_path: Path) -> Iterator[StartAgent]:
             rpc_port = free_port(ip)
         agent = SerfAgent(
             name=name, ip=ip, bind_port=bind_port, rpc_port=rpc_port,
-            log_path=tmp_path / f"serf-{name}.log", args=args, auth_key=auth_key,
+            log_path=tmp_path / f"serf-{name}.log", tags=tags or {},
+            event_handler=event_handler, auth_key=auth_key,
         )
         agents.append(agent)
         agent.start(join.bind_addr if isinstance(join, SerfAgent) else join)

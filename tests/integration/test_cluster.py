@@ -27,6 +27,7 @@ from loadgen import HttpLoad
 
 from lbsync.cluster.local import Layout, Supervisor, leftovers
 from lbsync.haproxy.runtime import RuntimeAPI
+from lbsync.serf.agent_cmd import serf_agent_argv
 from lbsync.serf.rpc import SerfRPC
 
 NET = 150
@@ -206,17 +207,19 @@ def test_the_gossip_is_keyed_and_an_agent_without_the_key_never_becomes_a_server
         log = cluster.dir / "logs" / "test-intruder.log"
         with log.open("w") as sink:
             procs.append(subprocess.Popen(
-                ["serf", "agent", "-node", "intruder", "-bind", f"{intruder}:7946",
-                 "-rpc-addr", f"{intruder}:7373", "-tag", "role=edge", "-tag", "port=8080",
-                 "-tag", "ready=1", "-retry-join", f"{cluster.lb_ip}:7946",
-                 "-retry-interval", "1s"], stdout=sink, stderr=subprocess.STDOUT, text=True))
+                serf_agent_argv("intruder", f"{intruder}:7946", f"{intruder}:7373",
+                                tags={"role": "edge", "port": "8080", "ready": "1"},
+                                retry_join=f"{cluster.lb_ip}:7946", retry_interval="1s",
+                                log_level=None),
+                stdout=sink, stderr=subprocess.STDOUT, text=True))
         wait(lambda: "Remote state is encrypted and encryption is not configured"
              in log.read_text(), 15, "the intruder's join refused")
         # An agent with the key joins at once: the lb's gossip is live while it refuses.
         procs.append(subprocess.Popen(
-            ["serf", "agent", "-node", "friend", "-bind", f"{friend}:7946", "-rpc-addr",
-             f"{friend}:7373", "-tag", "role=probe", "-encrypt", key, "-join",
-             f"{cluster.lb_ip}:7946"], stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
+            serf_agent_argv("friend", f"{friend}:7946", f"{friend}:7373",
+                            tags={"role": "probe"}, encrypt=key, join=f"{cluster.lb_ip}:7946",
+                            log_level=None),
+            stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT))
         wait(lambda: "friend" in serf_alive(cluster), 15, "the keyed agent in the members")
         wait(lambda: "friend" in registry_names(cluster), 15, "the keyed agent registered")
         deadline = time.monotonic() + 4  # the intruder retries every second meanwhile

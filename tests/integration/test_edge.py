@@ -35,6 +35,7 @@ from serf_fixtures import SerfAgent, StartAgent
 from lbsync.edge.crossbar import ROUTER_SOCKET
 from lbsync.edge.probe import probe
 from lbsync.model import Member, MemberStatus
+from lbsync.settings import flags
 from tests.rig.procs import free_port, reap, wait_for
 
 CROSSBAR = Path(sys.executable).with_name("crossbar")
@@ -100,8 +101,9 @@ class CrossbarNode:
         return f"ws://{self.ip}:{self.port}/ws"
 
     def configure(self) -> None:
-        r = lbsync("crossbar-config", "--cbdir", str(self.cbdir), "--node", self.name,
-                   "--listen", f"{self.ip}:{self.port}", "--proxies", str(self.proxies))
+        r = lbsync("crossbar-config", *flags(
+            "crossbar-config", cbdir=self.cbdir, node_name=self.name,
+            listen=f"{self.ip}:{self.port}", proxies=self.proxies))
         assert r.returncode == 0, r.stderr
 
     def start(self) -> None:
@@ -358,10 +360,10 @@ def sidecars(tmp_path: Path) -> Iterator[Callable[..., Sidecar]]:
         agent_port = free_port(node.ip)
         stopped = tmp_path / f"{node.name}.stopped"
         log_path = tmp_path / f"sidecar-{node.name}.log"
-        argv = [sys.executable, "-m", "lbsync", "node", "--name", node.name,
-                "--serf-rpc", serf.rpc_addr, "--listen", f"{node.ip}:{node.port}",
-                "--agent-port", str(agent_port), "--drain-timeout", drain_timeout,
-                "--stop-command", f"touch {stopped}"]
+        argv = [sys.executable, "-m", "lbsync", "node", *flags(
+            "node", node_name=node.name, serf_rpc=serf.rpc_addr,
+            listen=f"{node.ip}:{node.port}", agent_port=agent_port,
+            drain_timeout=drain_timeout, stop_command=f"touch {stopped}")]
         with log_path.open("ab") as log:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)

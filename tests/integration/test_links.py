@@ -28,6 +28,7 @@ from lbsync.cluster.local import Layout
 from lbsync.edge import links as L
 from lbsync.haproxy.master import MasterCLI
 from lbsync.haproxy.runtime import RuntimeAPI
+from tests.rig.procs import StackError
 
 NET = 156  # nobody else uses 127.156.0.x
 COOKIE = "SERVERID"  # Settings.cookie_name, the cookie HAProxy inserts
@@ -71,7 +72,7 @@ def wait_links_up(layout: Layout, timeout: float = 60) -> str:
 
     try:
         wait(ok, timeout, "lbsync links --check to exit 0")
-    except AssertionError as e:
+    except StackError as e:
         raise AssertionError(f"{e}; last output:\n{''.join(out)}") from None
     return out[0]
 
@@ -406,7 +407,7 @@ def test_a_restarted_router_is_linked_again(cluster: Layout) -> None:
 
     try:
         wait(down_then_up, 10, "node1's sidecar to log its link to node2 down, then up")
-    except AssertionError as e:
+    except StackError as e:
         raise AssertionError(f"{e}:\n" + "\n".join(sidecar_log(cluster, "node1")[skip:])) from None
     wait(lambda: up_servers(cluster) == {"node1", "node2"}, 60, "node2 UP in HAProxy")
     realm_across(cluster, ["node1", "node2"])
@@ -435,7 +436,7 @@ def test_probe_status_and_no_reload(cluster: Layout) -> None:
     try:
         wait(lambda: {n: v for n, v in links_column().items() if n in ("node1", "node2")}
              == {"node1": "1/1", "node2": "1/1"}, 30, "LINKS 1/1 on node1 and node2")
-    except AssertionError as e:
+    except StackError as e:
         raise AssertionError(f"{e}:\n{table[0]}") from None
     r = lbsync("status", "--check", env=env, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr

@@ -19,7 +19,7 @@ from lbsync.serf.rpc import MEMBER_EVENT_TYPES, SerfError, SerfRPC
 
 pytestmark = pytest.mark.integration
 
-EDGE = ["-tag", "role=edge", "-tag", "port=8080"]
+EDGE = {"role": "edge", "port": "8080"}
 
 
 def wait_until(check: Callable[[], object], timeout: float, what: str) -> None:
@@ -53,10 +53,10 @@ def by_name(rpc: SerfRPC) -> dict[str, Member]:
 
 
 def test_handshake_and_members_list_a_second_agent(serf_agents: StartAgent) -> None:
-    a1 = serf_agents("a1", args=EDGE)
+    a1 = serf_agents("a1", tags=EDGE)
     with a1.rpc() as rpc:
         assert list(by_name(rpc)) == ["a1"]
-        a2 = serf_agents("a2", join=a1, args=[*EDGE, "-tag", "weight=50"])
+        a2 = serf_agents("a2", join=a1, tags={**EDGE, "weight": "50"})
         wait_until(lambda: "a2" in by_name(rpc), 5, "a2 in a1's members")
         members = by_name(rpc)
     assert members["a1"].addr == a1.ip
@@ -83,11 +83,11 @@ def test_auth_key_sent_to_an_agent_without_one(serf_agents: StartAgent) -> None:
 
 
 def test_stream_join_then_leave(serf_agents: StartAgent) -> None:
-    a1 = serf_agents("a1", args=EDGE)
+    a1 = serf_agents("a1", tags=EDGE)
     events: queue.Queue[MemberEvent] = queue.Queue()
     with a1.rpc() as rpc:
         rpc.stream(MEMBER_EVENT_TYPES, events.put)
-        a2 = serf_agents("a2", join=a1, args=EDGE)
+        a2 = serf_agents("a2", join=a1, tags=EDGE)
         joined = wait_event(events, EventKind.JOIN, "a2", 10)
         assert (joined.addr, joined.status) == (a2.ip, MemberStatus.ALIVE)
         assert joined.last_event == "member-join"
@@ -119,8 +119,8 @@ def test_stream_member_failed_after_kill_9(serf_agents: StartAgent) -> None:
 
 
 def test_tags_update_is_visible_to_another_agent(serf_agents: StartAgent) -> None:
-    a1 = serf_agents("a1", args=EDGE)
-    a2 = serf_agents("a2", join=a1, args=EDGE)
+    a1 = serf_agents("a1", tags=EDGE)
+    a2 = serf_agents("a2", join=a1, tags=EDGE)
     events: queue.Queue[MemberEvent] = queue.Queue()
     with a1.rpc() as rpc1, a2.rpc() as rpc2:
         wait_until(lambda: "a2" in by_name(rpc1), 5, "a2 in a1's members")
@@ -161,7 +161,7 @@ def test_follower_reconnects_after_agent_restart(
     serf_agents: StartAgent, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.INFO, logger="lbsync.serf.follow")
-    a1 = serf_agents("a1", args=EDGE)
+    a1 = serf_agents("a1", tags=EDGE)
     events: queue.Queue[MemberEvent] = queue.Queue()
     polls: list[list[Member]] = []
     follower = Follower(a1.ip, a1.rpc_port, events.put, polls.append, poll_interval=0.05)
@@ -198,8 +198,8 @@ def test_event_handler_output_parses(serf_agents: StartAgent, tmp_path: Path) ->
         'printf "%s\\n" "$SERF_EVENT" > "$f.tmp"; cat >> "$f.tmp"; mv "$f.tmp" "$f"\n'
     )
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    a1 = serf_agents("a1", args=[*EDGE, "-event-handler", f"member-join={script}"])
-    serf_agents("a2", join=a1, args=[*EDGE, "-tag", "weight=50"])
+    a1 = serf_agents("a1", tags=EDGE, event_handler=f"member-join={script}")
+    serf_agents("a2", join=a1, tags={**EDGE, "weight": "50"})
     # A node name lbsync must refuse, arriving through Serf's own formatting.
     serf_agents("evil;name", join=a1)
 

@@ -10,6 +10,7 @@ so the two see the same thing.
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -23,6 +24,8 @@ from lbsync.cluster.addresses import HTTP_PORT, SERF_PORT, SERF_RPC_PORT
 from lbsync.haproxy.master import MasterCLI
 from lbsync.haproxy.runtime import RuntimeAPI
 from lbsync.model import LbsyncError, ServerState
+from lbsync.serf.agent_cmd import serf_agent_argv
+from lbsync.settings import flags
 
 from .haproxy import start_master, wait_ready
 from .procs import StackError, kill, reap, wait_for
@@ -101,16 +104,12 @@ class DevStack:
     def settings_flags(self) -> list[str]:
         """The flags every lbsync command of this stack shares."""
         p = self.paths
-        flags = [
-            "--registry-dir", str(p["registry"]), "--haproxy-config", str(p["config"]),
-            "--runtime-socket", str(p["admin"]), "--runtime-tcp", self.runtime_tcp,
-            "--master-socket", str(p["master"]),
-            "--frontend-bind", f"{self.lb_ip}:{HTTP_PORT}",
-            "--stats-bind", f"{self.lb_ip}:{A.STATS_PORT}", "--haproxy-bin", self.haproxy_bin,
-        ]
-        if not self.handler_mode:
-            flags += ["--serf-rpc", f"{self.lb_ip}:{SERF_RPC_PORT}"]
-        return flags
+        return flags(
+            "agent", registry_dir=p["registry"], haproxy_config=p["config"],
+            runtime_socket=p["admin"], runtime_tcp=self.runtime_tcp,
+            master_socket=p["master"], frontend_bind=f"{self.lb_ip}:{HTTP_PORT}",
+            stats_bind=f"{self.lb_ip}:{A.STATS_PORT}", haproxy_bin=self.haproxy_bin,
+            serf_rpc=None if self.handler_mode else f"{self.lb_ip}:{SERF_RPC_PORT}")
 
     # --- processes -------------------------------------------------------------------
     def spawn(self, key: str, argv: list[str], env: dict[str, str] | None = None,
@@ -160,15 +159,15 @@ class DevStack:
         wait_ready(self.runtime(), timeout=10)
 
     def start_lb_serf(self) -> None:
-        argv = ["serf", "agent", "-node", "lb", "-profile", "local", "-log-level", "warn",
-                "-bind", f"{self.lb_ip}:{SERF_PORT}", "-rpc-addr", f"{self.lb_ip}:{SERF_RPC_PORT}",
-                "-tag", "role=lb",
-                # As wherever lbsync starts Serf: a restarted agent rejoins what it knew.
-                "-snapshot", str(self.workdir / "serf-lb.snapshot"), "-rejoin"]
+        handler = None
         if self.handler_mode:
-            handler = (f"{sys.executable} -m lbsync handle "
-                       f"--registry-dir {self.paths['registry']}")
-            argv += ["-event-handler", handler]
+            handler = shlex.join([sys.executable, "-m", "lbsync", "handle",
+                                  *flags("handle", registry_dir=self.paths["registry"])])
+        # As wherever lbsync starts Serf: a restarted agent rejoins what it knew.
+        argv = serf_agent_argv(
+            "lb", f"{self.lb_ip}:{SERF_PORT}", f"{self.lb_ip}:{SERF_RPC_PORT}",
+            profile="local", tags={"role": "lb"}, snapshot=self.workdir / "serf-lb.snapshot",
+            rejoin=True, event_handler=handler)
         self.spawn("serf-lb", argv)
         wait_for(lambda: self.rpc_ok(self.lb_ip), 10, "the load balancer's Serf agent")
 
@@ -188,12 +187,10 @@ class DevStack:
         m = StackMember(name or f"node{index}", ip)
         if http:
             m.http = self.serve_http(f"http-{m.name}", [(m.name, ip)])
-        all_tags = {"role": "edge", "port": str(HTTP_PORT), **(tags or {})}
-        argv = ["serf", "agent", "-node", m.name, "-profile", "local", "-log-level", "warn",
-                "-bind", f"{ip}:{SERF_PORT}", "-rpc-addr", f"{ip}:{SERF_RPC_PORT}",
-                "-retry-join", f"{self.lb_ip}:{SERF_PORT}", "-retry-interval", "1s"]
-        for k, v in all_tags.items():
-            argv += ["-tag", f"{k}={v}"]
+        argv = serf_agent_argv(
+            m.name, f"{ip}:{SERF_PORT}", f"{ip}:{SERF_RPC_PORT}", profile="local",
+            tags={"role": "edge", "port": str(HTTP_PORT), **(tags or {})},
+            retry_join=f"{self.lb_ip}:{SERF_PORT}", retry_interval="1s")
         m.serf = self.spawn(f"serf-{m.name}", argv)
         self.members[m.name] = m
         return m

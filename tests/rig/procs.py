@@ -17,14 +17,20 @@ class StackError(LbsyncError):
     """A process of the rig did not start or did not reach the state asked for."""
 
 
+# What wait_for takes for "not yet" unless told: a socket still starting (OSError), a
+# client of lbsync that cannot reach its server yet (an LbsyncError).
+RETRY_ON: tuple[type[Exception], ...] = (LbsyncError, OSError)
+
+
 # Callable[..., object]: a check may be a lambda with defaults (`lambda n=name: ...`), which
 # binds a loop's variable; wait_for calls it without arguments.
 def wait_for(check: Callable[..., object], timeout: float, what: str,
-             interval: float = 0.05) -> float:
+             interval: float = 0.05, *,
+             retry_on: tuple[type[Exception], ...] = RETRY_ON) -> float:
     """Poll `check()` until true; returns the seconds it took, or raises StackError.
 
-    An LbsyncError or OSError from `check` means "not yet" (a socket still starting);
-    the last one is named in the timeout's message. Any other exception propagates.
+    An exception of `retry_on` from `check` means "not yet"; the last one is named in the
+    timeout's message and chained to it. Any other exception propagates at once.
     """
     started = time.monotonic()
     last: Exception | None = None
@@ -32,11 +38,11 @@ def wait_for(check: Callable[..., object], timeout: float, what: str,
         try:
             if check():
                 return time.monotonic() - started
-        except (LbsyncError, OSError) as e:
+        except retry_on as e:
             last = e
         time.sleep(interval)
     raise StackError(f"timed out after {timeout:g}s waiting for {what}"
-                     + (f" (last error: {last})" if last else ""))
+                     + (f" (last error: {last})" if last else "")) from last
 
 
 def free_port(ip: str = "127.0.0.1", *, udp_too: bool = False) -> int:

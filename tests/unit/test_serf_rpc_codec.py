@@ -21,46 +21,6 @@ from lbsync.serf.rpc import (
     decode_status,
 )
 from tests.rig.procs import wait_for
-from tests.rig.serfaddr import parse_rpc_addr
-
-# --- parse_rpc_addr ---
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("127.0.0.1:7373", ("127.0.0.1", 7373)),
-        (" 10.1.2.3:1 ", ("10.1.2.3", 1)),
-        ("serf.local:65535", ("serf.local", 65535)),
-        ("[::1]:7373", ("::1", 7373)),
-        ("[fd00::2]:80", ("fd00::2", 80)),
-    ],
-)
-def test_parse_rpc_addr(text: str, expected: tuple[str, int]) -> None:
-    assert parse_rpc_addr(text) == expected
-
-
-@pytest.mark.parametrize(
-    ("text", "why"),
-    [
-        ("", "empty"),
-        ("127.0.0.1", "no port"),
-        (":7373", "no host"),
-        ("127.0.0.1:", "not a number"),
-        ("127.0.0.1:http", "not a number"),
-        ("127.0.0.1:-1", "not a number"),
-        ("127.0.0.1:0", "outside 1-65535"),
-        ("127.0.0.1:65536", "outside 1-65535"),
-        ("::1:7373", "brackets"),
-        ("[::1]", "[IPv6]:PORT"),
-        ("[::1:7373", "[IPv6]:PORT"),
-        ("[]:7373", "no host"),
-    ],
-)
-def test_parse_rpc_addr_errors(text: str, why: str) -> None:
-    with pytest.raises(ValueError, match=why.replace("[", r"\[")):
-        parse_rpc_addr(text)
-
 
 # --- decoding ---
 

@@ -32,6 +32,10 @@ from lbsync.settings import (
         ("[2001:db8::1]:80", ("2001:db8::1", 80)),
         ("*:8080", ("*", 8080)),
         ("  10.0.0.1:80  ", ("10.0.0.1", 80)),
+        # What tests/rig/serfaddr.parse_rpc_addr took, before this parser was the one.
+        (" 10.1.2.3:1 ", ("10.1.2.3", 1)),
+        ("serf.local:65535", ("serf.local", 65535)),
+        ("[fd00::2]:80", ("fd00::2", 80)),
     ],
 )
 def test_parse_hostport_good(text: str, expected: tuple[str, int]) -> None:
@@ -45,7 +49,8 @@ def test_parse_hostport_without_host_when_allowed() -> None:
 @pytest.mark.parametrize(
     "text",
     ["nope", "", ":8080", "127.0.0.1", "127.0.0.1:", "::1:80", "[::1]", "host:port",
-     "a b:80", "host:123456", "host:80/x", "http://host:80", "[::g]:80", "host;x:80"],
+     "a b:80", "host:123456", "host:80/x", "http://host:80", "[::g]:80", "host;x:80",
+     "127.0.0.1:http", "127.0.0.1:-1", "[::1:7373", "[]:7373"],
 )
 def test_parse_hostport_bad(text: str) -> None:
     with pytest.raises(SettingsError, match=r"^--serf-rpc: .* is not HOST:PORT$"):

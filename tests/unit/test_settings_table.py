@@ -21,10 +21,13 @@ from lbsync.settings import (
     TABLE,
     Setting,
     Settings,
+    SettingsError,
+    flags,
     parse_cidrs,
     parse_duration,
     parse_switch,
     rows_for,
+    what,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -294,6 +297,27 @@ def test_every_override_is_still_one() -> None:
         assert (var, value) in used, f"{var}={value} is no longer set: drop the override"
         assert BY_ENV[var].parse(value) != BY_ENV[var].value, f"{var}={value} is the default"
 
+
+# --- command lines from the table --------------------------------------------------------
+
+
+def test_flags_spell_a_command_line_from_the_table_in_the_order_given() -> None:
+    assert flags("node", node_name="n1", drain_timeout="7s", weight=None, cbdir=Path("/c")) == [
+        "--name", "n1", "--drain-timeout", "7s", "--cbdir", "/c"]
+    # A command's own spelling of a setting (crossbar-config's older --node).
+    assert flags("crossbar-config", node_name="n1") == ["--node", "n1"]
+    assert what("node_name", "crossbar-config") == "--node" and what("node_name") == "--name"
+
+
+@pytest.mark.parametrize(("command", "name"), [
+    ("agent", "admin_socket"),  # no such setting
+    ("agent", "node_name"),  # a setting, but not the agent's
+    ("crossbar-config", "link_secret"),  # a variable only, no flag
+])
+def test_flags_refuse_a_name_the_command_has_no_flag_for(command: str, name: str) -> None:
+    with pytest.raises(SettingsError, match=f"^lbsync {command} has no flag for the setting "
+                       f"'{name}'$"):
+        flags(command, **{name: "x"})
 
 
 # --- README ------------------------------------------------------------------------------
