@@ -191,7 +191,8 @@ class DevStack:
             m.name, f"{ip}:{SERF_PORT}", f"{ip}:{SERF_RPC_PORT}", profile="local",
             tags={"role": "edge", "port": str(HTTP_PORT), **(tags or {})},
             retry_join=f"{self.lb_ip}:{SERF_PORT}", retry_interval="1s")
-        m.serf = self.spawn(f"serf-{m.name}", argv)
+        # GOMAXPROCS=1 as in the node image and the local cluster (s6/node/serf/run).
+        m.serf = self.spawn(f"serf-{m.name}", argv, env={**os.environ, "GOMAXPROCS": "1"})
         self.members[m.name] = m
         return m
 

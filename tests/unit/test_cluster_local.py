@@ -147,6 +147,11 @@ def test_the_serf_key_and_token_are_made_once_private_and_given_to_serf(
     assert "LBSYNC_SERF_AUTH_KEY_FILE" in (tmp_path / "lbsync.env").read_text()
     assert token.strip() not in (tmp_path / "lbsync.env").read_text()
     assert token.strip() not in layout.conf.read_text()
+    # Each member's Serf agent runs on one Go thread, as in the node image.
+    conf = layout.conf.read_text()
+    for name in ("node1", "node2"):
+        program = conf.split(f"[program:{name}-serf]")[1].split("[program:")[0]
+        assert 'environment=GOMAXPROCS="1"' in program
 
 
 @NEEDS_BINARIES
