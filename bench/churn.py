@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.common import Wrk, summary
-from bench.join_leave import one_run
+from bench.join_leave import JoinStages, one_run
 from lbsync.cluster.addresses import SERF_RPC_PORT
 from tests.rig.devstack import DevStack
 from tests.rig.procs import wait_for
@@ -23,7 +23,12 @@ def join_latency(stack: DevStack, runs: int) -> dict[str, Any]:
         r = one_run(stack, 100 + i)
         samples.append(r)
         print(f"  join {i + 1}/{runs}: {r['join_s']:.3f} s", flush=True)
+    split = {k: summary([r[f"join_{k}"] for r in samples if f"join_{k}" in r])
+             for k in JoinStages.STAGES if any(f"join_{k}" in r for r in samples)}
     return {"unit": "s", "join": summary([r["join_s"] for r in samples]),
+            # when the member reached each stage (s from its Serf agent's start); the
+            # first request it served is "join"
+            "join_stages": split,
             "leave_out_of_rotation": summary([r["leave_out_of_rotation_s"] for r in samples]),
             "samples": samples}
 

@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -26,6 +27,7 @@ import requests
 from bench.common import pct
 from lbsync.cluster.addresses import HTTP_PORT, SERF_PORT, SERF_RPC_PORT
 from lbsync.serf.agent_cmd import serf_agent_argv
+from lbsync.serf.rpc import SerfRPC
 from tests.rig.devstack import DevStack
 from tests.rig.procs import wait_for
 
@@ -43,6 +45,50 @@ def first_request_by(stack: DevStack, node: str, timeout: float) -> float:
     raise TimeoutError(f"{node} never served a request")
 
 
+class JoinStages:
+    """When a joining member reached each stage, in seconds from `t0`: alive in the load
+    balancer's Serf (gossip), in lbsync's registry (lbsync noticed), a server in HAProxy
+    (the add), UP (HAProxy's check). Polled every 5 ms in a thread."""
+
+    STAGES = ("serf_s", "registry_s", "added_s", "up_s")
+
+    def __init__(self, stack: DevStack, name: str, t0: float) -> None:
+        self.stack, self.name, self.t0 = stack, name, t0
+        self.reached: dict[str, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        rpc = SerfRPC(self.stack.lb_ip, SERF_RPC_PORT)
+        registry = self.stack.paths["registry"] / f"{self.name}.json"
+        try:
+            rpc.connect()
+            while not self._stop.is_set() and len(self.reached) < len(self.STAGES):
+                now = time.monotonic() - self.t0
+                todo = [k for k in self.STAGES if k not in self.reached]
+                if "serf_s" in todo and any(m.name == self.name and str(m.status) == "alive"
+                                            for m in rpc.members()):
+                    self.reached["serf_s"] = now
+                if "registry_s" in todo and registry.exists():
+                    self.reached["registry_s"] = now
+                if "added_s" in todo or "up_s" in todo:
+                    server = self.stack.servers().get(self.name)
+                    if server is not None:
+                        self.reached.setdefault("added_s", now)
+                        if server.up:
+                            self.reached.setdefault("up_s", now)
+                time.sleep(0.005)
+        finally:
+            rpc.close()
+
+    def stop(self) -> dict[str, float]:
+        self._thread.join(timeout=5)
+        self._stop.set()
+        self._thread.join(timeout=5)
+        return dict(self.reached)
+
+
 def one_run(stack: DevStack, index: int) -> dict[str, float]:
     name = f"churn{index}"
     ip = stack.member_ip(index)
@@ -50,10 +96,12 @@ def one_run(stack: DevStack, index: int) -> dict[str, float]:
     wait_for(lambda: requests.get(f"http://{ip}:{HTTP_PORT}/info", timeout=1).ok, 10,
              f"{name}'s backend")
     t0 = time.monotonic()
+    stages = JoinStages(stack, name, t0)
     stack.spawn(f"serf-{name}", serf_agent_argv(
         name, f"{ip}:{SERF_PORT}", f"{ip}:{SERF_RPC_PORT}", profile="local",
         join=f"{stack.lb_ip}:{SERF_PORT}", tags={"role": "edge", "port": str(HTTP_PORT)}))
     join = first_request_by(stack, name, 20) - t0
+    reached = stages.stop()
 
     t1 = time.monotonic()
     leave_cmd = subprocess.Popen(["serf", "leave", "-rpc-addr", f"{ip}:{SERF_RPC_PORT}"],
@@ -67,8 +115,8 @@ def one_run(stack: DevStack, index: int) -> dict[str, float]:
     leave_cmd.wait(30)
     stack.kill(f"http-{name}")
     stack.kill(f"serf-{name}")
-    return {"join_s": join, "leave_out_of_rotation_s": out_of_rotation - t1,
-            "leave_removed_s": removed - t1}
+    return {"join_s": join, **{f"join_{k}": v for k, v in reached.items()},
+            "leave_out_of_rotation_s": out_of_rotation - t1, "leave_removed_s": removed - t1}
 
 
 def main() -> None:

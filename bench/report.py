@@ -49,6 +49,11 @@ def markdown(r: dict[str, Any], json_path: Path, plots: list[Path]) -> str:
         met = "met" if j["p50"] <= 0.5 else "MISSED"
         out.append(f"| join → first request served (n={j['n']}) | p50 {j['p50']:.3f} s, "
                    f"p95 {j['p95']:.3f} s | p50 ≤ 0.5 s: {met} |")
+        if st := r["join"].get("join_stages"):
+            out.append("| join, stage by stage (p50 from the agent's start) | "
+                       + "; ".join(f"{k.removesuffix('_s')} {v['p50']:.3f} s"
+                                   for k, v in st.items())
+                       + f"; served {j['p50']:.3f} s | – |")
     if "leave_under_load" in r:
         lv = r["leave_under_load"]
         out.append(f"| graceful leave under load ({len(lv['runs'])} runs) | failed "
