@@ -1,7 +1,7 @@
 """lbsync's benchmark suite: one entry point for every measure of issue 5.
 
     lbsync bench --quick --out bench/results/quick.json   # about 5 minutes
-    lbsync bench --out bench/results/full.json            # about 15 minutes
+    lbsync bench --out bench/results/full.json            # about 30 minutes
 (`lbsync bench` runs `python -m bench.run`; `bash scripts/bench.sh ARGS` sets up first.)
 
 Everything runs on loopback with real haproxy, serf and wrk processes (tests.rig.devstack).
