@@ -70,6 +70,9 @@ class DevStack:
     # The haproxy executable HAProxy runs from, and lbsync's --haproxy-bin (haproxy -c, -v).
     haproxy_bin: str = "haproxy"
     agent_args: list[str] = field(default_factory=list)
+    # Settings flags every lbsync command of the stack takes beside the addresses (render
+    # and agent alike, e.g. --tls-cert/--tls-bind: the first render has the TLS bind).
+    flags: list[str] = field(default_factory=list)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     members: dict[str, StackMember] = field(default_factory=dict)
 
@@ -110,7 +113,7 @@ class DevStack:
         ]
         if not self.handler_mode:
             flags += ["--serf-rpc", f"{self.lb_ip}:{SERF_RPC_PORT}"]
-        return flags
+        return flags + self.flags
 
     # --- processes -------------------------------------------------------------------
     def spawn(self, key: str, argv: list[str], env: dict[str, str] | None = None,
