@@ -164,7 +164,8 @@ def _mode(tmp: Path, mode: str, net: int, rotations: int, every_s: float, rate: 
                  "rate_req_s": load["rate_req_s"], "latency_ms": load["latency_ms"],
                  "wrk_errors": load["wrk_errors"]},
     }
-    print(f"  {mode}: reloads {result['reloads']}, WAMP {result['wamp']['dropped']} dropped "
+    print(f"  {mode}: reloads {result['reloads']}, WAMP {sessions['sessions_opened']} sessions "
+          f"opened, {result['wamp']['dropped']} dropped "
           f"({result['wamp']['dropped_held']} held), {result['wamp']['reconnects']} reconnects, "
           f"calls failed {calls['failed']}/{calls['ok'] + calls['failed']}; HTTPS failed "
           f"{load['failed']}/{load['requests']}; new serial served after "
