@@ -117,6 +117,7 @@ class WampLoad:
     timeout: float = 5.0  # connect/join/call timeout of each attempt
     sticky: bool = False  # clients send back HAProxy's cookie when they reconnect
     report_progress: bool = False  # keep the counts so far in progress_file (progress())
+    cafile: Path | None = None  # wss://: the CA that verifies HAProxy's certificate
     proc: subprocess.Popen[bytes] | None = None
     started: float = 0.0
 
@@ -130,6 +131,7 @@ class WampLoad:
                  "--held", str(self.held), "--rotating", str(self.rotating),
                  "--timeout", str(self.timeout), "--out", str(self.out),
                  *(["--sticky"] if self.sticky else []),
+                 *(["--cafile", str(self.cafile)] if self.cafile else []),
                  *(["--progress", str(self.progress_file)] if self.report_progress else [])],
                 stdout=log, stderr=subprocess.STDOUT, env=checkout_env())
 

@@ -30,6 +30,11 @@ real Crossbar.io nodes and autobahn WAMP clients hold sessions through HAProxy b
   8. data path (bench/datapath.py, not in --quick): the same members as runtime-added
      servers and as servers in haproxy.cfg, wrk unpaced with keep-alive and with a new
      connection per request, alternating rounds; guard: throughput within 3 %
+  9. certificate rotation (bench/rotation.py, not in --quick): K rotations of the TLS
+     certificate under WAMP sessions over wss:// and HTTPS load, through lbsync's Runtime
+     API vs the file written and HAProxy reloaded (with and without hard-stop-after):
+     sessions dropped, reconnects, calls and requests failed, reloads, the new serial's
+     time to be served
 Writes the JSON to --out, bench/results/latest.md and PNG plots under bench/results/.
 """
 
@@ -59,20 +64,20 @@ def parse_parts(p: argparse.ArgumentParser, text: str) -> set[int]:
         parts = {int(x) for x in text.split(",")}
     except ValueError:
         parts = set()
-    if not parts or not parts <= {1, 2, 3, 4, 5, 6, 7, 8}:
-        p.error(f"--only {text!r}: a comma-separated list of parts 1-8, e.g. 4,5")
+    if not parts or not parts <= set(range(1, 10)):
+        p.error(f"--only {text!r}: a comma-separated list of parts 1-9, e.g. 4,5")
     return parts
 
 
 def preflight(p: argparse.ArgumentParser, parts: set[int]) -> None:
     """Fail in the first second, not after minutes of measuring, when a part is missing."""
-    need = ["haproxy", "serf"] + (["wrk"] if parts & {2, 3, 4, 8} else [])
+    need = ["haproxy", "serf"] + (["wrk"] if parts & {2, 3, 4, 8, 9} else [])
     missing = [b for b in need if shutil.which(b) is None]
     if 7 in parts:
         from bench.netns import usable
         if problem := usable():
             p.error(f"part 7: {problem}")
-    for binary, part in (("crossbar", {4, 6, 7}), ("supervisord", {6})):
+    for binary, part in (("crossbar", {4, 6, 7, 9}), ("supervisord", {6})):
         if parts & part and not (Path(sys.executable).parent / binary).exists():
             missing.append(f"{binary} (pip install -e '.[edge]')")
     for module, extra in (("matplotlib", "bench"), ("autobahn", "edge")):
@@ -110,18 +115,18 @@ def main() -> None:
                    help="part 4: WAMP clients renewing their session every 2-6 s")
     p.add_argument("--scale-sizes", help="part 5's storm sizes, e.g. 200,500 "
                    "(default: 100,200,500; --quick: 50)")
-    p.add_argument("--only", help="parts to run, e.g. 4,5 (default: 1-8, --quick: 1-6)")
+    p.add_argument("--only", help="parts to run, e.g. 4,5 (default: 1-9, --quick: 1-6)")
     p.add_argument("--results", type=Path, default=RESULTS,
                    help="folder of latest.md and the plots (default bench/results)")
     # 127.150 is the local-cluster test's, 127.60-79 the agent tests': stay clear of them.
     p.add_argument("--net", type=int, default=200,
-                   help="first N of 127.N.0.x (uses N..N+4, and N+10..N+14 in part 6)")
+                   help="first N of 127.N.0.x (uses N..N+5, and N+10..N+14 in part 6)")
     args = p.parse_args()
-    parts = parse_parts(p, args.only or ("1,2,3,4,5,6" if args.quick else "1,2,3,4,5,6,7,8"))
+    parts = parse_parts(p, args.only or ("1,2,3,4,5,6" if args.quick else "1,2,3,4,5,6,7,8,9"))
     if args.rate < 100:
         p.error(f"--rate {args.rate}: at least 100 req/s")
     if not 1 <= args.net <= 250:
-        p.error(f"--net {args.net}: must be 1-250 (the run uses 127.N.0.x to 127.N+4.0.x)")
+        p.error(f"--net {args.net}: must be 1-250 (the run uses 127.N.0.x to 127.N+5.0.x)")
     if 6 in parts and args.net + 14 > 255:
         p.error(f"--net {args.net}: part 6 uses 127.N+10.0.x to 127.N+14.0.x: at most 241")
     if args.wamp_held < 0 or args.wamp_rotating < 0 or args.wamp_held + args.wamp_rotating == 0:
@@ -147,6 +152,7 @@ def main() -> None:
     from bench.datapath import data_path
     from bench.faults import BY_NAME, faults
     from bench.realm import realm
+    from bench.rotation import rotation
     from bench.scale import storm
     from bench.sidebyside import side_by_side
     from bench.stages import stage_costs
@@ -207,6 +213,10 @@ def main() -> None:
             print("8. data path: runtime-added servers vs servers in haproxy.cfg", flush=True)
             result["data_path"] = data_path(tmp, args.net + 3, cfg["datapath_rounds"],
                                             cfg["datapath_seconds"])
+        if 9 in parts:
+            print("9. certificate rotation: runtime API vs reload", flush=True)
+            result["rotation"] = rotation(tmp, args.net + 3,
+                                          (args.wamp_held, args.wamp_rotating))
         if 7 in parts:
             print("7. faults between hosts (network namespaces)", flush=True)
             result["faults"] = faults(tmp / "faults", list(BY_NAME))

@@ -2,6 +2,8 @@
 
     python -m bench.wampload --url ws://127.201.0.1:8080/ws --held 10 --rotating 20 \\
         --out wamp.json          # runs until SIGTERM/SIGINT, then writes --out
+    python -m bench.wampload --url wss://127.201.0.1:8443/ws --cafile ca.pem ...
+                                 # over TLS, the server's certificate verified with ca.pem
 
 With --progress FILE it also keeps FILE up to date (every 0.25 s) with the counts so far,
 so a test can wait for a state instead of sleeping.
@@ -28,6 +30,7 @@ import json
 import logging
 import random
 import signal
+import ssl
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -83,6 +86,17 @@ class _Session(ApplicationSession):
             self.ended.set_result(reason)
 
 
+def tls_context(url: str, cafile: Path | None) -> ssl.SSLContext | None:
+    """The client's TLS context: None for ws://; for wss:// one that verifies the server's
+    certificate and name, against `cafile` when given (else the system's CAs)."""
+    secure = parse_url(url)[0]
+    if not secure:
+        if cafile is not None:
+            raise ValueError(f"--cafile is for wss:// URLs, not {url}")
+        return None
+    return ssl.create_default_context(cafile=str(cafile) if cafile else None)
+
+
 def progress(rec: Record, alive: int) -> dict[str, int]:
     """The counts so far: what --progress writes."""
     return {"alive": alive, "opened": len(rec.opened), "closed": rec.closed,
@@ -92,8 +106,10 @@ def progress(rec: Record, alive: int) -> dict[str, int]:
 
 class Load:
     def __init__(self, url: str, realm: str, interval: float, timeout: float,
-                 sticky: bool = False, progress_file: Path | None = None) -> None:
+                 sticky: bool = False, progress_file: Path | None = None,
+                 tls: ssl.SSLContext | None = None) -> None:
         self.url, self.realm, self.interval, self.timeout = url, realm, interval, timeout
+        self.tls = tls
         self.sticky = sticky
         self.cookies: dict[int, str] = {}  # client -> the SERVERID cookie HAProxy gave it
         self.rec = Record()
@@ -102,7 +118,7 @@ class Load:
         self.progress_file = progress_file
         self._serial = itertools.count()
 
-    async def _open(self, cid: int) -> tuple[_Session, asyncio.Future[str], Any, str | None]:
+    async def open(self, cid: int) -> tuple[_Session, asyncio.Future[str], Any, str | None]:
         loop = asyncio.get_running_loop()
         joined: asyncio.Future[SessionDetails] = loop.create_future()
         ended: asyncio.Future[str] = loop.create_future()
@@ -113,7 +129,7 @@ class Load:
         headers = {"Cookie": self.cookies[cid]} if cid in self.cookies else None
         factory = WampWebSocketClientFactory(session, url=self.url, headers=headers)  # type: ignore[no-untyped-call]
         transport, protocol = await asyncio.wait_for(
-            loop.create_connection(factory, host, port), self.timeout)
+            loop.create_connection(factory, host, port, ssl=self.tls), self.timeout)
         try:
             details = await asyncio.wait_for(joined, self.timeout)
         except BaseException:
@@ -131,7 +147,7 @@ class Load:
         while not self.stopping.is_set():
             t = time.time()
             try:
-                session, ended, transport, node = await self._open(cid)
+                session, ended, transport, node = await self.open(cid)
             except (OSError, TimeoutError, ConnectionError) as e:
                 self.rec.connect_failures.append(
                     {"t": t, "client": cid, "kind": kind, "reason": str(e) or type(e).__name__})
@@ -246,7 +262,10 @@ def summary(rec: Record, args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--url", required=True, help="ws://HOST:PORT/ws (HAProxy's frontend)")
+    p.add_argument("--url", required=True,
+                   help="ws://HOST:PORT/ws or wss://HOST:PORT/ws (HAProxy's frontend)")
+    p.add_argument("--cafile", type=Path,
+                   help="wss://: the CA (PEM) that verifies the server's certificate")
     p.add_argument("--realm", default="realm1")
     p.add_argument("--held", type=int, default=10, help="clients holding one session")
     p.add_argument("--rotating", type=int, default=20, help="clients renewing sessions")
@@ -259,10 +278,14 @@ def main() -> None:
     args = p.parse_args()
     if args.held < 0 or args.rotating < 0 or args.held + args.rotating == 0:
         p.error("--held and --rotating must be >= 0, and not both 0")
+    try:
+        tls = tls_context(args.url, args.cafile)
+    except (ValueError, OSError, ssl.SSLError) as e:
+        p.error(str(e))
     for name in ("autobahn", "asyncio"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     load = Load(args.url, args.realm, args.call_interval, args.timeout, args.sticky,
-                args.progress)
+                args.progress, tls)
     asyncio.run(load.run(args.held, args.rotating))
     args.out.write_text(json.dumps(summary(load.rec, args)) + "\n")
 

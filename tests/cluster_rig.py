@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import shutil
 import subprocess
 import sys
@@ -28,6 +29,19 @@ NEEDS_CLUSTER = [
                             and CROSSBAR.exists()),
                        reason="needs haproxy, serf and the edge extra (crossbar)"),
 ]
+
+
+def why_no_crossbar() -> str | None:
+    """Why Crossbar cannot run here (the edge extra missing, its binary failing), or None.
+    Takes seconds (`crossbar version`): call it from a module-scoped fixture."""
+    if importlib.util.find_spec("crossbar") is None or importlib.util.find_spec("autobahn") is None:
+        return "crossbar/autobahn are not installed (pip install 'lbsync[edge]')"
+    if not CROSSBAR.is_file():
+        return f"no crossbar binary at {CROSSBAR}"
+    r = subprocess.run([str(CROSSBAR), "version"], capture_output=True, timeout=60, check=False)
+    if r.returncode != 0:
+        return f"`crossbar version` failed: {r.stderr.decode(errors='replace')[-300:]}"
+    return None
 
 
 def lbsync(*args: str, timeout: float = 300, cwd: Path | None = None,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import http.client
-import importlib.util
 import itertools
 import json
 import os
@@ -30,6 +29,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from cluster_rig import CROSSBAR, why_no_crossbar
 from serf_fixtures import SerfAgent, StartAgent
 
 from lbsync.edge.crossbar import ROUTER_SOCKET
@@ -38,20 +38,6 @@ from lbsync.model import Member, MemberStatus
 from lbsync.settings import flags
 from tests.rig.procs import free_port, reap, wait_for
 
-CROSSBAR = Path(sys.executable).with_name("crossbar")
-
-
-def _why_no_crossbar() -> str | None:
-    if importlib.util.find_spec("crossbar") is None or importlib.util.find_spec("autobahn") is None:
-        return "crossbar/autobahn are not installed (pip install 'lbsync[edge]')"
-    if not CROSSBAR.is_file():
-        return f"no crossbar binary at {CROSSBAR}"
-    r = subprocess.run([str(CROSSBAR), "version"], capture_output=True, timeout=60, check=False)
-    if r.returncode != 0:
-        return f"`crossbar version` failed: {r.stderr.decode(errors='replace')[-300:]}"
-    return None
-
-
 pytestmark = pytest.mark.integration
 
 
@@ -59,7 +45,7 @@ pytestmark = pytest.mark.integration
 def _crossbar_runs() -> None:
     """Skip the module, with the reason, where Crossbar cannot run (checked once, lazily:
     `crossbar version` takes seconds, and collection should not pay for it)."""
-    if (reason := _why_no_crossbar()) is not None:
+    if (reason := why_no_crossbar()) is not None:
         pytest.skip(reason)
 
 # 127.77.X.Y: X from the pid keeps concurrent runs apart, Y counts nodes.

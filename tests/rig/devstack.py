@@ -73,6 +73,9 @@ class DevStack:
     # The haproxy executable HAProxy runs from, and lbsync's --haproxy-bin (haproxy -c, -v).
     haproxy_bin: str = "haproxy"
     agent_args: list[str] = field(default_factory=list)
+    # Settings flags every lbsync command of the stack takes beside the addresses (render
+    # and agent alike, e.g. --tls-cert/--tls-bind: the first render has the TLS bind).
+    flags: list[str] = field(default_factory=list)
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     members: dict[str, StackMember] = field(default_factory=dict)
 
@@ -109,7 +112,8 @@ class DevStack:
             runtime_socket=p["admin"], runtime_tcp=self.runtime_tcp,
             master_socket=p["master"], frontend_bind=f"{self.lb_ip}:{HTTP_PORT}",
             stats_bind=f"{self.lb_ip}:{A.STATS_PORT}", haproxy_bin=self.haproxy_bin,
-            serf_rpc=None if self.handler_mode else f"{self.lb_ip}:{SERF_RPC_PORT}")
+            serf_rpc=None if self.handler_mode else f"{self.lb_ip}:{SERF_RPC_PORT}",
+        ) + self.flags
 
     # --- processes -------------------------------------------------------------------
     def spawn(self, key: str, argv: list[str], env: dict[str, str] | None = None,

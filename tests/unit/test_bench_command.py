@@ -31,8 +31,10 @@ def test_quick_parts_parse() -> None:
     p = argparse.ArgumentParser()
     assert parse_parts(p, "1,2,3,4,5,6") == {1, 2, 3, 4, 5, 6}
     assert parse_parts(p, "8") == {8}
-    with pytest.raises(SystemExit):
-        parse_parts(p, "9")
+    assert parse_parts(p, "9") == {9}
+    for bad in ("10", "0", "", "9,x"):
+        with pytest.raises(SystemExit):
+            parse_parts(p, bad)
 
 
 def test_scale_sizes() -> None:
