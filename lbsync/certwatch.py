@@ -3,9 +3,12 @@ the Runtime API (lbsync.haproxy.certs: `set ssl cert` + `commit`), never a reloa
 
 `CertWatch.poll()` stats each file (inode, size, mtime, ctime: an atomic rename, a copy
 over and a `touch` all change one) and does nothing more while they stay the same, so the
-loop can call it on every tick. On a change it reads the PEM and compares its certificate
-with what HAProxy serves under that name (`show ssl cert FILE`'s SHA1): the same one (the
-agent's start, or a touch) costs nothing; another one is sent. HAProxy refusing it
+loop can call it on every tick. On a change it reads the PEM. The first look at a file (the
+agent's start) compares its certificate with what HAProxy serves under that name (`show
+ssl cert FILE`'s SHA1): the same one costs nothing. Later, a file whose text changed is
+sent even when its certificate is the one served (a new key, a new chain: HAProxy checks
+the key at commit, so a key that does not match is refused now rather than at the next
+reload); one only touched costs nothing. HAProxy refusing it
 (expired, a key that does not match, not a PEM) is one error in the log and the old
 certificate stays served; the file is tried again when it changes again. HAProxy not
 answering is no verdict: the next poll tries again.
@@ -39,6 +42,7 @@ class CertWatch:
         self.files = files  # the certificate files, listed again on each poll (a folder)
         self.certs = certs
         self.seen: dict[Path, _Signature] = {}  # the files settled: served, or refused
+        self.texts: dict[Path, str] = {}  # the text of each file when it settled
         self.rotations = 0
         self.refusals = 0
 
@@ -54,8 +58,9 @@ class CertWatch:
             if self.seen.get(path) == signature:
                 continue
             try:
-                settled = self._check(path)
+                settled = self._check(path, first=path not in self.seen)
             except LbsyncError as e:  # HAProxy not answering: no verdict, try again
+                self.texts.pop(path, None)
                 log.warning("certificate %s changed; HAProxy cannot be asked now (%s): "
                             "will retry", path, e)
                 continue
@@ -64,14 +69,18 @@ class CertWatch:
                 rotated.append(path)
         return rotated
 
-    def _check(self, path: Path) -> bool:
-        """True when HAProxy serves the file's new certificate now; CertError handled,
-        other LbsyncErrors raised (HAProxy unreachable)."""
+    def _check(self, path: Path, *, first: bool) -> bool | None:
+        """True when HAProxy serves the file's new certificate now, None when the text is
+        the one already settled (a touch); CertError handled, other LbsyncErrors raised
+        (HAProxy unreachable)."""
         try:
             text = path.read_text(encoding="ascii", errors="replace")
         except OSError as e:
             self._refused(path, f"cannot read it ({e.strerror})")
             return False
+        if self.texts.get(path) == text:
+            return None
+        self.texts[path] = text
         if problem := pem_problem(text):
             self._refused(path, problem)
             return False
@@ -82,8 +91,8 @@ class CertWatch:
             log.warning("certificate %s is not loaded in HAProxy (a new file in the "
                         "folder?): it is served after the next reload", path)
             return False
-        if served.sha1 and served.sha1 == fingerprint(text):
-            return False  # already served (the agent's start, or the file only touched)
+        if first and served.sha1 and served.sha1 == fingerprint(text):
+            return False  # the agent's start: HAProxy serves this file already
         try:
             info = self.certs.replace(str(path), text)
         except CertError as e:

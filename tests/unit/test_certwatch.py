@@ -214,3 +214,45 @@ def test_the_daemon_watches_the_tls_cert_only_when_set(tmp_path: Path, pem: Path
     assert watch.files() == [pem]  # the folder, listed on each poll
     (tmp_path / "other.pem").write_text(make_pem("other"))
     assert watch.files() == [tmp_path / "other.pem", pem]
+
+
+def _blocks(pem: str) -> tuple[str, str]:
+    """(the CERTIFICATE block, the PRIVATE KEY block) of a PEM."""
+    cert = pem[pem.index("-----BEGIN CERTIFICATE-----"):pem.index("-----END CERTIFICATE-----")]
+    key = pem[pem.index("-----BEGIN PRIVATE KEY-----"):pem.index("-----END PRIVATE KEY-----")]
+    return (cert + "-----END CERTIFICATE-----\n", key + "-----END PRIVATE KEY-----\n")
+
+
+def test_a_new_key_beside_the_served_certificate_is_sent_and_its_refusal_logged(
+        pem: Path, certs: FakeCerts, caplog: pytest.LogCaptureFixture) -> None:
+    watch = CertWatch(lambda: [pem], certs)
+    watch.poll()  # the agent's start: the served certificate is not sent again
+    assert certs.replaced == []
+    cert, _ = _blocks(pem.read_text())
+    _, other_key = _blocks(make_pem("other"))
+    certs.refuse = "inconsistencies between private key and certificate"
+    write(pem, cert + other_key)  # the same certificate, another key
+    with caplog.at_level(logging.ERROR, "lbsync.certs"):
+        assert watch.poll() == []
+    assert certs.replaced == [str(pem)], "sent, so HAProxy checks the key now"
+    assert "inconsistencies between private key" in caplog.text
+
+
+def test_a_touched_file_is_not_sent_again(pem: Path, certs: FakeCerts) -> None:
+    watch = CertWatch(lambda: [pem], certs)
+    watch.poll()
+    write(pem, make_pem("second"))
+    assert watch.poll() == [pem]
+    os.utime(pem, ns=(1, 1))  # a touch: the stat changes, the text does not
+    assert watch.poll() == [] and certs.replaced == [str(pem)]
+
+
+def test_haproxy_down_during_a_change_is_retried_with_the_same_text(
+        pem: Path, certs: FakeCerts) -> None:
+    watch = CertWatch(lambda: [pem], certs)
+    watch.poll()
+    write(pem, make_pem("second"))
+    certs.down = True
+    assert watch.poll() == []
+    certs.down = False
+    assert watch.poll() == [pem], "the unchanged file is tried again once HAProxy answers"
