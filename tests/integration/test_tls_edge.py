@@ -30,6 +30,7 @@ import pytest
 from cryptography import x509
 from haproxy_fixtures import HAProxyBin
 
+from lbsync.cluster import tls
 from lbsync.haproxy.binary import check_haproxy_config
 from lbsync.haproxy.master import MasterCLI
 from lbsync.haproxy.runtime import RuntimeAPI
@@ -517,6 +518,17 @@ def test_the_local_clusters_tls_is_what_haproxy_serves_and_its_ca_verifies(
                 pytest.raises(ssl.SSLCertVerificationError):
             strict.wrap_socket(raw, server_hostname="other.example")
         assert f"curl --cacert {ca} https://{layout.lb_ip}:8443/info" in layout.endpoints()
+        # What the printed line does, with curl itself: verified through the cluster's CA
+        # (no node yet: HAProxy's 503 over TLS); a CA that did not sign it is refused (60).
+        curl = ["curl", "-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"]
+        ok = subprocess.run([*curl, "--cacert", str(ca), f"https://{layout.lb_ip}:8443/info"],
+                            capture_output=True, text=True, timeout=30, check=False)
+        assert (ok.returncode, ok.stdout) == (0, "503"), ok.stderr
+        other_ca = tls.ensure(layout.dir / "other-ca", ["localhost"]).ca_cert
+        bad = subprocess.run([*curl, "--cacert", str(other_ca),
+                              f"https://{layout.lb_ip}:8443/info"],
+                             capture_output=True, text=True, timeout=30, check=False)
+        assert bad.returncode == 60, (bad.returncode, bad.stderr)
     finally:
         if process is not None:
             reap(process, 5)
