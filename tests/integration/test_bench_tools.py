@@ -28,7 +28,8 @@ def lbsync_bench(*args: str) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.parametrize(("args", "fragment"), [
-    (["--out", "x.json", "--only", "9"], "--only '9'"),
+    (["--out", "x.json", "--only", "10"], "--only '10'"),
+    (["--out", "x.json", "--scale-sizes", "500,x"], "--scale-sizes '500,x'"),
     (["--out", "x.json", "--only", "a,b"], "--only 'a,b'"),
     (["--out", "x.json", "--net", "0"], "--net 0"),
     (["--out", "x.json", "--rate", "5"], "--rate 5"),
