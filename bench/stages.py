@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from lbsync.cluster.addresses import HTTP_PORT, STATS_PORT
+from lbsync.cluster.addresses import HTTP_PORT
 from lbsync.haproxy.binary import check_haproxy_config, haproxy_version
 from lbsync.haproxy.runtime import RuntimeAPI, response_error
 from lbsync.model import Member, ServerState
@@ -78,12 +78,8 @@ def one_size(tmp: Path, n: int, net: int, repeats: int) -> dict[str, object]:
         stack.start_haproxy()
         for i in range(1, n + 1):
             registry.put(member(stack, i))
-        p = stack.paths
-        settings = Settings(
-            registry_dir=p["registry"], haproxy_config=p["config"],
-            runtime_socket=str(p["admin"]), runtime_tcp=stack.runtime_tcp,
-            master_socket=str(p["master"]), frontend_bind=f"{stack.lb_ip}:{HTTP_PORT}",
-            stats_bind=f"{stack.lb_ip}:{STATS_PORT}", haproxy_bin=stack.haproxy_bin).check()
+        settings = Settings.build({k: v for k, v in stack.settings_values().items()
+                                   if v is not None})
         watch = Stopwatch()
         check = watch.timed("haproxy_check_ms",
                             lambda p: check_haproxy_config(p, settings.haproxy_bin))

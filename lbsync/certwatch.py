@@ -8,10 +8,10 @@ agent's start) compares its certificate with what HAProxy serves under that name
 ssl cert FILE`'s SHA1): the same one costs nothing. Later, a file whose text changed is
 sent even when its certificate is the one served (a new key, a new chain: HAProxy checks
 the key at commit, so a key that does not match is refused now rather than at the next
-reload); one only touched costs nothing. HAProxy refusing it
-(expired, a key that does not match, not a PEM) is one error in the log and the old
-certificate stays served; the file is tried again when it changes again. HAProxy not
-answering is no verdict: the next poll tries again.
+reload); one only touched costs nothing. HAProxy refusing it (expired, a key that does
+not match, not a PEM) is one error in the log and the old certificate stays served; the
+file is tried again when it changes again. HAProxy not answering is no verdict: the next
+poll tries again.
 """
 
 from __future__ import annotations
@@ -69,17 +69,16 @@ class CertWatch:
                 rotated.append(path)
         return rotated
 
-    def _check(self, path: Path, *, first: bool) -> bool | None:
-        """True when HAProxy serves the file's new certificate now, None when the text is
-        the one already settled (a touch); CertError handled, other LbsyncErrors raised
-        (HAProxy unreachable)."""
+    def _check(self, path: Path, *, first: bool) -> bool:
+        """True when HAProxy serves the file's new certificate now; CertError handled,
+        other LbsyncErrors raised (HAProxy unreachable)."""
         try:
             text = path.read_text(encoding="ascii", errors="replace")
         except OSError as e:
             self._refused(path, f"cannot read it ({e.strerror})")
             return False
         if self.texts.get(path) == text:
-            return None
+            return False  # only touched: settled already
         self.texts[path] = text
         if problem := pem_problem(text):
             self._refused(path, problem)

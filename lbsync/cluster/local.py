@@ -387,9 +387,9 @@ def write_files(layout: Layout, nodes: list[int], proxies: int, drain_timeout: f
     if not layout.fleet_secret.exists():  # made once: the running nodes hold it
         atomic_write(layout.fleet_secret, new_secret() + "\n", mode=0o600)
     write_serf_secrets(layout)
-    atomic_write(layout.conf, render_supervisord(layout, nodes, proxies, drain_timeout))
-    if layout.tls:  # before supervisord.conf: HAProxy starts from it
+    if layout.tls:  # before supervisord.conf, whose HAProxy serves it
         ensure_tls(layout.tls_dir, layout.tls_names())
+    atomic_write(layout.conf, render_supervisord(layout, nodes, proxies, drain_timeout))
     atomic_write(layout.dir / STATE_FILE, json.dumps(
         {"net": layout.net, "nodes": nodes, "proxies": proxies,
          "drain_timeout": drain_timeout, "tls": layout.tls}, indent=2) + "\n")

@@ -104,16 +104,20 @@ class DevStack:
         return {"registry": w / "nodes", "config": w / "haproxy.cfg", "admin": w / "admin.sock",
                 "master": w / "master.sock", "logs": w / "logs"}
 
+    def settings_values(self) -> dict[str, str | None]:
+        """This stack's settings by name (None: the table's default)."""
+        p = self.paths
+        return {
+            "registry_dir": str(p["registry"]), "haproxy_config": str(p["config"]),
+            "runtime_socket": str(p["admin"]), "runtime_tcp": self.runtime_tcp,
+            "master_socket": str(p["master"]), "frontend_bind": f"{self.lb_ip}:{HTTP_PORT}",
+            "stats_bind": f"{self.lb_ip}:{A.STATS_PORT}", "haproxy_bin": self.haproxy_bin,
+            "serf_rpc": None if self.handler_mode else f"{self.lb_ip}:{SERF_RPC_PORT}",
+        }
+
     def settings_flags(self) -> list[str]:
         """The flags every lbsync command of this stack shares."""
-        p = self.paths
-        return flags(
-            "agent", registry_dir=p["registry"], haproxy_config=p["config"],
-            runtime_socket=p["admin"], runtime_tcp=self.runtime_tcp,
-            master_socket=p["master"], frontend_bind=f"{self.lb_ip}:{HTTP_PORT}",
-            stats_bind=f"{self.lb_ip}:{A.STATS_PORT}", haproxy_bin=self.haproxy_bin,
-            serf_rpc=None if self.handler_mode else f"{self.lb_ip}:{SERF_RPC_PORT}",
-        ) + self.flags
+        return flags("agent", **self.settings_values()) + self.flags
 
     # --- processes -------------------------------------------------------------------
     def spawn(self, key: str, argv: list[str], env: dict[str, str] | None = None,
