@@ -107,6 +107,49 @@ def test_batch_of_many_commands_uses_one_connection(
     assert sorted(s.uweight for s in rows) == list(range(1, 41))
 
 
+def test_pipelined_windows_answer_in_order_as_one_at_a_time(
+    haproxy_rig: HAProxyRig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch goes a window at a time: one send per window, and every answer (empty,
+    one line, a refusal, a long table) lands on its own command, as when sent one by one."""
+    sends: list[str] = []
+    real_send = runtime_module.CLISession._send
+
+    def counting_send(self: runtime_module.CLISession, text: str) -> None:
+        sends.append(text)
+        real_send(self, text)
+
+    rt = haproxy_rig.runtime()
+    port = haproxy_rig.nodes[0].port
+    adds = [c for i in range(30) for c in (
+        f"add server {BACKEND}/w{i} 127.0.0.1:{port} weight {i + 1}",
+        f"set server {BACKEND}/w{i} state drain", f"bogus{i}")]
+    shows = [f"show servers state {BACKEND}", f"del server {BACKEND}/nope", "show info"] * 10
+    monkeypatch.setattr(runtime_module.CLISession, "_send", counting_send)
+    with rt.session() as session:
+        pipelined = session.commands(adds + shows, window=16)
+    assert len(sends) == 1 + 8  # `prompt`, then 120 commands in windows of 16
+
+    assert pipelined[0:len(adds):3] == ["New server registered."] * 30
+    assert pipelined[1:len(adds):3] == [""] * 30
+    assert [response_error(c, a) for c, a in zip(adds[2::3], pipelined[2:len(adds):3],
+                                                 strict=True)] == ["unknown command"] * 30
+    with rt.session() as session:
+        one_by_one = [session.command(c) for c in shows]
+
+    def gist(answer: str) -> object:
+        """What does not change between two reads: servers' names and weights, show
+        info's keys (its values count uptime and streams), other answers as they are."""
+        if answer.startswith("1\n# be_id"):
+            return sorted((r.name, r.uweight) for r in runtime_module.parse_servers_state(answer))
+        if answer.startswith("Name: HAProxy"):
+            return [line.split(":")[0] for line in answer.splitlines()]
+        return answer
+
+    assert [gist(a) for a in pipelined[len(adds):]] == [gist(a) for a in one_by_one]
+    assert gist(one_by_one[0]) == sorted((f"w{i}", i + 1) for i in range(30))
+
+
 def test_refusals_carry_haproxy_text(haproxy_rig: HAProxyRig) -> None:
     rt = haproxy_rig.runtime()
     add_and_enable(rt, "n1", haproxy_rig.nodes[0].port)

@@ -474,3 +474,15 @@ def test_master_prompt_after_failed_reload_is_recognised(fake_path: Path) -> Non
         assert MasterCLI(str(fake_path)).status().failed_reloads == 1
     finally:
         fake.close()
+
+
+def test_pipelined_batch_cut_short_names_the_command_it_was_on(fake_path: Path) -> None:
+    fake = FakeCLI(fake_path, {"enable server nodes/n1": "", "enable server nodes/n2": ""},
+                   close_after="enable server nodes/n2")
+    try:
+        with pytest.raises(RuntimeAPIError, match="closed the connection during "
+                                                  "'enable server nodes/n2'"):
+            RuntimeAPI(str(fake_path)).execute(
+                ["enable server nodes/n1", "enable server nodes/n2", "enable server nodes/n3"])
+    finally:
+        fake.close()
