@@ -72,6 +72,11 @@ class DevStack:
     handler_mode: bool = False  # classic wiring: serf -event-handler 'lbsync handle'
     # The haproxy executable HAProxy runs from, and lbsync's --haproxy-bin (haproxy -c, -v).
     haproxy_bin: str = "haproxy"
+    # Serf's timing profile for every agent of the stack. `local` (gossip every 100 ms,
+    # 200 ms probe timeout) detects a crash in about a second, which the tests and the
+    # failure benchmarks rely on. The images run Serf's default, `lan`, which costs a
+    # quarter of the CPU: the scale benchmark uses it, as `--scale node=200` would.
+    serf_profile: str = "local"
     agent_args: list[str] = field(default_factory=list)
     # Settings flags every lbsync command of the stack takes beside the addresses (render
     # and agent alike, e.g. --tls-cert/--tls-bind: the first render has the TLS bind).
@@ -174,8 +179,8 @@ class DevStack:
         # As wherever lbsync starts Serf: a restarted agent rejoins what it knew.
         argv = serf_agent_argv(
             "lb", f"{self.lb_ip}:{SERF_PORT}", f"{self.lb_ip}:{SERF_RPC_PORT}",
-            profile="local", tags={"role": "lb"}, snapshot=self.workdir / "serf-lb.snapshot",
-            rejoin=True, event_handler=handler)
+            profile=self.serf_profile, tags={"role": "lb"},
+            snapshot=self.workdir / "serf-lb.snapshot", rejoin=True, event_handler=handler)
         self.spawn("serf-lb", argv)
         wait_for(lambda: self.rpc_ok(self.lb_ip), 10, "the load balancer's Serf agent")
 
@@ -196,7 +201,7 @@ class DevStack:
         if http:
             m.http = self.serve_http(f"http-{m.name}", [(m.name, ip)])
         argv = serf_agent_argv(
-            m.name, f"{ip}:{SERF_PORT}", f"{ip}:{SERF_RPC_PORT}", profile="local",
+            m.name, f"{ip}:{SERF_PORT}", f"{ip}:{SERF_RPC_PORT}", profile=self.serf_profile,
             tags={"role": "edge", "port": str(HTTP_PORT), **(tags or {})},
             retry_join=f"{self.lb_ip}:{SERF_PORT}", retry_interval="1s")
         # GOMAXPROCS=1 as in the node image and the local cluster (s6/node/serf/run).
