@@ -29,6 +29,8 @@ _CHUNK = 65536
 # their answers (a line or none) stay well inside a socket's buffers, so neither side can
 # block on a full buffer while the other waits for it.
 PIPELINE_WINDOW = 64
+# Ends a pipelined window (see CLISession.commands).
+_ADDR_CHANGE = re.compile(r"set server \S+ (addr|fqdn) ")
 
 
 class RuntimeAPIError(LbsyncError):
@@ -300,10 +302,17 @@ class CLISession:
         one command at a time took 13 s (bench part 5).
         """
         answers: list[str] = []
-        for start in range(0, len(commands), window):
-            chunk = commands[start:start + window]
-            self._send("\n".join(chunk))
-            answers += self._read_answers(chunk)
+        chunk: list[str] = []
+        for i, command in enumerate(commands):
+            chunk.append(command)
+            # HAProxy 3.0 applies an address change after the command has been read: the
+            # next command of the same window still sees the old address (`addr port+1`
+            # then `addr port` answered "nothing changed" and left port+1). Its answer is
+            # awaited before anything else is sent.
+            if len(chunk) == window or i == len(commands) - 1 or _ADDR_CHANGE.match(command):
+                self._send("\n".join(chunk))
+                answers += self._read_answers(chunk)
+                chunk = []
         return answers
 
     def _read_answers(self, sent: Sequence[str]) -> list[str]:

@@ -150,6 +150,23 @@ def test_pipelined_windows_answer_in_order_as_one_at_a_time(
     assert gist(one_by_one[0]) == sorted((f"w{i}", i + 1) for i in range(30))
 
 
+def test_an_address_change_in_a_batch_is_seen_by_the_next_command(
+    haproxy_rig: HAProxyRig,
+) -> None:
+    """HAProxy 3.0 applies `set server ... addr` after reading it: pipelined with the
+    next command, `port+1` then `port` answered "nothing changed" and left port+1 (the
+    removal's idle-pool purge). The batch waits for an address change's answer."""
+    rt = haproxy_rig.runtime()
+    port = haproxy_rig.nodes[0].port
+    rt.execute([f"add server {BACKEND}/a1 127.0.0.1:{port}"])
+    answers = rt.execute([f"set server {BACKEND}/a1 addr 127.0.0.1 port {port + 1}",
+                          f"set server {BACKEND}/a1 addr 127.0.0.1 port {port}",
+                          f"show servers state {BACKEND}"])
+    assert "nothing changed" not in answers[1], answers[1]
+    [row] = [r for r in runtime_module.parse_servers_state(answers[2]) if r.name == "a1"]
+    assert row.port == port
+
+
 def test_refusals_carry_haproxy_text(haproxy_rig: HAProxyRig) -> None:
     rt = haproxy_rig.runtime()
     add_and_enable(rt, "n1", haproxy_rig.nodes[0].port)
