@@ -9,8 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def atomic_write(path: Path, text: str, mode: int = 0o644) -> bool:
-    """Write `text` to `path` through a temp file in the same folder; False when unchanged."""
+def atomic_write(path: Path, text: str, mode: int = 0o644, durable: bool = True) -> bool:
+    """Write `text` to `path` through a temp file in the same folder; False when unchanged.
+
+    `durable=False` skips the fsync: the rename is still atomic for every reader, but a
+    power cut may leave the file empty. Only for files rebuilt from elsewhere (the registry).
+    """
     try:
         if path.read_text(encoding="utf-8") == text:
             return False
@@ -21,8 +25,9 @@ def atomic_write(path: Path, text: str, mode: int = 0o644) -> bool:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.chmod(tmp, mode)
         os.replace(tmp, path)
     except BaseException:

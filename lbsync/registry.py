@@ -120,7 +120,11 @@ class Registry:
         old = self.get(member.name)
         if old is not None and _same_facts(old, member):
             return False
-        atomic_write(self.path(member.name), json.dumps(to_json(member), indent=2) + "\n")
+        # No fsync: the daemon rebuilds every file from Serf's `members`, and a file a power
+        # cut left empty reads as damaged (its server is held) until the next sync rewrites
+        # it. With 500 agents on 2 vCPU, 200 fsynced writes took 48 s of a storm's first pass.
+        atomic_write(self.path(member.name), json.dumps(to_json(member), indent=2) + "\n",
+                     durable=False)
         return True
 
     def get(self, name: str) -> Member | None:

@@ -343,6 +343,18 @@ def test_sync_leaves_damaged_files_alone(tmp_path: Path) -> None:
     assert (tmp_path / "broken.json").read_text(encoding="utf-8") == "{"
 
 
+def test_sync_rewrites_a_listed_member_whose_file_was_left_empty(tmp_path: Path) -> None:
+    # Registry files are not fsynced: a power cut can leave one empty. It reads as damaged
+    # until the next sync, which rewrites it from Serf's listing.
+    reg = Registry(tmp_path)
+    reg.sync([_m("a")], now=1.0)
+    reg.path("a").write_text("", encoding="utf-8")
+    assert reg.load() == {} and reg.damaged == frozenset({"a"})
+    changed, _ = reg.sync([_m("a")], now=2.0)
+    assert changed == ["a"]
+    assert reg.load()["a"].addr == "10.0.0.1" and reg.damaged == frozenset()
+
+
 # --- load --------------------------------------------------------------------------------
 
 
