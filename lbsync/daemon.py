@@ -113,7 +113,7 @@ def run_daemon(settings: Settings, stop: threading.Event, metrics: Metrics | Non
         runtime=runtime, master=master,
         haproxy_check=lambda p: check_haproxy_config(p, settings.haproxy_bin),
         response_error=response_error,
-    ))
+    ), background_writes=True)
     log.info("start version=haproxy-%s registry=%s runtime=%s serf=%s metrics=%s tls=%s",
              ".".join(map(str, version)), settings.registry_dir, settings.runtime_socket,
              f"{settings.serf_rpc[0]}:{settings.serf_rpc[1]}" if settings.serf_rpc
@@ -162,4 +162,5 @@ def run_daemon(settings: Settings, stop: threading.Event, metrics: Metrics | Non
         observer.join(timeout=5)
         if metrics_server is not None:
             metrics_server.stop()
+        reconciler.config.close()  # the file holds the last pass's servers
         log.info("stop reloads=%d", reconciler.config.reloads)

@@ -23,7 +23,7 @@ from .files import atomic_write
 from .model import DesiredState, LbsyncError, Plan, Refusal, Server, ServerState
 from .plan import Timeouts, make_plan, servers_after
 from .registry import Registry
-from .render import ConfigPipeline, structure_hash
+from .render import BackgroundInstall, ConfigPipeline, structure_hash
 from .settings import Settings
 
 log = logging.getLogger("lbsync.reconcile")
@@ -96,12 +96,19 @@ class ConfigOutcome:
 
 class ConfigSync:
     """haproxy.cfg equal to what runs: written through the render pipeline, and a reload
-    (rate-limited, server state saved first) only when its structure changed."""
+    (rate-limited, server state saved first) only when its structure changed.
 
-    def __init__(self, settings: Settings, fx: Effects) -> None:
+    With `background=True` (the daemon), a file whose structure is unchanged (a membership
+    change, already applied through the Runtime API) is validated and swapped on a writer
+    thread (lbsync.render.BackgroundInstall), so the next pass need not wait for
+    `haproxy -c`. The first write, a structure change and `wait=True` stay synchronous.
+    """
+
+    def __init__(self, settings: Settings, fx: Effects, background: bool = False) -> None:
         self.settings = settings
         self.fx = fx
         self.pipeline = ConfigPipeline(settings, fx.haproxy_check)
+        self.writer = BackgroundInstall(self.pipeline) if background else None
         self.running_structure: str | None = None  # structure hash of the config HAProxy runs
         self.last_reload = float("-inf")
         self.reloads = 0
@@ -109,10 +116,19 @@ class ConfigSync:
         if cfg.exists():
             self.running_structure = structure_hash(cfg.read_text(encoding="utf-8"))
 
-    def write(self, servers: list[Server], explicit_cookies: bool, now: float) -> ConfigOutcome:
-        """Render, validate, swap atomically; reload when the structure changed."""
+    def write(self, servers: list[Server], explicit_cookies: bool, now: float, *,
+              wait: bool = False) -> ConfigOutcome:
+        """Render, validate, swap atomically; reload when the structure changed. `wait`:
+        the file is written before this returns, even with a background writer."""
         cfg = self.settings.haproxy_config
         text = self.pipeline.render(servers, explicit_cookies)
+        if self.writer is not None:
+            if (not wait and self.running_structure is not None
+                    and structure_hash(text) == self.running_structure):
+                self.writer.submit(text, f"servers={len(servers)}")
+                # An earlier background install's failure, until one succeeds.
+                return ConfigOutcome(problem=self.writer.problem)
+            self.writer.flush()  # what it was writing must not land after this text
         started = time.monotonic()
         try:
             changed = self.pipeline.install(text)
@@ -147,6 +163,11 @@ class ConfigSync:
         log.info("reload reason=structure-changed took=%.1fms",
                  (time.monotonic() - started) * 1000)
 
+    def close(self) -> None:
+        """Finish the background write, if any (the daemon's way out)."""
+        if self.writer is not None:
+            self.writer.close()
+
     def save_server_state(self) -> None:
         """Weights, drains and maintenance survive a reload through the state file."""
         answer = self.fx.runtime.execute(["show servers state"])[0]
@@ -157,13 +178,13 @@ class Reconciler:
     """One pass: the registry's members -> desired servers -> `ServerSync` -> `ConfigSync`."""
 
     def __init__(self, settings: Settings, registry: Registry, version: tuple[int, int, int],
-                 fx: Effects) -> None:
+                 fx: Effects, background_writes: bool = False) -> None:
         self.settings = settings
         self.registry = registry
         self.version = version
         self.fx = fx
         self.servers = ServerSync(settings, fx)
-        self.config = ConfigSync(settings, fx)
+        self.config = ConfigSync(settings, fx, background=background_writes)
         self.logged_refusals: set[Refusal] = set()
         self.runtime_down = False
 
@@ -190,7 +211,7 @@ class Reconciler:
                 self.runtime_down = True
             # HAProxy is down or restarting: the file is what it will start from.
             wrote = self.config.write(list(desired.servers.values()),
-                                      desired.explicit_cookies, now)
+                                      desired.explicit_cookies, now, wait=True)
             return TickResult(Plan(), busy=False, refused=desired.refused,
                               problem=wrote.problem or "runtime API unreachable")
         if self.runtime_down:

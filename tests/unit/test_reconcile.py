@@ -7,6 +7,7 @@ words, and the passes read its answers with lbsync's real `response_error`."""
 from __future__ import annotations
 
 import shlex
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -504,3 +505,122 @@ def test_a_removal_that_skips_maint_or_shutdown_sessions_fails(
     assert "n2" in haproxy.servers, "HAProxy keeps a server it was not allowed to delete"
     errors = [o.error for o in result.outcomes if o.step.action == "kill"]
     assert len(errors) == 1 and errors[0] is not None and refusal in errors[0]
+
+
+# --- the daemon's background writer (ConfigSync(background=True)) ------------------------
+
+
+class GatedCheck:
+    """`haproxy -c` that waits for `gate` and records the files' server lines it saw."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.started = threading.Semaphore(0)
+        self.seen: list[list[str]] = []
+        self.reject = False
+
+    def __call__(self, path: Path) -> None:
+        self.started.release()
+        assert self.gate.wait(10), "the test never opened the gate"
+        self.seen.append([ln.split()[1] for ln in path.read_text().splitlines()
+                          if ln.strip().startswith("server ")])
+        if self.reject:
+            raise LbsyncError("[ALERT] parsing error")
+
+
+def background(setup: Rig, check: GatedCheck) -> Reconciler:
+    """A reconciler with the daemon's writer, after a first (synchronous) pass with n1."""
+    settings, registry, haproxy, master = setup
+    registry.put(edge("n1", "10.0.0.1"))
+    r = Reconciler(settings, registry, (2, 6, 12),
+                   Effects(haproxy, master, check, response_error), background_writes=True)
+    check.gate.set()
+    r.tick(0.0)  # HAProxy runs nothing known yet: the first write waits for its check
+    assert "server n1 " in settings.haproxy_config.read_text()
+    check.gate.clear()
+    return r
+
+
+def test_background_write_does_not_hold_the_pass_and_the_file_follows(setup: Rig) -> None:
+    settings, registry, haproxy, _ = setup
+    check = GatedCheck()
+    r = background(setup, check)
+    registry.put(edge("n2", "10.0.0.2"))
+    r.tick(1.0)  # returns while `haproxy -c` is still held at the gate
+    assert "n2" in haproxy.servers, "the runtime change is not held by the file"
+    assert check.started.acquire(timeout=5)
+    assert "n2" not in settings.haproxy_config.read_text()
+    check.gate.set()
+    r.config.writer.flush()  # type: ignore[union-attr]
+    assert "server n2 10.0.0.2:8080" in settings.haproxy_config.read_text()
+    r.config.close()
+
+
+def test_background_writes_latest_wins(setup: Rig) -> None:
+    settings, registry, _, _ = setup
+    check = GatedCheck()
+    r = background(setup, check)
+    registry.put(edge("n2", "10.0.0.2"))
+    r.tick(1.0)
+    assert check.started.acquire(timeout=5)  # n1+n2 is being checked
+    for i, n in enumerate(("n3", "n4", "n5"), start=3):
+        registry.put(edge(n, f"10.0.0.{i}"))
+        r.tick(float(i))  # each replaces the one before, not started yet
+    check.gate.set()
+    r.config.close()
+    assert check.seen[1:] == [["n1", "n2"], ["n1", "n2", "n3", "n4", "n5"]]
+    assert "server n5 " in settings.haproxy_config.read_text()
+
+
+def test_background_rejection_keeps_the_file_and_is_reported_until_mended(setup: Rig) -> None:
+    settings, registry, _, _ = setup
+    check = GatedCheck()
+    r = background(setup, check)
+    before = settings.haproxy_config.read_text()
+    check.reject = True
+    check.gate.set()
+    registry.put(edge("n2", "10.0.0.2"))
+    r.tick(1.0)
+    r.config.writer.flush()  # type: ignore[union-attr]
+    assert settings.haproxy_config.read_text() == before
+    assert r.tick(2.0).problem == "haproxy -c rejected the rendered config"
+    check.reject = False
+    r.config.writer.flush()  # type: ignore[union-attr]
+    assert r.tick(3.0).problem is None
+    r.config.close()
+    assert "server n2 " in settings.haproxy_config.read_text()
+
+
+def test_background_structure_change_waits_for_the_file_before_reloading(setup: Rig) -> None:
+    settings, registry, haproxy, master = setup
+    check = GatedCheck()
+    r = background(setup, check)
+    registry.put(edge("n2", "10.0.0.2"))
+    r.tick(1.0)  # a background install of n1+n2 is held at the gate
+    assert check.started.acquire(timeout=5)
+    r.settings = r.config.settings = r.config.pipeline.settings = Settings(
+        **{**settings.__dict__, "check_rise": 3})
+    done = threading.Event()
+    worker = threading.Thread(target=lambda: (r.tick(10.0), done.set()))
+    worker.start()
+    assert not done.wait(0.3), "a reload must wait for the pending write"
+    assert master.reloads == 0
+    check.gate.set()
+    worker.join(10)
+    assert done.is_set() and master.reloads == 1
+    text = settings.haproxy_config.read_text()
+    assert "rise 3" in text and "server n2 " in text
+    r.config.close()
+
+
+def test_background_writer_waits_when_haproxy_is_down(setup: Rig) -> None:
+    settings, registry, haproxy, _ = setup
+    check = GatedCheck()
+    r = background(setup, check)
+    check.gate.set()
+    haproxy.down = True
+    registry.put(edge("n2", "10.0.0.2"))
+    r.tick(1.0)
+    # No flush: HAProxy will start from the file, so it was written before tick returned.
+    assert "server n2 10.0.0.2:8080" in settings.haproxy_config.read_text()
+    r.config.close()
