@@ -198,6 +198,18 @@ def proc_usage(pid: int) -> Callable[[], dict[str, float]]:
     return probe
 
 
+def cpu_seconds(procs: list[subprocess.Popen[bytes]]) -> float:
+    """The CPU seconds (user + system) these processes have used so far; gone ones count 0."""
+    total = 0.0
+    for p in procs:
+        try:
+            t = psutil.Process(p.pid).cpu_times()
+        except psutil.Error:
+            continue
+        total += t.user + t.system
+    return total
+
+
 def haproxy_processes(config: Path) -> list[psutil.Process]:
     """Every HAProxy process started with this config (old ones may still be finishing
     their connections after a reload)."""

@@ -3,16 +3,20 @@ process for all of them), the time to apply an N-server plan, and the agent's fo
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from bench.common import Sampler, proc_usage
-from lbsync.cluster.addresses import SERF_RPC_PORT
+from bench.common import Sampler, cpu_seconds, proc_usage
+from lbsync.cluster.addresses import SERF_PORT, SERF_RPC_PORT
 from lbsync.serf.rpc import SerfRPC
-from tests.rig.devstack import DevStack
+from tests.rig.devstack import DevStack, checkout_env
 from tests.rig.procs import StackError, wait_for
 
 REST_S = 4.0
@@ -38,42 +42,76 @@ def _first(samples: list[tuple[float, object]], key: str, n: int, t0: float) -> 
     return None
 
 
-def stages(stack: DevStack) -> Callable[[], dict[str, int]]:
+def stages(stack: DevStack) -> Callable[[], dict[str, object]]:
     """One probe of where the storm's members are: alive in the load balancer's Serf,
-    in lbsync's registry, servers in HAProxy, servers UP."""
-    rpc = SerfRPC(stack.lb_ip, SERF_RPC_PORT)
+    in lbsync's registry, servers in HAProxy, servers UP; and how long the load
+    balancer's Serf took to answer `members` (it slows under a storm, and lbsync's poll
+    waits for the same answer)."""
+    rpc = SerfRPC(stack.lb_ip, SERF_RPC_PORT, timeout=30)
     registry = stack.paths["registry"]
 
-    def probe() -> dict[str, int]:
+    def probe() -> dict[str, object]:
         if rpc.closed:
             rpc.connect()
-        alive = sum(1 for m in rpc.members() if m.tags.get("role") == "edge"
+        t0 = time.monotonic()
+        listed = rpc.members()
+        rpc_ms = (time.monotonic() - t0) * 1000
+        alive = sum(1 for m in listed if m.tags.get("role") == "edge"
                     and str(m.status) == "alive")
         servers = stack.servers()
         members = sum(1 for _ in registry.glob("node*.json"))  # lb.json is the lb's own
         return {"serf_alive": alive, "registry": members,
-                "haproxy": len(servers), "up": sum(1 for s in servers.values() if s.up)}
+                "haproxy": len(servers), "up": sum(1 for s in servers.values() if s.up),
+                "members_rpc_ms": round(rpc_ms, 1)}
 
     return probe
 
 
+def _start_members(stack: DevStack, n: int) -> list[subprocess.Popen[bytes]]:
+    """N Serf agents that do not join yet; returns their processes."""
+    return [p for i in range(1, n + 1)
+            if (p := stack.add_member(i, http=False, join=False).serf) is not None]
+
+
+def _trigger(stack: DevStack, n: int) -> subprocess.Popen[str]:
+    """bench.joinstorm, connected to every member's agent and waiting for the word."""
+    argv = [sys.executable, "-m", "bench.joinstorm", f"{stack.lb_ip}:{SERF_PORT}",
+            *(f"{stack.member_ip(i)}:{SERF_RPC_PORT}" for i in range(1, n + 1))]
+    child = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             env=checkout_env())
+    assert child.stdout is not None
+    line = child.stdout.readline().strip()
+    if line != f"ready {n}":
+        child.kill()
+        raise StackError(f"bench.joinstorm did not connect to the {n} agents: {line!r}")
+    return child
+
+
 def storm(tmp: Path, n: int, net: int, profile: str = "lan") -> dict[str, object]:
+    """N members' Serf agents start alone; at one instant all are asked to join the load
+    balancer's agent (bench.joinstorm), and the clock runs from there to all N UP."""
     # Serf's `lan` profile by default, as the images run it (s6/*/serf/run); `local` is
     # what the failure benchmarks use, and costs four times the CPU in a storm.
     stack = DevStack(tmp / f"scale{n}", net=net, serf_profile=profile)
+    trigger: subprocess.Popen[str] | None = None
     try:
         stack.start()
         stack.serve_http("http-all", [(f"node{i}", stack.member_ip(i)) for i in range(1, n + 1)])
-        time.sleep(REST_S)  # the agent settles (imports, first reconcile) before "at rest"
+        t_spawn = time.time()
+        members = _start_members(stack, n)
+        trigger = _trigger(stack, n)
+        started_s = time.time() - t_spawn
+        time.sleep(REST_S)  # the agents and lbsync settle before "at rest"
         agent, lb_serf = stack.procs["agent"], stack.procs["serf-lb"]
         with Sampler(proc_usage(agent.pid), interval=0.5) as usage, \
                 Sampler(proc_usage(lb_serf.pid), interval=0.5) as serf_usage, \
                 Sampler(stages(stack), interval=0.1) as where:
             time.sleep(REST_S)
+            cpu_before = cpu_seconds(members)
+            assert trigger.stdin is not None and trigger.stdout is not None
             t_storm = time.time()
-            for i in range(1, n + 1):
-                stack.add_member(i, http=False)
-            spawned_s = time.time() - t_storm
+            trigger.stdin.write("go\n")
+            trigger.stdin.flush()
             try:
                 wait_for(lambda: len(stack.up_servers()) == n, STORM_LIMIT_S, f"{n} servers UP",
                          interval=0.1)
@@ -81,14 +119,24 @@ def storm(tmp: Path, n: int, net: int, profile: str = "lan") -> dict[str, object
             except StackError:
                 all_up = False  # reported, not raised: the sizes after it still run
             t_up = time.time()
+            members_cpu = cpu_seconds(members) - cpu_before
             time.sleep(REST_S)
             t_end = time.time()
+        trigger.stdin.close()
+        try:
+            joins = json.loads(trigger.stdout.readline() or "null")
+        except ValueError:
+            joins = None
         result: dict[str, object] = {
             "members": n, "serf_profile": profile,
             "storm_to_all_up_s": round(t_up - t_storm, 3) if all_up else None,
             "all_up_within_limit": all_up, "limit_s": STORM_LIMIT_S,
-            "spawn_all_serf_agents_s": round(spawned_s, 3),
-            # When the last member reached each stage (from the first spawn): gossip
+            # Not in the storm's time: every agent runs, alone, before the joins start.
+            "start_all_serf_agents_s": round(started_s, 3),
+            # The joins as bench.joinstorm saw them: how many were refused at first
+            # (memberlist's 128 push/pulls at once) and asked again 1 s later.
+            "joins": joins,
+            # When the last member reached each stage (from the joins' instant): gossip
             # (alive in the load balancer's Serf), lbsync noticing (registry), the add
             # (a server in HAProxy) and the first passing check (UP).
             "all_reached_s": {k: _first(where.samples, k, n, t_storm)
@@ -97,21 +145,36 @@ def storm(tmp: Path, n: int, net: int, profile: str = "lan") -> dict[str, object
             "agent_storm": _usage(usage.samples, t_storm, t_up),
             "agent_idle_n_members": _usage(usage.samples, t_up + 1, t_end),
             "lb_serf_storm": _usage(serf_usage.samples, t_storm, t_up),
+            "members_serf_cpu_s_storm": round(members_cpu, 1),
+            "lb_serf_members_rpc_ms_storm": _rpc_ms(where.samples, t_storm, t_up),
+            "load_avg_after": round(os.getloadavg()[0], 1),
             "stage_timeline": [(round(t - t_storm, 2), v) for t, v in where.samples],
             "agent_usage_timeline": [(round(t - t_storm, 2), v) for t, v in usage.samples],
         }
         result["lb_serf_log_tail"] = stack.log("serf-lb")[-2000:]
         if not all_up:
             print(f"  {n} members: NOT all UP within {STORM_LIMIT_S} s (all reached "
-                  f"{result['all_reached_s']})", flush=True)
+                  f"{result['all_reached_s']}; joins {joins})", flush=True)
             return result
         result["apply_plan"] = apply_plan(stack, n)
         print(f"  {n} members: storm -> all UP {result['storm_to_all_up_s']} s "
-              f"(spawned in {spawned_s:.2f} s; all reached {result['all_reached_s']}); "
+              f"(all reached {result['all_reached_s']}; joins {joins}); "
               f"{n}-server plan {result['apply_plan']}", flush=True)
         return result
     finally:
+        if trigger is not None and trigger.poll() is None:
+            trigger.kill()
+            trigger.wait()
         stack.stop()
+
+
+def _rpc_ms(samples: list[tuple[float, object]], t0: float, t1: float) -> dict[str, float]:
+    """The load balancer's Serf answering `members` during the storm: p50 and max, ms."""
+    ms = [float(v["members_rpc_ms"]) for t, v in samples
+          if t0 <= t <= t1 and isinstance(v, dict) and "members_rpc_ms" in v]
+    if not ms:
+        return {}
+    return {"p50": round(statistics.median(ms), 1), "max": round(max(ms), 1), "samples": len(ms)}
 
 
 def apply_plan(stack: DevStack, n: int) -> dict[str, object]:

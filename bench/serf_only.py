@@ -18,8 +18,7 @@ import random
 import subprocess
 import time
 
-import psutil
-
+from bench.common import cpu_seconds
 from lbsync.cluster.addresses import MAX_MEMBER, SERF_PORT, SERF_RPC_PORT, lb_ip, member_ip
 from lbsync.serf.agent_cmd import serf_agent_argv
 
@@ -28,17 +27,6 @@ def alive_at(ip: str) -> int:
     r = subprocess.run(["serf", "members", "-rpc-addr", f"{ip}:{SERF_RPC_PORT}", "-status",
                         "alive"], capture_output=True, text=True, timeout=30, check=False)
     return max(0, len(r.stdout.splitlines()) - 1)  # less the lb itself
-
-
-def cpu_seconds(procs: list[subprocess.Popen[bytes]]) -> float:
-    total = 0.0
-    for p in procs:
-        try:
-            t = psutil.Process(p.pid).cpu_times()
-        except psutil.Error:
-            continue
-        total += t.user + t.system
-    return total
 
 
 def main() -> None:

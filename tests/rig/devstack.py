@@ -28,7 +28,7 @@ from lbsync.serf.agent_cmd import serf_agent_argv
 from lbsync.settings import flags
 
 from .haproxy import start_master, wait_ready
-from .procs import StackError, kill, reap, wait_for
+from .procs import StackError, kill, reap, reap_all, wait_for
 
 # The checkout: a child running `python -m tests.rig.httpmember` imports it from here.
 ROOT = Path(__file__).resolve().parents[2]
@@ -195,7 +195,11 @@ class DevStack:
         return r.returncode == 0
 
     def add_member(self, index: int, *, tags: dict[str, str] | None = None,
-                   name: str | None = None, http: bool = True) -> StackMember:
+                   name: str | None = None, http: bool = True, join: bool = True,
+                   ) -> StackMember:
+        """A member's Serf agent (and its HTTP member unless `http=False`). It joins the
+        load balancer's agent, retrying every second, unless `join=False`: then it starts
+        alone, and the caller asks it to join (bench/joinstorm.py)."""
         ip = self.member_ip(index)
         m = StackMember(name or f"node{index}", ip)
         if http:
@@ -203,7 +207,8 @@ class DevStack:
         argv = serf_agent_argv(
             m.name, f"{ip}:{SERF_PORT}", f"{ip}:{SERF_RPC_PORT}", profile=self.serf_profile,
             tags={"role": "edge", "port": str(HTTP_PORT), **(tags or {})},
-            retry_join=f"{self.lb_ip}:{SERF_PORT}", retry_interval="1s")
+            retry_join=f"{self.lb_ip}:{SERF_PORT}" if join else (),
+            retry_interval="1s" if join else None)
         # GOMAXPROCS=1 as in the node image and the local cluster (s6/node/serf/run).
         m.serf = self.spawn(f"serf-{m.name}", argv, env={**os.environ, "GOMAXPROCS": "1"})
         self.members[m.name] = m
@@ -243,9 +248,13 @@ class DevStack:
         self.start_haproxy()
 
     def stop(self) -> None:
-        # Members first, so the agent is not asked to drain what no longer exists.
-        for key in sorted(self.procs, key=lambda k: (k in ("agent", "haproxy", "serf-lb"), k)):
-            reap(self.procs[key], 5)
+        # Members first, all at once, so the agent is not asked to drain what no longer
+        # exists; then the load balancer's processes.
+        core = ("agent", "haproxy", "serf-lb")
+        reap_all([p for k, p in self.procs.items() if k not in core], 10)
+        for key in core:
+            if key in self.procs:
+                reap(self.procs[key], 5)
 
     # --- what it looks like ----------------------------------------------------------
     def runtime(self) -> RuntimeAPI:

@@ -90,6 +90,24 @@ def reap(proc: subprocess.Popen[bytes], timeout: float) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+def reap_all(procs: list[subprocess.Popen[bytes]], timeout: float) -> None:
+    """`reap` for many at once: SIGTERM every group, then wait `timeout` s in all (not per
+    process) before SIGKILL. Stopping 500 members one by one took over 10 minutes under
+    the load they make."""
+    for proc in procs:
+        if proc.poll() is None:
+            _signal(proc, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        try:
+            proc.wait(max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            _signal(proc, signal.SIGKILL)
+            proc.wait()
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
 def kill(proc: subprocess.Popen[bytes]) -> None:
     """SIGKILL the process group at once (a crash) and wait for it."""
     if proc.poll() is None:
