@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from lbsync import registry as registry_mod
 from lbsync.model import EventKind, Member, MemberEvent, MemberStatus
 from lbsync.registry import Registry, from_json, to_json
 from lbsync.serf.handler import parse_handler_input
@@ -355,6 +356,25 @@ def test_sync_rewrites_a_listed_member_whose_file_was_left_empty(tmp_path: Path)
     assert reg.load()["a"].addr == "10.0.0.1" and reg.damaged == frozenset()
 
 
+def test_load_parses_a_file_again_only_when_it_changed(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    reg = Registry(tmp_path)
+    reg.sync([_m("a"), _m("b", "10.0.0.2")], now=1.0)
+    parsed: list[object] = []
+    real = registry_mod.from_json
+    monkeypatch.setattr(registry_mod, "from_json", lambda d: parsed.append(d) or real(d))
+    assert set(reg.load()) == {"a", "b"} and parsed == [], "written by this registry: cached"
+    # A person edits b in place (same inode, new size), another tool rewrites a atomically.
+    reg.path("b").write_text(reg.path("b").read_text().replace("10.0.0.2", "10.0.0.22"))
+    Registry(tmp_path).put(_m("a", "10.0.0.9"))
+    parsed.clear()
+    members = reg.load()
+    assert (members["a"].addr, members["b"].addr) == ("10.0.0.9", "10.0.0.22")
+    assert len(parsed) == 2
+    reg.path("a").unlink()
+    assert set(reg.load()) == {"b"} and reg.get("a") is None
+
+
 # --- load --------------------------------------------------------------------------------
 
 
@@ -406,8 +426,10 @@ def test_load_ignores_other_files_and_directories(tmp_path: Path) -> None:
     reg.put(_m("good"))
     (tmp_path / "notes.txt").write_text("hello", encoding="utf-8")
     (tmp_path / ".good.json.abc.tmp").write_text("{", encoding="utf-8")
+    (tmp_path / ".hidden.json").write_text("{", encoding="utf-8")  # as glob's "*.json"
     (tmp_path / "dir.json").mkdir()
     assert list(reg.load()) == ["good"]
+    assert reg.damaged == frozenset({"dir"})
 
 
 def test_load_round_trips_what_put_wrote(tmp_path: Path) -> None:
