@@ -45,6 +45,10 @@ class Rejoin:
 
     The registry is read only when the set of listed names changes (a restart of the
     agent, or of lbsync, always changes it), so the 10-per-second poll costs nothing.
+    A list that only grew from one found complete is not read against the registry
+    either: nothing listed before is missing from it, and what the registry learned since
+    came from these lists. In a join storm the list grows at every poll, and reading the
+    whole registry each time held the poll back by 0.2-0.6 s on 2 vCPU.
     `clock` is injected for the tests.
     """
 
@@ -55,17 +59,22 @@ class Rejoin:
         self._interval = interval
         self._clock = clock
         self._checked: frozenset[str] | None = None  # the names of the last list looked at
+        self._complete = False  # whether that list lacked no member the registry knew
         self._last_join: float | None = None
 
     def __call__(self, members: list[Member]) -> list[Member]:
         names = frozenset(m.name for m in members)
         if names == self._checked:
             return []
+        if self._complete and self._checked is not None and names > self._checked:
+            self._checked = names
+            return []
         missing = forgotten(self._known(), members)
         now = self._clock()
         if missing and self._last_join is not None and now - self._last_join < self._interval:
             return []  # not marked checked: looked at again once the interval has passed
         self._checked = names
+        self._complete = not missing
         if missing:
             self._last_join = now
         return missing

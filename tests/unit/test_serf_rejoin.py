@@ -71,3 +71,31 @@ def test_rejoin_is_rate_limited_and_looks_again_after_the_interval() -> None:
 def test_nothing_to_join_when_the_registry_agrees() -> None:
     rejoin = Rejoin(lambda: registry(m("lb"), m("a", status=MemberStatus.LEFT)), clock=Clock())
     assert rejoin([m("lb")]) == []
+
+
+def test_a_list_that_only_grows_from_a_complete_one_is_not_read_against_the_registry() -> None:
+    reads: list[int] = []
+    known = registry(m("lb"), m("a"))
+
+    def load() -> dict[str, Member]:
+        reads.append(1)
+        return known
+
+    rejoin = Rejoin(load, interval=3.0, clock=Clock())
+    assert rejoin([m("lb"), m("a")]) == []
+    for grown in ("b", "c", "d"):  # a join storm: one more member at each poll
+        known[grown] = m(grown)
+        assert rejoin([m("lb"), m("a"), *(m(x) for x in "bcd"[:"bcd".index(grown) + 1])]) == []
+    assert len(reads) == 1, "a growing list is not checked"
+    # A list that lost a member is looked at again, and finds what it lacks.
+    assert [x.name for x in rejoin([m("lb"), m("b"), m("c"), m("d")])] == ["a"]
+    assert len(reads) == 2
+
+
+def test_a_list_that_grows_from_an_incomplete_one_is_still_checked() -> None:
+    known = registry(m("lb"), m("a"), m("b"))
+    clock = Clock()
+    rejoin = Rejoin(lambda: known, interval=3.0, clock=clock)
+    assert [x.name for x in rejoin([m("lb")])] == ["a", "b"]
+    clock.now += 5
+    assert [x.name for x in rejoin([m("lb"), m("a")])] == ["b"], "b is still missing"
