@@ -106,30 +106,44 @@ def markdown(r: dict[str, Any], json_path: Path, plots: list[Path]) -> str:
                 "requests and 0 reloads in runtime-API mode: "
                 + ("met" if a["load"]["failed"] == 0 and a["reloads"] == 0 else "MISSED") + "."]
     if "scale" in r:
-        out += ["", "## Scale: join storm (all Serf agents started at once)", "",
+        out += ["", "## Scale: join storm (every member's Serf agent asked to join at once)", "",
                 "| members | storm → all UP | last member: alive in Serf / registry / in "
-                "HAProxy / UP | spawning the agents | N-server plan: Runtime API batch | "
+                "HAProxy / UP | joins refused at first | N-server plan: Runtime API batch | "
                 "agent CPU in storm (mean / max) | agent RSS max | lb Serf CPU in storm "
-                "(mean / max) |", "|---|---|---|---|---|---|---|---|"]
+                "(mean / max) | lb Serf `members` answer (p50 / max) | members' Serf CPU |",
+                "|---|---|---|---|---|---|---|---|---|---|"]
         for s in r["scale"]:
             ap, i0, st, i1 = (s.get("apply_plan"), s["agent_idle_0_members"], s["agent_storm"],
                               s["agent_idle_n_members"])
             reached = s.get("all_reached_s", {})
             ls = s.get("lb_serf_storm", {})
+            joins = s.get("joins") or {}
+            rpc = s.get("lb_serf_members_rpc_ms_storm") or {}
             up = (f"{s['storm_to_all_up_s']:.2f} s" if s.get("storm_to_all_up_s") is not None
                   else f"not within {s.get('limit_s', '?')} s")
+            refused = (f"{s['members'] - joins['first_try']} ({joins['retries']} retries)"
+                       if "first_try" in joins else "–")
             out.append(
                 f"| {s['members']} | {up} | "
                 + " / ".join(_f(reached.get(k), 2) for k in ("serf_alive", "registry",
                                                            "haproxy", "up"))
-                + f" s | {s['spawn_all_serf_agents_s']:.2f} s | "
+                + f" s | {refused} | "
                 + (f"{_f(ap['runtime_batch_ms'], 1)} ms ({ap['batch_size']} servers) | "
                    if ap else "– | ")
                 + f"{st.get('cpu_pct_mean')} % / {st.get('cpu_pct_max')} % | "
                 f"{max(i0.get('rss_mb_max', 0), st.get('rss_mb_max', 0), i1.get('rss_mb_max', 0))}"
-                f" MB | {ls.get('cpu_pct_mean')} % / {ls.get('cpu_pct_max')} % |")
+                f" MB | {ls.get('cpu_pct_mean')} % / {ls.get('cpu_pct_max')} % | "
+                f"{rpc.get('p50', '–')} / {rpc.get('max', '–')} ms | "
+                f"{s.get('members_serf_cpu_s_storm', '–')} CPU-s |")
+        run_under = r["scale"][0].get("members_run_under") if r["scale"] else None
         out += ["", "CPU % is of one core (psutil), sampled every 0.5 s. The stages are when "
-                "the last of the N members reached each (seconds from the first spawn)."]
+                "the last of the N members reached each, in seconds from the instant every "
+                "member's agent (started alone beforehand) was asked to join the load balancer's "
+                "(bench/joinstorm.py). A refused join (memberlist serves 128 push/pulls at once) "
+                "is asked again 1 s later, as `-retry-join -retry-interval 1s` does."
+                + (f" The members' agents ran under `{run_under}`: they stand in for other "
+                   "hosts, so the load balancer's processes get the CPU first."
+                   if run_under else "")]
     if "stages" in r:
         keys = ["desired_ms", "plan_ms", "runtime_show_servers_ms", "runtime_batch_ms",
                 "render_ms", "haproxy_check_ms", "write_ms", "pass_ms"]
@@ -145,17 +159,22 @@ def markdown(r: dict[str, Any], json_path: Path, plots: list[Path]) -> str:
         dp = r["data_path"]
         med = dp["median"]
         out += ["", "## Data path: runtime-added servers vs servers in haproxy.cfg", "",
-                f"{dp['members']} members, {dp['rounds']} alternating rounds of "
-                f"{dp['seconds_per_run']} s, {dp['wrk']}; medians.", "",
+                f"{dp['members']} members, {dp['rounds']} rounds of {dp['seconds_per_run']} s "
+                f"in ABBA order, {dp['wrk']}; medians.", "",
                 "| servers | mode | req/s | p50 | p99 | errors |", "|---|---|---|---|---|---|"]
         for key, v in med.items():
             kind, mode = key.split("_", 1)
             out.append(f"| {kind} | {mode} | {v['req_s']:.0f} | {v['p50_ms']:.2f} ms | "
                        f"{v['p99_ms']:.2f} ms | {v['errors']:.0f} |")
         ratios = dp["throughput_ratio_config_over_runtime"]
-        out += ["", f"Throughput config/runtime: keep-alive {ratios['keepalive']}, new "
-                f"connection per request {ratios['close']}; guard (within "
-                f"{dp['guard_within']:.0%}): {'met' if dp['guard_ok'] else 'MISSED'}."]
+        rounds = dp.get("ratio_per_round", {})
+        out += ["", f"Throughput config/runtime, the median of each round's own ratio: "
+                f"keep-alive {ratios['keepalive']}, new connection per request "
+                f"{ratios['close']}; guard (within {dp['guard_within']:.0%}): "
+                f"{'met' if dp['guard_ok'] else 'MISSED'}."
+                + (" Per round: " + "; ".join(f"{mode} {', '.join(map(str, v))}"
+                                             for mode, v in rounds.items()) + "."
+                   if rounds else "")]
     if "realm" in r:
         out += realm_section(r["realm"], r["machine"])
     if "rotation" in r:
@@ -499,7 +518,7 @@ def plot_scale(scale: list[dict[str, Any]], path: Path) -> Path:
                 label=f"{s['members']} members")
     a1.set_xlabel("seconds since the storm started")
     a1.set_ylabel("servers UP in HAProxy")
-    a1.set_title("Join storm: all Serf agents started at once")
+    a1.set_title("Join storm: every member asked to join at once")
     a1.legend(fontsize=8)
     a1.grid(alpha=0.3)
     a2.set_xlabel("seconds since the storm started")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -21,6 +22,13 @@ from tests.rig.procs import StackError, wait_for
 
 REST_S = 4.0
 STORM_LIMIT_S = 120.0  # a storm not all UP by then is reported as such
+# The members' Serf agents run under Linux's SCHED_IDLE policy: they stand in for other
+# hosts, so the load balancer's processes (HAProxy, its Serf agent, lbsync) get the CPU
+# first, as on a host of their own. At the default policy, 200 agents took 24-30 CPU-s
+# of a 13-16 s storm on 2 vCPU (false suspicions, refutations), and lbsync's passes waited
+# seconds for the scheduler; at nice 19, 13-14 s. Serf alone (bench/serf_only.py, nice
+# 0) needed 9.5-12.6 s to see 200 agents alive on the same machine that day.
+MEMBERS_WRAPPER = ["chrt", "--idle", "0"]
 ADD_LINE = re.compile(r"add server=\S+ .*took=([0-9.]+)ms batch=(\d+)")
 
 
@@ -87,12 +95,14 @@ def _trigger(stack: DevStack, n: int) -> subprocess.Popen[str]:
     return child
 
 
-def storm(tmp: Path, n: int, net: int, profile: str = "lan") -> dict[str, object]:
+def storm(tmp: Path, n: int, net: int, profile: str = "lan",
+          wrapper: list[str] | None = None) -> dict[str, object]:
     """N members' Serf agents start alone; at one instant all are asked to join the load
     balancer's agent (bench.joinstorm), and the clock runs from there to all N UP."""
     # Serf's `lan` profile by default, as the images run it (s6/*/serf/run); `local` is
     # what the failure benchmarks use, and costs four times the CPU in a storm.
-    stack = DevStack(tmp / f"scale{n}", net=net, serf_profile=profile)
+    wrapper = MEMBERS_WRAPPER if wrapper is None else wrapper
+    stack = DevStack(tmp / f"scale{n}", net=net, serf_profile=profile, member_wrapper=wrapper)
     trigger: subprocess.Popen[str] | None = None
     try:
         stack.start()
@@ -128,7 +138,7 @@ def storm(tmp: Path, n: int, net: int, profile: str = "lan") -> dict[str, object
         except ValueError:
             joins = None
         result: dict[str, object] = {
-            "members": n, "serf_profile": profile,
+            "members": n, "serf_profile": profile, "members_run_under": shlex.join(wrapper),
             "storm_to_all_up_s": round(t_up - t_storm, 3) if all_up else None,
             "all_up_within_limit": all_up, "limit_s": STORM_LIMIT_S,
             # Not in the storm's time: every agent runs, alone, before the joins start.

@@ -77,6 +77,11 @@ class DevStack:
     # failure benchmarks rely on. The images run Serf's default, `lan`, which costs a
     # quarter of the CPU: the scale benchmark uses it, as `--scale node=200` would.
     serf_profile: str = "local"
+    # A command the members' Serf agents run under (e.g. `chrt --idle 0`); none: as the
+    # load balancer's. The scale benchmark lowers them: on one machine they stand in for
+    # other hosts, and 200 of them must not take the CPU the load balancer's processes
+    # would have to themselves.
+    member_wrapper: list[str] = field(default_factory=list)
     agent_args: list[str] = field(default_factory=list)
     # Settings flags every lbsync command of the stack takes beside the addresses (render
     # and agent alike, e.g. --tls-cert/--tls-bind: the first render has the TLS bind).
@@ -210,6 +215,7 @@ class DevStack:
             retry_join=f"{self.lb_ip}:{SERF_PORT}" if join else (),
             retry_interval="1s" if join else None)
         # GOMAXPROCS=1 as in the node image and the local cluster (s6/node/serf/run).
+        argv = [*self.member_wrapper, *argv]
         m.serf = self.spawn(f"serf-{m.name}", argv, env={**os.environ, "GOMAXPROCS": "1"})
         self.members[m.name] = m
         return m
