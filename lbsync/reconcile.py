@@ -90,6 +90,7 @@ class ServerSync:
 @dataclass(frozen=True)
 class ConfigOutcome:
     reload_waiting: bool = False  # a reload is wanted but held back (rate limit, failure)
+    write_waiting: bool = False  # the background write failed in a way worth retrying
     reloaded: bool = False
     problem: str | None = None
 
@@ -127,7 +128,8 @@ class ConfigSync:
                     and structure_hash(text) == self.running_structure):
                 self.writer.submit(text, f"servers={len(servers)}")
                 # An earlier background install's failure, until one succeeds.
-                return ConfigOutcome(problem=self.writer.problem)
+                return ConfigOutcome(problem=self.writer.problem,
+                                     write_waiting=self.writer.retry)
             self.writer.flush()  # what it was writing must not land after this text
         started = time.monotonic()
         try:
@@ -224,7 +226,7 @@ class Reconciler:
         refusals = [o for o in outcomes if o.error is not None and not still_attached(o)]
         problem = wrote.problem or (
             f"HAProxy refused {len(refusals)} command(s)" if refusals else None)
-        return TickResult(plan, busy=draining or wrote.reload_waiting
+        return TickResult(plan, busy=draining or wrote.reload_waiting or wrote.write_waiting
                           or any(still_attached(o) for o in outcomes),
                           outcomes=tuple(outcomes), refused=desired.refused,
                           reloaded=wrote.reloaded, problem=problem)

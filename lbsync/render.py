@@ -185,6 +185,9 @@ class BackgroundInstall:
         # The last finished install's error, kept until an install succeeds: a rejected
         # candidate is reported by every pass until a good one replaces it.
         self.problem: str | None = None
+        # Whether that error is worth trying again without a new text (a read-only or full
+        # folder heals; a config `haproxy -c` rejected stays rejected).
+        self.retry = False
         self._thread = threading.Thread(target=self._run, name="config-writer", daemon=True)
         self._thread.start()
 
@@ -228,14 +231,19 @@ class BackgroundInstall:
             changed = self.pipeline.install(text)
         except LbsyncError as e:
             log.error("render rejected by haproxy -c, keeping %s: %s", self.pipeline.target, e)
-            self.problem = "haproxy -c rejected the rendered config"
+            self.problem, self.retry = "haproxy -c rejected the rendered config", False
+            return
+        except OSError as e:
+            log.error("cannot write %s, keeping the old file, will retry: %s",
+                      self.pipeline.target, e)
+            self.problem, self.retry = "writing haproxy.cfg failed", True
             return
         except Exception:
-            # A bug (or a full disk) must not kill the writer: the next text is tried.
+            # A bug must not kill the writer: the next text is tried.
             log.exception("writing %s crashed", self.pipeline.target)
-            self.problem = "writing haproxy.cfg failed"
+            self.problem, self.retry = "writing haproxy.cfg failed", True
             return
-        self.problem = None
+        self.problem, self.retry = None, False
         if changed:
             log.info("write config=%s %s took=%.1fms background=yes", self.pipeline.target,
                      note, (time.monotonic() - started) * 1000)

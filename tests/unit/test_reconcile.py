@@ -526,6 +526,10 @@ class GatedCheck:
                           if ln.strip().startswith("server ")])
         if self.reject:
             raise LbsyncError("[ALERT] parsing error")
+        if self.disk_error:
+            raise OSError(30, "Read-only file system")
+
+    disk_error = False
 
 
 def background(setup: Rig, check: GatedCheck) -> Reconciler:
@@ -623,4 +627,27 @@ def test_background_writer_waits_when_haproxy_is_down(setup: Rig) -> None:
     r.tick(1.0)
     # No flush: HAProxy will start from the file, so it was written before tick returned.
     assert "server n2 10.0.0.2:8080" in settings.haproxy_config.read_text()
+    r.config.close()
+
+
+def test_background_disk_error_keeps_the_loop_coming_back_until_the_file_is_written(
+        setup: Rig) -> None:
+    settings, registry, _, _ = setup
+    check = GatedCheck()
+    r = background(setup, check)
+    check.gate.set()
+    check.disk_error = True  # the folder went read-only
+    registry.put(edge("n2", "10.0.0.2"))
+    assert not r.tick(1.0).busy  # the write is handed over; its failure is not known yet
+    r.config.writer.flush()  # type: ignore[union-attr]
+    failed = r.tick(2.0)
+    assert failed.busy and failed.problem == "writing haproxy.cfg failed"
+    assert "n2" not in settings.haproxy_config.read_text()
+    check.disk_error = False  # healed: the loop's retry (the same text) writes it
+    r.config.writer.flush()  # type: ignore[union-attr]
+    r.tick(3.0)
+    r.config.writer.flush()  # type: ignore[union-attr]
+    assert "server n2 " in settings.haproxy_config.read_text()
+    healed = r.tick(4.0)
+    assert not healed.busy and healed.problem is None
     r.config.close()
