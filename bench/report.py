@@ -130,9 +130,9 @@ def markdown(r: dict[str, Any], json_path: Path, plots: list[Path]) -> str:
                 + f" s | {refused} | "
                 + (f"{_f(ap['runtime_batch_ms'], 1)} ms ({ap['batch_size']} servers) | "
                    if ap else "– | ")
-                + f"{st.get('cpu_pct_mean')} % / {st.get('cpu_pct_max')} % | "
+                + f"{_pct(st)} | "
                 f"{max(i0.get('rss_mb_max', 0), st.get('rss_mb_max', 0), i1.get('rss_mb_max', 0))}"
-                f" MB | {ls.get('cpu_pct_mean')} % / {ls.get('cpu_pct_max')} % | "
+                f" MB | {_pct(ls)} | "
                 f"{rpc.get('p50', '–')} / {rpc.get('max', '–')} ms | "
                 f"{s.get('members_serf_cpu_s_storm', '–')} CPU-s |")
         run_under = r["scale"][0].get("members_run_under") if r["scale"] else None
@@ -211,6 +211,14 @@ def rotation_section(rot: dict[str, Any]) -> list[str]:
                 "sessions opened is below the clients' count (held + rotating) measured no "
                 "WAMP load: its 0 drops mean nothing (a machine too busy to connect)."]
     return out
+
+
+def _pct(usage: dict[str, Any]) -> str:
+    """A usage window's CPU, mean / max; "–" when the window held no sample (a storm
+    shorter than the 0.5 s sampling interval)."""
+    if usage.get("cpu_pct_mean") is None:
+        return "– (no sample)"
+    return f"{usage['cpu_pct_mean']} % / {usage['cpu_pct_max']} %"
 
 
 def _failed_joins(sample: dict[str, Any]) -> int:
