@@ -9,17 +9,21 @@ from collections.abc import Iterator
 from pathlib import Path
 
 
-def atomic_write(path: Path, text: str, mode: int = 0o644, durable: bool = True) -> bool:
+def atomic_write(path: Path, text: str, mode: int = 0o644, durable: bool = True,
+                 compare: bool = True) -> bool:
     """Write `text` to `path` through a temp file in the same folder; False when unchanged.
 
     `durable=False` skips the fsync: the rename is still atomic for every reader, but a
     power cut may leave the file empty. Only for files rebuilt from elsewhere (the registry).
+    `compare=False` writes without reading the old file first, for a caller that knows
+    the text changed.
     """
-    try:
-        if path.read_text(encoding="utf-8") == text:
-            return False
-    except (FileNotFoundError, UnicodeDecodeError):
-        pass
+    if compare:
+        try:
+            if path.read_text(encoding="utf-8") == text:
+                return False
+        except (FileNotFoundError, UnicodeDecodeError):
+            pass
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
