@@ -1,9 +1,15 @@
 """Keep following one Serf agent: its member-event stream plus a fast `members` poll.
 
 The agent coalesces member events for about a second, while `members` shows a joiner
-within tens of milliseconds, so the poll is the quick path and the stream the record of
-what happened (left vs failed). Both reach the caller on the follower's own thread, in
+within milliseconds, so the poll is the quick path and the stream the record of what
+happened (left vs failed). Both reach the caller on the follower's own thread, in
 arrival order, so callbacks need no locking between them.
+
+The agent's log is the doorbell: Serf logs `serf: EventMemberJoin: NAME ADDR` (Leave,
+Failed, Update, Reap) the moment its member list changes, a second before the coalesced
+event. Such a line makes the follower poll at once instead of at the next tick, at most
+once per DOORBELL_GAP. Only the poll's list is believed; a lost or unparsed line costs
+the wait for the next tick, nothing more.
 
 With a `rejoin` hook (lbsync.serf.rejoin), a polled list that lacks members the caller
 knows alive makes the follower ask the agent to join them before it delivers the list:
@@ -30,9 +36,15 @@ BACKOFF_MAX = 5.0
 # How long the loop may sleep between checks that the connection is still up, when the
 # poll interval is long.
 _MAX_IDLE = 0.2
+# The shortest time between two polls the doorbell asks for: in a join storm it rings
+# for every member, and each poll is a whole member list for the agent to send.
+DOORBELL_GAP = 0.02
+# What a log line that rings the doorbell holds (lbsync.serf.follow's docstring).
+DOORBELL_TEXT = "serf: EventMember"
 
 _T = TypeVar("_T")
 _WAKE = object()  # put on the event queue by stop() so the loop does not sleep on
+_RING = object()  # put on the event queue when the agent logs a member change
 
 
 class Follower:
@@ -154,19 +166,35 @@ class Follower:
             # The stream callback runs on the RPC reader thread; hand events over rather
             # than run user code there.
             rpc.stream(self._types, self._events.put)
+            self._listen_for_doorbell(rpc)
         except SerfError:
             rpc.close()
             raise
         return rpc
 
+    def _listen_for_doorbell(self, rpc: SerfRPC) -> None:
+        def on_line(line: str) -> None:  # the RPC reader thread: only hand over
+            if DOORBELL_TEXT in line:
+                self._events.put(_RING)
+
+        try:
+            rpc.monitor("INFO", on_line)
+        except SerfError as exc:
+            if rpc.closed:
+                raise
+            # Not fatal: the poll alone notices changes, one tick later.
+            log.warning("serf agent at %s gives no log stream (%s); member changes are "
+                        "noticed at the next poll only", self._where, exc)
+
     def _follow(self, rpc: SerfRPC) -> str:
         """Deliver events and polls until the connection drops; returns why it did."""
-        next_poll = self._clock.now()
+        next_poll = last_poll = self._clock.now()
         while not self._stopping.is_set():
             if rpc.closed:
                 return rpc.close_reason or "connection closed"
             wait = next_poll - self._clock.now()
             if wait <= 0:
+                last_poll = self._clock.now()
                 try:
                     members = self._rejoined(rpc, rpc.members())
                 except SerfError as exc:
@@ -181,6 +209,8 @@ class Follower:
                 continue
             if isinstance(item, MemberEvent):
                 self._deliver(self._on_event, item)
+            elif item is _RING:
+                next_poll = min(next_poll, max(self._clock.now(), last_poll + DOORBELL_GAP))
         return "stopped"
 
     def _rejoined(self, rpc: SerfRPC, members: list[Member]) -> list[Member]:

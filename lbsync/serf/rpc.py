@@ -3,12 +3,13 @@
 The PyPI Serf clients are unmaintained, and the protocol is small: every request is a
 msgpack header `{"Command", "Seq"}` plus an optional body map, every response a header
 `{"Seq", "Error"}` plus a body for the commands that have one. Stream records reuse the
-Seq of the `stream` request. See hashicorp/serf cmd/serf/command/agent/ipc.go.
+Seq of the `stream` (or `monitor`) request. See hashicorp/serf cmd/serf/command/agent/ipc.go.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import ipaddress
 import logging
 import socket
@@ -136,7 +137,7 @@ class _Call:
 
 @dataclass
 class _Stream:
-    on_event: Callable[[MemberEvent], None] | None  # None once stopped
+    on_record: Callable[[dict[str, Any]], None] | None  # None once stopped
 
 
 class SerfRPC:
@@ -276,13 +277,24 @@ class SerfRPC:
         Serf does not replay: only events after this call arrive. Records that are not
         member events (user, query) are dropped.
         """
-        return int(self._request("stream", {"Type": types}, stream=_Stream(on_event)))
+        return int(self._request("stream", {"Type": types},
+                                 stream=_Stream(functools.partial(self._dispatch, on_event))))
+
+    def monitor(self, level: str, on_line: Callable[[str], None]) -> int:
+        """Subscribe to the agent's log lines at `level` (DEBUG, INFO, WARN, ERR) and up,
+        whatever the agent's own -log-level; returns the stream's seq.
+
+        The agent first replays the lines it keeps (up to 512), then sends new ones as
+        they are written. It drops lines rather than wait for a slow reader.
+        """
+        return int(self._request("monitor", {"LogLevel": level},
+                                 stream=_Stream(functools.partial(self._dispatch_log, on_line))))
 
     def stop(self, seq: int) -> None:
         with self._lock:
             stream = self._streams.get(seq)
             if stream is not None:
-                stream.on_event = None
+                stream.on_record = None
         self._request("stop", {"Stop": seq})
 
     def tags(
@@ -401,9 +413,9 @@ class SerfRPC:
             call.done.set()
         elif stream is not None:
             record = self._next()
-            callback = stream.on_event
+            callback = stream.on_record
             if callback is not None and isinstance(record, dict):
-                self._dispatch(callback, record)
+                callback(record)
         else:
             # Without knowing the command we cannot tell whether a body follows.
             raise _Gone(f"protocol error: reply for unknown request {seq}")
@@ -420,6 +432,16 @@ class SerfRPC:
             callback(event)
         except Exception:
             log.exception("serf event callback failed on %s", event.kind.value)
+
+    @staticmethod
+    def _dispatch_log(callback: Callable[[str], None], record: dict[str, Any]) -> None:
+        line = record.get("Log")
+        if not isinstance(line, str):
+            return
+        try:
+            callback(line)
+        except Exception:
+            log.exception("serf log callback failed")
 
     def _next(self) -> Any:
         assert self._sock is not None

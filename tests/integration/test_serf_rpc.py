@@ -13,7 +13,7 @@ import pytest
 from serf_fixtures import StartAgent
 
 from lbsync.model import EventKind, Member, MemberEvent, MemberStatus
-from lbsync.serf.follow import Follower
+from lbsync.serf.follow import DOORBELL_TEXT, Follower
 from lbsync.serf.handler import parse_handler_input
 from lbsync.serf.rpc import MEMBER_EVENT_TYPES, SerfError, SerfRPC
 
@@ -97,6 +97,43 @@ def test_stream_join_then_leave(serf_agents: StartAgent) -> None:
             assert rpc2.wait_closed(10)
         left = wait_event(events, EventKind.LEAVE, "a2", 15)
         assert left.status is MemberStatus.LEFT
+        assert by_name(rpc)["a2"].status is MemberStatus.LEFT
+    assert a2.wait_exit(10) == 0
+
+
+def test_the_log_names_each_member_change_once_members_shows_it(
+    serf_agents: StartAgent,
+) -> None:
+    # The follower's doorbell (lbsync.serf.follow) rests on this: Serf logs
+    # "serf: EventMember<Kind>: NAME ..." when, not before, `members` shows the change.
+    a1 = serf_agents("a1", tags=EDGE)
+    lines: queue.Queue[str] = queue.Queue()
+    seen: list[str] = []
+
+    def rung(kind: str) -> None:
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            seen.append(line)
+            if f"{DOORBELL_TEXT}{kind}: a2" in line:
+                return
+        pytest.fail(f"no '{DOORBELL_TEXT}{kind}: a2' line in {seen}")
+
+    with a1.rpc() as rpc:
+        rpc.monitor("INFO", lines.put)
+        a2 = serf_agents("a2", join=a1, tags=EDGE)
+        rung("Join")
+        assert by_name(rpc)["a2"].status is MemberStatus.ALIVE
+        with a2.rpc() as rpc2:
+            rpc2.tags(set={"weight": "50"})
+            rung("Update")
+            assert by_name(rpc)["a2"].tags.get("weight") == "50"
+            rpc2.leave()
+            assert rpc2.wait_closed(10)
+        rung("Leave")
         assert by_name(rpc)["a2"].status is MemberStatus.LEFT
     assert a2.wait_exit(10) == 0
 

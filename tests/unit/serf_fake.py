@@ -1,7 +1,7 @@
 """A scripted stand-in for a Serf agent's RPC listener, for unit tests of the framing.
 
-It speaks just enough of the protocol (handshake, auth, members, stream, stop, tags, join)
-and lets a test push stream records, hold replies back, or drop the connection.
+It speaks just enough of the protocol (handshake, auth, members, stream, monitor, stop,
+tags, join) and lets a test push stream records, hold replies back, or drop the connection.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ AGENT_MEMBERS: list[dict[str, Any]] = [
 ]
 
 
-_WITH_BODY = ("handshake", "auth", "stream", "stop", "tags", "join")
+_WITH_BODY = ("handshake", "auth", "stream", "monitor", "stop", "tags", "join")
 
 
 class FakeAgent:
@@ -35,6 +35,8 @@ class FakeAgent:
         self.silent: set[str] = set()  # commands to leave unanswered
         self.requests: list[tuple[str, Any]] = []
         self.streams: dict[int, str] = {}
+        self.monitors: dict[int, str] = {}  # seq -> log level
+        self.refuse_monitor = False  # answer `monitor` with an error, as for a bad level
         # join: address -> the member the agent lists once it joined it (others fail)
         self.joinable: dict[str, dict[str, Any]] = {}
         self._listener = socket.socket()
@@ -67,6 +69,11 @@ class FakeAgent:
 
     def push(self, seq: int, record: Mapping[str, Any]) -> None:
         self._send({"Seq": seq, "Error": ""}, record)
+
+    def log(self, line: str) -> None:
+        """One line on every log stream (`monitor`) of the current client."""
+        for seq in list(self.monitors):
+            self.push(seq, {"Log": line})
 
     def push_raw(self, data: bytes) -> None:
         assert self._conn is not None
@@ -130,6 +137,12 @@ class FakeAgent:
             elif command == "stream":
                 self.streams[seq] = body["Type"]
                 self._send({"Seq": seq, "Error": ""})
+            elif command == "monitor":
+                if self.refuse_monitor:
+                    self._send({"Seq": seq, "Error": f"Unknown log level: {body['LogLevel']}"})
+                else:
+                    self.monitors[seq] = body["LogLevel"]
+                    self._send({"Seq": seq, "Error": ""})
             elif command in ("stop", "tags"):
                 self._send({"Seq": seq, "Error": ""})
             elif command == "join":

@@ -219,3 +219,67 @@ def test_a_failed_join_delivers_the_list_as_it_is(
     assert [m.name for m in recorder.polls[0]] == ["a1"]
     assert any("join 10.0.0.2:7946 failed" in r.getMessage() for r in caplog.records)
     assert follower.connected is False and agent.accepted == 1  # no reconnect over it
+
+
+def _polls(agent: FakeAgent) -> int:
+    return sum(1 for command, _ in agent.requests if command == "members")
+
+
+def test_a_member_change_in_the_agents_log_polls_at_once(
+    agent: FakeAgent, recorder: Recorder
+) -> None:
+    # A tick far away: any poll after the first comes from the doorbell.
+    follower = Follower("127.0.0.1", agent.port, recorder.on_event, recorder.on_members,
+                        poll_interval=60.0)
+    follower.start()
+    try:
+        wait_for(lambda: agent.monitors and recorder.polls, 5.0, "log stream and first poll")
+        assert list(agent.monitors.values()) == ["INFO"]
+        agent.log("2026/12/04 21:52:39 [INFO] agent.ipc: Accepted client: 127.0.0.1:55132")
+        agent.log("2026/12/04 21:52:39 [INFO] serf: EventMemberJoin: a3 127.0.0.43")
+        wait_for(lambda: len(recorder.polls) == 2, 5.0, "a second poll")
+        # A burst (a join storm) asks for a poll per line; it gets one per DOORBELL_GAP.
+        for i in range(20):
+            agent.log(f"2026/12/04 21:52:40 [INFO] serf: EventMemberFailed: a{i} 10.0.0.{i}")
+        wait_for(lambda: len(recorder.polls) >= 3, 5.0, "a poll after the burst")
+        burst_polls = _polls(agent) - 2
+    finally:
+        follower.stop()
+    assert 1 <= burst_polls <= 5, burst_polls
+
+
+def test_other_log_lines_do_not_poll(agent: FakeAgent, recorder: Recorder) -> None:
+    follower = Follower("127.0.0.1", agent.port, recorder.on_event, recorder.on_members,
+                        poll_interval=60.0)
+    follower.start()
+    try:
+        wait_for(lambda: agent.monitors and recorder.polls, 5.0, "log stream and first poll")
+        for line in ("[WARN] memberlist: Refuting a suspect message (from: lb)",
+                     "[INFO] agent: Received event: member-join",
+                     "[INFO] serf: EventMember"[:-1]):
+            agent.log(line)
+        # Then a probe that does poll: once it has, the lines before it were handled.
+        agent.log("[INFO] serf: EventMemberLeave: a2 10.0.0.2")
+        wait_for(lambda: len(recorder.polls) >= 2, 5.0, "the leave's poll")
+    finally:
+        follower.stop()
+    assert _polls(agent) == 2
+
+
+def test_an_agent_without_a_log_stream_is_followed_by_the_poll(
+    agent: FakeAgent, recorder: Recorder, caplog: pytest.LogCaptureFixture
+) -> None:
+    agent.refuse_monitor = True
+    follower = Follower("127.0.0.1", agent.port, recorder.on_event, recorder.on_members,
+                        poll_interval=0.05)
+    with caplog.at_level(logging.WARNING, logger="lbsync.serf.follow"):
+        follower.start()
+        try:
+            wait_for(lambda: len(recorder.polls) >= 3, 5.0, "three polls")
+        finally:
+            follower.stop()
+    assert agent.accepted == 1  # no reconnect loop over it
+    warnings = [r.getMessage() for r in caplog.records]
+    assert warnings == [f"serf agent at 127.0.0.1:{agent.port} gives no log stream (serf agent "
+                        f"at 127.0.0.1:{agent.port}: monitor failed: Unknown log level: INFO); "
+                        "member changes are noticed at the next poll only"]

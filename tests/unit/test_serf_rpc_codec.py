@@ -152,6 +152,35 @@ def test_stream_records_interleave_with_replies(agent: FakeAgent) -> None:
     assert [m.name for m in events[1].members] == ["a1", "a2"]
 
 
+def test_monitor_delivers_log_lines_beside_the_event_stream(agent: FakeAgent) -> None:
+    lines: list[str] = []
+    events: list[MemberEvent] = []
+    with SerfRPC("127.0.0.1", agent.port) as rpc:
+        events_seq = rpc.stream(MEMBER_EVENT_TYPES, events.append)
+        log_seq = rpc.monitor("INFO", lines.append)
+        assert agent.monitors == {log_seq: "INFO"} and log_seq != events_seq
+        agent.log("[INFO] serf: EventMemberJoin: a1 127.0.0.41")
+        agent.push(log_seq, {"Log": 7})  # not a line: dropped
+        agent.push(events_seq, {"Event": "member-join", "Members": agent.members[:1]})
+        agent.log("[WARN] memberlist: something else")
+        assert len(rpc.members()) == 2
+        wait_for(lambda: len(lines) == 2 and events, 3.0, "two lines and one event")
+        rpc.stop(log_seq)
+        agent.push(log_seq, {"Log": "late"})  # in flight after stop: read and dropped
+        assert len(rpc.members()) == 2
+    assert lines == ["[INFO] serf: EventMemberJoin: a1 127.0.0.41",
+                     "[WARN] memberlist: something else"]
+    assert [e.kind for e in events] == [EventKind.JOIN]
+
+
+def test_a_refused_monitor_is_an_error_and_the_connection_stays(agent: FakeAgent) -> None:
+    agent.refuse_monitor = True
+    with SerfRPC("127.0.0.1", agent.port) as rpc:
+        with pytest.raises(SerfError, match="monitor failed: Unknown log level: LOUD"):
+            rpc.monitor("LOUD", print)
+        assert len(rpc.members()) == 2
+
+
 def test_callback_errors_do_not_kill_the_reader(agent: FakeAgent) -> None:
     def explode(event: MemberEvent) -> None:
         raise RuntimeError("boom")
