@@ -16,9 +16,6 @@ from .validate import addr_problem, name_problem, parse_port, parse_weight, tags
 # First HAProxy release whose `add server` accepts `cookie`.
 EXPLICIT_COOKIE_VERSION = (3, 0)
 _NOT_READY = {"0", "false", "no"}
-# Check period of a DOWN server: a joiner is added DOWN and comes UP on its first passing
-# check, so this bounds join latency (and a recovered server's return) at little cost.
-DOWNINTER_MS = 100
 
 
 def explicit_cookies(version: tuple[int, ...]) -> bool:
@@ -80,7 +77,9 @@ def server_args(server: Server, settings: Settings) -> str:
     Dynamic servers do not inherit `default-server`, so every option is spelled out here.
     """
     inter_ms = max(1, round(settings.check_inter * 1000))
-    args = (f"check inter {inter_ms} downinter {min(inter_ms, DOWNINTER_MS)}"
+    # A joiner is added DOWN: downinter is how soon its first check (and UP) comes.
+    downinter_ms = min(inter_ms, max(1, round(settings.check_downinter * 1000)))
+    args = (f"check inter {inter_ms} downinter {downinter_ms}"
             f" fall {settings.check_fall} rise {settings.check_rise}"
             # A server from `add server` keeps no idle backend connections unless told
             # (HAProxy 2.6: idle_lim 0, purge_delay 0); these are a config server's defaults.

@@ -4,6 +4,7 @@ a real Crossbar node. A benchmark figure is only as good as the tool that counts
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
@@ -113,3 +114,30 @@ def test_wampload_counts_calls_and_exactly_the_drops_a_node_stop_causes(
     assert r["sessions_closed_by_client"] >= 2 + 2  # rotations + the final GOODBYEs
     # Sampled every 0.25 s; a rotating client is between two sessions for a few ms.
     assert max(n for _, n in r["alive"][-8:]) == 4, "every client holds a session again"
+
+
+def _check_cost(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "bench.check_cost", *args],
+                          capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_check_cost_sees_the_first_check_follow_the_downinter(tmp_path: Path) -> None:
+    if not shutil.which("haproxy"):
+        pytest.skip("needs haproxy")
+    out = tmp_path / "check.json"
+    r = _check_cost("--downinter", "200ms,20ms", "--runs", "3", "--down", "5",
+                    "--seconds", "0.5", "--net", "168", "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    rows = {row["downinter"]: row for row in json.loads(out.read_text())["rows"]}
+    # lbsync's add commands with --check-downinter: the first check waits for one
+    # downinter, so a 10x shorter one must show (HAProxy's timer, not this machine's speed).
+    assert rows["20ms"]["add_to_up_ms_p50"] < rows["200ms"]["add_to_up_ms_p50"] / 2
+    assert rows["200ms"]["add_to_up_ms_p50"] >= 150
+    assert rows["20ms"]["checks_per_s_expected"] == 250
+
+
+@pytest.mark.parametrize("bad", ["0ms", "soon"])
+def test_check_cost_refuses_a_bad_downinter_in_one_line(bad: str) -> None:
+    r = _check_cost("--downinter", bad)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert f"--downinter {bad!r}" in r.stderr.strip().splitlines()[-1]

@@ -186,7 +186,7 @@ def test_dynamic_cookies_leave_cookie_empty_on_2_6() -> None:
 
 def test_server_args_spelled_out_without_cookie() -> None:
     s = Server("e1", "10.0.0.1", 8080, 50)
-    assert server_args(s, S) == ("check inter 1000 downinter 100 fall 2 rise 1"
+    assert server_args(s, S) == ("check inter 1000 downinter 50 fall 2 rise 1"
                                 " pool-max-conn -1 pool-purge-delay 5s weight 50")
 
 
@@ -194,14 +194,20 @@ def test_server_args_with_cookie_and_custom_checks() -> None:
     settings = dataclasses.replace(S, check_inter=0.25, check_fall=5, check_rise=3)
     s = Server("e1", "10.0.0.1", 8080, 100, "e1")
     assert server_args(s, settings) == (
-        "check inter 250 downinter 100 fall 5 rise 3 pool-max-conn -1 pool-purge-delay 5s"
+        "check inter 250 downinter 50 fall 5 rise 3 pool-max-conn -1 pool-purge-delay 5s"
         " weight 100 cookie e1")
 
 
 def test_server_args_downinter_never_exceeds_inter() -> None:
-    settings = dataclasses.replace(S, check_inter=0.05)
+    settings = dataclasses.replace(S, check_inter=0.03)
     assert server_args(Server("e1", "10.0.0.1", 80), settings).startswith(
-        "check inter 50 downinter 50 fall ")
+        "check inter 30 downinter 30 fall ")
+
+
+def test_server_args_downinter_is_the_setting() -> None:
+    settings = dataclasses.replace(S, check_downinter=0.02)
+    assert server_args(Server("e1", "10.0.0.1", 80), settings).startswith(
+        "check inter 1000 downinter 20 fall ")
 
 
 def test_server_args_inter_never_zero() -> None:

@@ -70,9 +70,9 @@ def test_default_template_has_markers_once_and_in_order() -> None:
 
 def test_default_template_server_lines() -> None:
     assert server_block(render()) == [
-        "    server e1 10.0.0.1:8080 check inter 1000 downinter 100 fall 2 rise 1"
+        "    server e1 10.0.0.1:8080 check inter 1000 downinter 50 fall 2 rise 1"
         " pool-max-conn -1 pool-purge-delay 5s weight 100",
-        "    server e2 10.0.0.2:9000 check inter 1000 downinter 100 fall 2 rise 1"
+        "    server e2 10.0.0.2:9000 check inter 1000 downinter 50 fall 2 rise 1"
         " pool-max-conn -1 pool-purge-delay 5s weight 5",
     ]
 

@@ -163,6 +163,7 @@ def _bad(**changes: Any) -> str:
         ({"maxconn": 0}, "maxconn"),
         ({"check_inter": 0.0}, "--check-inter"),
         ({"check_inter": -1.0}, "--check-inter"),
+        ({"check_downinter": 0.0}, "--check-downinter"),
         ({"resync_interval": 0.0}, "--resync-interval"),
         ({"poll_interval": 0.0}, "--poll-interval"),
         ({"drain_timeout": -1.0}, "--drain-timeout"),
