@@ -1,12 +1,14 @@
 """Join and leave latency of lbsync on loopback, with real haproxy and serf processes.
 
     .venv/bin/python -m bench.join_leave --runs 20 --out bench/results/join_leave.json
+    .venv/bin/python -m bench.join_leave --runs 20 --check-downinter 20ms   # faster first check
 
 Join: from starting a member's Serf agent (its HTTP backend already listens) to the first
 request through HAProxy answered by that member. Leave: from `serf leave` to HAProxy no
 longer choosing the server for new requests (DRAIN, MAINT or deleted in `show servers
 state`), and to the server being gone from HAProxy. Two steady members stay in the
-backend throughout. Reports p50/p95 per measure, and HAProxy's reload count (must be 0).
+backend throughout. Reports p50/p95 per measure (the join also split into the stages of
+JoinStages), and HAProxy's reload count (must be 0).
 """
 
 from __future__ import annotations
@@ -124,13 +126,16 @@ def main() -> None:
     p.add_argument("--runs", type=int, default=20)
     p.add_argument("--net", type=int, default=90, help="use 127.NET.0.x addresses")
     p.add_argument("--out", type=Path, default=None)
+    p.add_argument("--check-downinter", default=None,
+                   help="the agent's --check-downinter (default: lbsync's)")
     args = p.parse_args()
     if not 1 <= args.runs <= 200:
         p.error("--runs must be 1-200")
+    extra = [] if args.check_downinter is None else ["--check-downinter", args.check_downinter]
 
     runs: list[dict[str, float]] = []
     with tempfile.TemporaryDirectory(prefix="lbsync-bench-") as tmp:
-        stack = DevStack(Path(tmp), net=args.net)
+        stack = DevStack(Path(tmp), net=args.net, flags=extra)
         try:
             stack.start()
             stack.add_member(1)
@@ -147,8 +152,11 @@ def main() -> None:
             stack.stop()
 
     summary = {}
-    for key in ("join_s", "leave_out_of_rotation_s", "leave_removed_s"):
-        values = [r[key] for r in runs]
+    stages = [f"join_{k}" for k in JoinStages.STAGES]
+    for key in ("join_s", *stages, "leave_out_of_rotation_s", "leave_removed_s"):
+        values = [r[key] for r in runs if key in r]
+        if not values:
+            continue
         summary[key] = {"p50": statistics.median(values), "p95": pct(values, 95),
                         "min": min(values), "max": max(values)}
     result = {
@@ -157,6 +165,7 @@ def main() -> None:
                     "haproxy": subprocess.run(["haproxy", "-v"], capture_output=True,
                                               text=True).stdout.splitlines()[0],
                     "python": platform.python_version()},
+        "check_downinter": args.check_downinter or "default",
         "runs": len(runs), "reloads": reloads, "summary": summary, "samples": runs,
     }
     print(f"\n{'measure':28s} {'p50':>8s} {'p95':>8s}  (runs={len(runs)}, reloads={reloads})")
