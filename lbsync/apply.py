@@ -82,7 +82,7 @@ def steps(plan: Plan, settings: Settings, *, dynamic_cookies: bool,
             cmds.append(f"enable dynamic-cookie backend {be}")
         # Leaving maintenance straight to ready would make the server UP before any check
         # (HAProxy trusts a new server). Through drain, forced DOWN, then ready, it takes
-        # load-balanced traffic only once a check passes (`downinter` makes that ~0.1 s).
+        # load-balanced traffic only once a check passes, one --check-downinter after the add.
         if s.agent_port is not None:
             cmds.append(f"enable agent {be}/{s.name}")
         cmds += [f"enable health {be}/{s.name}", f"set server {be}/{s.name} state drain",
