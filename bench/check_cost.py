@@ -8,61 +8,45 @@ every downinter. For each value: the add -> UP time of one server (lbsync's add 
 in one Runtime API session, `show servers state` read every millisecond), median of
 `--runs`; then HAProxy's CPU (share of one core, over `--seconds`) with `--down` servers
 added the same way towards closed ports, so they stay DOWN. HAProxy's config is lbsync's
-template (haproxy.cfg.j2) rendered with the value. Loopback only (127.NET.x.y); HAProxy
-and the light /info server stop at the end. Prints and writes one JSON object.
+template (haproxy.cfg.j2) rendered with the value; the joiner is the rig's light HTTP
+member (tests.rig.httpmember). Loopback only (127.NET.x.y); HAProxy and the member stop
+at the end. Prints and writes one JSON object.
 """
 
 from __future__ import annotations
 
 import argparse
-import http.server
 import json
 import os
 import platform
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
+from bench.common import cpu_seconds, haproxy_processes
 from lbsync.apply import steps
+from lbsync.cluster.addresses import HTTP_PORT
 from lbsync.desired import explicit_cookies
 from lbsync.haproxy.binary import haproxy_version
 from lbsync.haproxy.runtime import RuntimeAPI, RuntimeAPIError
 from lbsync.model import Plan, Server
 from lbsync.render import load_template, render_haproxy
 from lbsync.settings import Settings, parse_duration
+from tests.rig.devstack import checkout_env, http_member_argv
+from tests.rig.procs import reap, wait_for
 
 
-class _Info(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:
-        self.send_response(200)
-        self.send_header("Content-Length", "2")
-        self.end_headers()
-        self.wfile.write(b"ok")
-
-    def log_message(self, *args: object) -> None:
-        pass
-
-
-class _InfoServer(http.server.ThreadingHTTPServer):
-    daemon_threads = True
-
-    def handle_error(self, request: object, client_address: object) -> None:
-        pass  # HAProxy's check closes as soon as it has the status line: not news
-
-
-def _cpu_s(pid: int) -> float:
-    """CPU seconds of HAProxy's master and its worker (lbsync's config is master-worker)."""
-    children = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    total = 0.0
-    for p in (pid, *map(int, children)):
-        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+def _listening(ip: str, port: int) -> bool:
+    try:
+        socket.create_connection((ip, port), timeout=1).close()
+    except OSError:
+        return False
+    return True
 
 
 def _add(api: RuntimeAPI, settings: Settings, servers: list[Server], version: tuple[int, ...]
@@ -104,7 +88,7 @@ def measure(downinter: str, args: argparse.Namespace, work: Path, version: tuple
         for i in range(args.runs):
             name = f"join{i}"
             start = time.monotonic()
-            _add(api, settings, [Server(name, f"127.{args.net}.0.2", 8080)], version)
+            _add(api, settings, [Server(name, f"127.{args.net}.0.2", HTTP_PORT)], version)
             added = time.monotonic()
             while not any(s.name == name and s.op_state == 2
                           for s in api.servers_state(settings.backend)):
@@ -117,9 +101,11 @@ def measure(downinter: str, args: argparse.Namespace, work: Path, version: tuple
                 for i in range(args.down)]
         _add(api, settings, down, version)
         time.sleep(2)  # past the forced DOWN, into the downinter rhythm
-        cpu0, t0 = _cpu_s(haproxy.pid), time.monotonic()
+        # The master and its worker (lbsync's config is master-worker).
+        procs = haproxy_processes(settings.haproxy_config)
+        cpu0, t0 = cpu_seconds(procs), time.monotonic()
         time.sleep(args.seconds)
-        cpu = (_cpu_s(haproxy.pid) - cpu0) / (time.monotonic() - t0)
+        cpu = (cpu_seconds(procs) - cpu0) / (time.monotonic() - t0)
         states = {s.op_state for s in api.servers_state(settings.backend)}
         if states != {0}:
             raise SystemExit(f"the {args.down} servers were not all DOWN: op states {states}")
@@ -151,16 +137,18 @@ def main() -> None:
     if not 1 <= args.runs <= 200 or not 0 <= args.down <= 1000:
         p.error("--runs must be 1-200 and --down 0-1000")
     version = haproxy_version()
-    server = _InfoServer((f"127.{args.net}.0.2", 8080), _Info)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
+    member_ip = f"127.{args.net}.0.2"
+    member = subprocess.Popen(http_member_argv([("join", member_ip)]), env=checkout_env(),
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rows = []
     try:
+        wait_for(lambda: _listening(member_ip, HTTP_PORT), 10, "the light HTTP member")
         with tempfile.TemporaryDirectory(prefix="lbsync-check-") as tmp:
             for v in values:
                 rows.append(measure(v, args, Path(tmp), version))
                 print(json.dumps(rows[-1]), flush=True)
     finally:
-        server.shutdown()
+        reap(member, 5)
     result = {"command": "python -m bench.check_cost " + " ".join(sys.argv[1:]),
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(),
                           "haproxy": ".".join(map(str, version))},

@@ -12,10 +12,10 @@ import statistics
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self, TypedDict
+from typing import Protocol, Self, TypedDict
 
 import psutil
 import requests
@@ -198,8 +198,14 @@ def proc_usage(pid: int) -> Callable[[], dict[str, float]]:
     return probe
 
 
-def cpu_seconds(procs: list[subprocess.Popen[bytes]]) -> float:
-    """The CPU seconds (user + system) these processes have used so far; gone ones count 0."""
+class _HasPid(Protocol):
+    @property
+    def pid(self) -> int: ...
+
+
+def cpu_seconds(procs: Iterable[_HasPid]) -> float:
+    """The CPU seconds (user + system) these processes (Popen or psutil.Process) have used
+    so far; gone ones count 0."""
     total = 0.0
     for p in procs:
         try:
