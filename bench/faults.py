@@ -507,6 +507,8 @@ def run_scenario(r: Rig, sc: Scenario, *, settle_timeout: float = 90) -> dict[st
     hit = range(1, r.fabric.members + 1) if sc.all_hit else sc.hit
     hit_nodes = {crossbar_id(i) for i in hit}
     drops = [d for d in wamp_result["drops"] if d["t"] >= t_fault]
+    on_hit = [o for o in wamp_result["opened"]
+              if o["node"] in hit_nodes and t_fault + 1 <= o.get("t_connect", o["t"]) <= t_heal]
     judged = [c for c in sampler.checks if c["truthful"] is not None]
     cfg_ok = subprocess.run([r.stack.haproxy_bin, "-c", "-q", "-f", str(r.stack.paths["config"])],
                             capture_output=True, check=False).returncode == 0
@@ -520,10 +522,13 @@ def run_scenario(r: Rig, sc: Scenario, *, settle_timeout: float = 90) -> dict[st
         "wamp_dropped_on_hit": sum(d["node"] in hit_nodes for d in drops),
         "wamp_dropped_elsewhere": sum(d["node"] not in hit_nodes for d in drops),
         "wamp_call_failures": len(wamp_result["call_failures"]),
-        # Sessions that reached a faulted member from 1 s after the fault until the heal
-        # (a leaving member must get none, cookie or not).
-        "wamp_opened_on_hit": sum(o["node"] in hit_nodes and t_fault + 1 <= o["t"] <= t_heal
-                                  for o in wamp_result["opened"]),
+        # Sessions that reached a faulted member although their client connected from 1 s
+        # after the fault until the heal (a leaving member must get none, cookie or not).
+        # Judged by the connect, when HAProxy chose the server: the session itself can open
+        # a second later on a busy machine. When they connected and opened, from the fault:
+        "wamp_opened_on_hit": len(on_hit),
+        "wamp_opened_on_hit_at": [(round(o.get("t_connect", o["t"]) - t_fault, 2),
+                                   round(o["t"] - t_fault, 2)) for o in on_hit][:5],
         "wamp_opened_with_cookie": sum(bool(o.get("cookie")) for o in wamp_result["opened"]),
         "members_lost": sorted(r.want - (set(settled.haproxy) & settled.config
                                          & settled.alive)),

@@ -157,8 +157,10 @@ class Load:
             if dropped_at is not None:
                 self.rec.reconnect_s.append(now - dropped_at)
                 dropped_at = None
-            self.rec.opened.append({"t": now, "client": cid, "kind": kind, "node": node,
-                                    "cookie": cid in self.cookies})
+            # t_connect: when the client asked, which is when HAProxy chose the server;
+            # t: when the session was open, which a busy machine can delay by a second.
+            self.rec.opened.append({"t": now, "t_connect": t, "client": cid, "kind": kind,
+                                    "node": node, "cookie": cid in self.cookies})
             self.alive += 1
             try:
                 reason = await self._use(session, ended, cid, node, held)
@@ -241,7 +243,7 @@ def summary(rec: Record, args: argparse.Namespace) -> dict[str, Any]:
         "rotate_s": [ROTATE_MIN, ROTATE_MAX], "call_interval_s": args.call_interval,
         "started": rec.started, "stopped": time.time(),
         "sessions_opened": len(rec.opened), "sessions_closed_by_client": rec.closed,
-        "opened": [{k: (round(v, 2) if k == "t" else v) for k, v in o.items()}
+        "opened": [{k: (round(v, 2) if k in ("t", "t_connect") else v) for k, v in o.items()}
                    for o in rec.opened],
         "sessions_per_node": nodes,
         "drops": rec.drops, "drops_held": sum(d["kind"] == "held" for d in rec.drops),
