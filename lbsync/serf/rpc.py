@@ -55,6 +55,10 @@ class RealClock:
 
 REAL_CLOCK = RealClock()
 
+# The longest any reply is waited for while the agent keeps talking (SerfRPC._wait_reply).
+PATIENCE = 60.0
+_EPSILON = 1e-6  # a wait that ran out counts as a full one, whatever the float rounding
+
 
 class SerfError(LbsyncError):
     """The Serf agent could not be reached, refused us, or failed a command."""
@@ -150,11 +154,12 @@ class SerfRPC:
 
     def __init__(
         self, host: str, port: int, auth_key: str | None = None, timeout: float = 5.0,
-        *, clock: Clock = REAL_CLOCK,
+        *, patience: float = PATIENCE, clock: Clock = REAL_CLOCK,
     ) -> None:
         self.host = host
         self.port = port
         self.timeout = timeout
+        self.patience = patience
         self._clock = clock
         self._auth_key = auth_key
         self._where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -171,6 +176,7 @@ class SerfRPC:
         self._closing = False
         self._close_reason: str | None = None
         self._gone = threading.Event()
+        self._last_heard = 0.0  # clock time of the last bytes the agent sent
 
     def __repr__(self) -> str:
         return f"SerfRPC({self._where}, closed={self.closed})"
@@ -351,12 +357,7 @@ class SerfRPC:
         except OSError as exc:
             self._fail(f"send failed: {exc.strerror or exc}")
             raise SerfError(self._lost_message(command)) from None
-        wait = self.timeout if timeout is None else timeout
-        if not self._clock.wait(call.done, wait):
-            # The entry stays in _pending so a late reply (and its body) is still consumed.
-            raise SerfError(
-                f"serf agent at {self._where} did not answer {command!r} within {wait:g} s"
-            )
+        self._wait_reply(call, command, self.timeout if timeout is None else timeout)
         if call.lost:
             raise SerfError(self._lost_message(command))
         if call.error:
@@ -366,6 +367,32 @@ class SerfRPC:
             error = SerfAuthError if call.error in (_AUTH_REQUIRED, _AUTH_INVALID) else SerfError
             raise error(self._explain(command, call.error))
         return seq if stream is not None else call.body
+
+    def _wait_reply(self, call: _Call, command: str, silence: float) -> None:
+        """Wait for `call`'s reply while the agent keeps talking on this connection.
+
+        A busy agent answers late but goes on sending stream records and log lines; a hung
+        one says nothing. So the reply may take up to `patience`, as long as the agent is
+        never silent for `silence` seconds (the request's timeout) since it was sent. In a
+        500-member join storm the load balancer's agent took 5-7 s to answer `members`
+        while it logged all along, and a fixed 5 s timeout made the follower drop and
+        rebuild its connection, blind for another 5-7 s each time.
+        """
+        sent = self._clock.now()
+        give_up = sent + max(silence, self.patience)
+        slice_ = silence
+        while not self._clock.wait(call.done, slice_):
+            now = self._clock.now()
+            quiet = max(0.0, now - max(sent, self._last_heard))
+            # The entry stays in _pending so a late reply (and its body) is still consumed.
+            if quiet >= silence - _EPSILON:
+                raise SerfError(f"serf agent at {self._where} did not answer {command!r} "
+                                f"within {silence:g} s")
+            if now >= give_up - _EPSILON:
+                raise SerfError(f"serf agent at {self._where} did not answer {command!r} "
+                                f"within {give_up - sent:g} s (busy: it kept sending other "
+                                "messages)")
+            slice_ = min(silence - quiet, give_up - now)
 
     def _explain(self, command: str, error: str) -> str:
         if error == _AUTH_REQUIRED:
@@ -453,6 +480,7 @@ class SerfRPC:
             data = self._sock.recv(65536)
             if not data:
                 raise _Gone("closed by lbsync" if self._closing else "agent closed the connection")
+            self._last_heard = self._clock.now()
             self._unpacker.feed(data)
 
     def _fail(self, reason: str) -> None:

@@ -34,6 +34,7 @@ class FakeAgent:
         self.members: list[dict[str, Any]] = list(AGENT_MEMBERS)
         self.silent: set[str] = set()  # commands to leave unanswered
         self.requests: list[tuple[str, Any]] = []
+        self.seqs: dict[str, int] = {}  # command -> the Seq of its last request
         self.streams: dict[int, str] = {}
         self.monitors: dict[int, str] = {}  # seq -> log level
         self.refuse_monitor = False  # answer `monitor` with an error, as for a bad level
@@ -122,6 +123,7 @@ class FakeAgent:
             command, seq = header["Command"], header["Seq"]
             body: Any = read() if command in _WITH_BODY else None
             self.requests.append((command, body))
+            self.seqs[command] = seq
             if command in self.silent:
                 continue
             if command == "handshake":

@@ -219,6 +219,69 @@ def test_reply_timeout(agent: FakeAgent) -> None:
         assert clock.ended.count("expired") == 1
 
 
+def _members_in_thread(rpc: SerfRPC) -> tuple[threading.Thread, list[object]]:
+    out: list[object] = []
+
+    def call() -> None:
+        try:
+            out.append(rpc.members())
+        except SerfError as exc:
+            out.append(exc)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    return caller, out
+
+
+def test_a_talking_agent_is_waited_for(agent: FakeAgent) -> None:
+    """A busy agent answers late but keeps sending log lines: its reply is waited for."""
+    agent.silent.add("members")
+    clock = FakeClock()
+    lines: list[str] = []
+    with SerfRPC("127.0.0.1", agent.port, timeout=0.3, clock=clock) as rpc:
+        rpc.monitor("INFO", lines.append)
+        first = len(clock.waits)
+        caller, out = _members_in_thread(rpc)
+        # The line must come while the reply is waited for, not before.
+        wait_for(lambda: len(clock.waits) > first, 3.0, "the wait for the reply")
+        agent.log("memberlist: busy")
+        wait_for(lambda: lines, 3.0, "the log line")
+        clock.expire(1)  # the first 0.3 s runs out, but the agent spoke within it
+        wait_for(lambda: len(clock.waits) >= first + 2, 3.0, "a second wait")
+        agent.push(agent.seqs["members"], {"Members": agent.members})
+        caller.join(3)
+    assert len(out) == 1 and isinstance(out[0], list), out
+    assert [m.name for m in out[0]] == ["a1", "a2"]
+    # One wait ran out, the next (for what was left of 0.3 s of silence) got the reply.
+    assert clock.ended[first:] == ["expired", "event"]
+    assert clock.waits[first + 1] < 0.3
+
+
+def test_a_talking_agent_is_waited_for_up_to_patience(agent: FakeAgent) -> None:
+    """An agent that keeps talking but never answers is given up on after `patience`."""
+    agent.silent.add("members")
+    clock = FakeClock()
+    lines: list[str] = []
+    with SerfRPC("127.0.0.1", agent.port, timeout=0.3, patience=0.5, clock=clock) as rpc:
+        rpc.monitor("INFO", lines.append)
+        first = len(clock.waits)
+        caller, out = _members_in_thread(rpc)
+        for n in range(1, 10):  # each wait: a line from the agent, then the wait runs out
+            wait_for(lambda n=n: len(clock.waits) >= first + n or not caller.is_alive(),
+                     3.0, "a wait for the reply")  # type: ignore[misc]
+            if not caller.is_alive():
+                break
+            agent.log(f"busy {n}")
+            wait_for(lambda n=n: len(lines) == n, 3.0, "the log line")  # type: ignore[misc]
+            clock.expire(1)
+            wait_for(lambda n=n: clock.ended.count("expired") == n or not caller.is_alive(),
+                     3.0, "the wait to run out")  # type: ignore[misc]
+        caller.join(3)
+    assert len(out) == 1 and isinstance(out[0], SerfError), out
+    assert "did not answer 'members' within 0.5 s (busy" in str(out[0])
+    assert sum(clock.waits[first:]) == pytest.approx(0.5, abs=0.01)
+
+
 def test_agent_drop_fails_waiting_calls_and_marks_closed(agent: FakeAgent) -> None:
     agent.silent.add("members")
     rpc = SerfRPC("127.0.0.1", agent.port, timeout=10.0)
