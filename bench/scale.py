@@ -3,6 +3,7 @@ process for all of them), the time to apply an N-server plan, and the agent's fo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -11,7 +12,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from bench.common import Sampler, cpu_seconds, proc_usage
@@ -22,13 +23,63 @@ from tests.rig.procs import StackError, wait_for
 
 REST_S = 4.0
 STORM_LIMIT_S = 120.0  # a storm not all UP by then is reported as such
-# The members' Serf agents run under Linux's SCHED_IDLE policy: they stand in for other
-# hosts, so the load balancer's processes (HAProxy, its Serf agent, lbsync) get the CPU
-# first, as on a host of their own. At the default policy, 200 agents took 24-30 CPU-s
-# of a 13-16 s storm on 2 vCPU (false suspicions, refutations), and lbsync's passes waited
-# seconds for the scheduler; at nice 19, 13-14 s. Serf alone (bench/serf_only.py, nice
-# 0) needed 9.5-12.6 s to see 200 agents alive on the same machine that day.
+# The members' Serf agents stand in for other hosts: the load balancer's processes
+# (HAProxy, its Serf agent, lbsync, the members' one HTTP backend) must get the CPU
+# first, as on a host of their own. Each member runs under Linux's SCHED_IDLE policy, and,
+# where the machine lets us (root, the cgroup cpu controller), all of them share one
+# cgroup of the lowest weight. SCHED_IDLE alone is not enough past ~300 members: each idle
+# task still weighs 3 against a normal task's 1024, so 500 of them outweigh HAProxy or
+# lbsync. In one cgroup of weight 2 they weigh 2 together. With SCHED_IDLE alone, 400
+# members were not all UP within 120 s (lbsync waited up to 17 s for one Runtime API
+# batch and HAProxy's checks timed out) and in the cgroup all UP in 2.8 s (2026-12-06).
 MEMBERS_WRAPPER = ["chrt", "--idle", "0"]
+MEMBERS_CGROUP_WEIGHT = 2  # cgroup v1 cpu.shares; on cgroup v2, cpu.weight 1 (its lowest)
+_CGROUP_V1 = Path("/sys/fs/cgroup/cpu")
+_CGROUP_V2 = Path("/sys/fs/cgroup")
+
+
+@contextlib.contextmanager
+def members_cgroup(name: str) -> Iterator[tuple[list[str], str]]:
+    """The wrapper that runs a member in one low-weight cgroup (and SCHED_IDLE), and how
+    it says so; SCHED_IDLE alone where no cgroup can be made. The cgroup is removed after."""
+    group = _make_cgroup(name)
+    if group is None:
+        yield MEMBERS_WRAPPER, shlex.join(MEMBERS_WRAPPER)
+        return
+    procs = group / "cgroup.procs"
+    wrapper = ["sh", "-c", f'echo $$ > {shlex.quote(str(procs))} && exec "$@"', "sh",
+               *MEMBERS_WRAPPER]
+    try:
+        yield wrapper, f"{shlex.join(MEMBERS_WRAPPER)} in cgroup {group} of weight " \
+                       f"{MEMBERS_CGROUP_WEIGHT}"
+    finally:
+        for _ in range(50):  # the members are stopped by now; their exit can lag
+            try:
+                group.rmdir()
+                break
+            except OSError:
+                time.sleep(0.1)
+
+
+def _make_cgroup(name: str) -> Path | None:
+    """A cgroup of the lowest CPU weight (v1 or v2), or None where none can be made."""
+    if os.geteuid() != 0:
+        return None
+    v2_controllers = _CGROUP_V2 / "cgroup.subtree_control"
+    if (_CGROUP_V1 / "cpu.shares").exists():
+        group, knob, value = _CGROUP_V1 / name, "cpu.shares", MEMBERS_CGROUP_WEIGHT
+    elif v2_controllers.exists() and "cpu" in v2_controllers.read_text().split():
+        group, knob, value = _CGROUP_V2 / name, "cpu.weight", 1
+    else:
+        return None
+    try:
+        group.mkdir(exist_ok=True)
+        (group / knob).write_text(str(value))
+    except OSError:
+        return None
+    return group
+
+
 ADD_LINE = re.compile(r"add server=\S+ .*took=([0-9.]+)ms batch=(\d+)")
 
 
@@ -101,7 +152,16 @@ def storm(tmp: Path, n: int, net: int, profile: str = "lan",
     balancer's agent (bench.joinstorm), and the clock runs from there to all N UP."""
     # Serf's `lan` profile by default, as the images run it (s6/*/serf/run); `local` is
     # what the failure benchmarks use, and costs four times the CPU in a storm.
-    wrapper = MEMBERS_WRAPPER if wrapper is None else wrapper
+    with contextlib.ExitStack() as cleanup:
+        if wrapper is None:
+            wrapper, run_under = cleanup.enter_context(members_cgroup(f"lbsync-bench-{n}"))
+        else:
+            run_under = shlex.join(wrapper)
+        return _storm(tmp, n, net, profile, wrapper, run_under)
+
+
+def _storm(tmp: Path, n: int, net: int, profile: str, wrapper: list[str],
+           run_under: str) -> dict[str, object]:
     stack = DevStack(tmp / f"scale{n}", net=net, serf_profile=profile, member_wrapper=wrapper)
     trigger: subprocess.Popen[str] | None = None
     try:
@@ -138,7 +198,7 @@ def storm(tmp: Path, n: int, net: int, profile: str = "lan",
         except ValueError:
             joins = None
         result: dict[str, object] = {
-            "members": n, "serf_profile": profile, "members_run_under": shlex.join(wrapper),
+            "members": n, "serf_profile": profile, "members_run_under": run_under,
             "storm_to_all_up_s": round(t_up - t_storm, 3) if all_up else None,
             "all_up_within_limit": all_up, "limit_s": STORM_LIMIT_S,
             # Not in the storm's time: every agent runs, alone, before the joins start.
