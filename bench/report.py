@@ -110,8 +110,9 @@ def markdown(r: dict[str, Any], json_path: Path, plots: list[Path]) -> str:
                 "| members | storm → all UP | last member: alive in Serf / registry / in "
                 "HAProxy / UP | joins refused at first | N-server plan: Runtime API batch | "
                 "agent CPU in storm (mean / max) | agent RSS max | lb Serf CPU in storm "
-                "(mean / max) | lb Serf `members` answer (p50 / max) | members' Serf CPU |",
-                "|---|---|---|---|---|---|---|---|---|---|"]
+                "(mean / max) | lb Serf `members` answer (p50 / max) | members' Serf CPU | "
+                "UP 4 s later (bench.scale.REST_S) |",
+                "|---|---|---|---|---|---|---|---|---|---|---|"]
         for s in r["scale"]:
             ap, i0, st, i1 = (s.get("apply_plan"), s["agent_idle_0_members"], s["agent_storm"],
                               s["agent_idle_n_members"])
@@ -134,14 +135,15 @@ def markdown(r: dict[str, Any], json_path: Path, plots: list[Path]) -> str:
                 f"{max(i0.get('rss_mb_max', 0), st.get('rss_mb_max', 0), i1.get('rss_mb_max', 0))}"
                 f" MB | {_pct(ls)} | "
                 f"{rpc.get('p50', '–')} / {rpc.get('max', '–')} ms | "
-                f"{s.get('members_serf_cpu_s_storm', '–')} CPU-s |")
+                f"{s.get('members_serf_cpu_s_storm', '–')} CPU-s | "
+                f"{s.get('up_after_rest', '–')} |")
         run_under = r["scale"][0].get("members_run_under") if r["scale"] else None
         out += ["", "CPU % is of one core (psutil), sampled every 0.5 s. The stages are when "
                 "the last of the N members reached each, in seconds from the instant every "
                 "member's agent (started alone beforehand) was asked to join the load balancer's "
                 "(bench/joinstorm.py). A refused join (memberlist serves 128 push/pulls at once) "
                 "is asked again 1 s later, as `-retry-join -retry-interval 1s` does."
-                + (f" The members' agents ran under `{run_under}`: they stand in for other "
+                + (f" The members' agents ran under {run_under}: they stand in for other "
                    "hosts, so the load balancer's processes get the CPU first."
                    if run_under else "")]
     if "stages" in r:

@@ -211,6 +211,9 @@ def _storm(tmp: Path, n: int, net: int, profile: str, wrapper: list[str],
             # (a server in HAProxy) and the first passing check (UP).
             "all_reached_s": {k: _first(where.samples, k, n, t_storm)
                               for k in ("serf_alive", "registry", "haproxy", "up")},
+            # Servers UP at the last probe, REST_S after all were: whether they stayed.
+            "up_after_rest": next((v["up"] for _, v in reversed(where.samples)
+                                   if isinstance(v, dict) and "up" in v), None),
             "agent_idle_0_members": _usage(usage.samples, t_storm - REST_S, t_storm),
             "agent_storm": _usage(usage.samples, t_storm, t_up),
             "agent_idle_n_members": _usage(usage.samples, t_up + 1, t_end),
@@ -260,14 +263,21 @@ def apply_plan(stack: DevStack, n: int) -> dict[str, object]:
     offset = log.stat().st_size
     t0 = time.monotonic()
     stack.start_agent()
-    wait_for(lambda: len(stack.up_servers()) == n, 120, f"{n} servers back UP", interval=0.05)
-    all_up = time.monotonic() - t0
+    try:
+        wait_for(lambda: len(stack.up_servers()) == n, 120, f"{n} servers back UP",
+                 interval=0.05)
+        all_up: float | None = time.monotonic() - t0
+    except StackError:
+        # Reported, not raised: at 500 members on 2 vCPU the members' own agents, starved,
+        # fail each other's probes after the storm, and lbsync follows Serf's verdicts.
+        all_up = None
     with log.open("rb") as f:
         f.seek(offset)
         text = f.read().decode(errors="replace")
     batches = [(float(m[1]), int(m[2])) for m in ADD_LINE.finditer(text)]
     biggest = max(batches, key=lambda b: b[1]) if batches else (None, 0)
     return {"servers": len(names), "runtime_batch_ms": biggest[0], "batch_size": biggest[1],
-            "agent_start_to_all_up_s": round(all_up, 3),
+            "agent_start_to_all_up_s": round(all_up, 3) if all_up is not None else None,
+            "up_at_end": len(stack.up_servers()),
             "note": "runtime_batch_ms: one Runtime API session sending every add/enable "
                     "command, from the agent's log; agent_start includes Python start-up"}
