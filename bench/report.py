@@ -161,8 +161,8 @@ def markdown(r: dict[str, Any], json_path: Path, plots: list[Path]) -> str:
         dp = r["data_path"]
         med = dp["median"]
         out += ["", "## Data path: runtime-added servers vs servers in haproxy.cfg", "",
-                f"{dp['members']} members, {dp['rounds']} rounds of {dp['seconds_per_run']} s "
-                f"in ABBA order, {dp['wrk']}; medians.", "",
+                f"{dp['members']} members, {dp['rounds']} rounds of {dp['seconds_per_run']} s, "
+                f"{dp.get('order', 'in ABBA order')}; {dp['wrk']}; medians.", "",
                 "| servers | mode | req/s | p50 | p99 | errors |", "|---|---|---|---|---|---|"]
         for key, v in med.items():
             kind, mode = key.split("_", 1)
@@ -174,6 +174,9 @@ def markdown(r: dict[str, Any], json_path: Path, plots: list[Path]) -> str:
                 f"keep-alive {ratios['keepalive']}, new connection per request "
                 f"{ratios['close']}; guard (within {dp['guard_within']:.0%}): "
                 f"{'met' if dp['guard_ok'] else 'MISSED'}."
+                + (" One round's ratio strays by (sd) " + ", ".join(
+                    f"{mode} {v}" for mode, v in dp["ratio_sd_per_round"].items()) + "."
+                   if dp.get("ratio_sd_per_round") else "")
                 + (" Per round: " + "; ".join(f"{mode} {', '.join(map(str, v))}"
                                              for mode, v in rounds.items()) + "."
                    if rounds else "")]

@@ -28,8 +28,9 @@ real Crossbar.io nodes and autobahn WAMP clients hold sessions through HAProxy b
      kill -9 of every process, haproxy.cfg's folder read-only or full, a corrupt registry
      file, each under HTTP load and WAMP sessions (not in --quick: about 7 minutes)
   8. data path (bench/datapath.py, not in --quick): the same members as runtime-added
-     servers and as servers in haproxy.cfg, wrk unpaced with keep-alive and with a new
-     connection per request, alternating rounds; guard: throughput within 3 %
+     servers and as servers in haproxy.cfg, served at once by two HAProxy processes, one
+     wrk each, unpaced, with keep-alive and with a new connection per request; guard:
+     throughput within 3 %
   9. certificate rotation (bench/rotation.py, not in --quick): K rotations of the TLS
      certificate under WAMP sessions over wss:// and HTTPS load, through lbsync's Runtime
      API vs the file written and HAProxy reloaded (with and without hard-stop-after):
@@ -146,7 +147,7 @@ def main() -> None:
            "realm_idle_s": 3.0 if q else 5.0,
            # part 5b: server counts of the stage-by-stage pass; part 8: wrk rounds
            "stage_sizes": [50, 200, 500], "stage_repeats": 3 if q else 7,
-           "datapath_rounds": 3 if q else 5, "datapath_seconds": 5 if q else 10}
+           "datapath_rounds": 10 if q else 30, "datapath_seconds": 2 if q else 3}
 
     from bench.churn import crash_under_load, join_latency, leave_under_load
     from bench.datapath import data_path
