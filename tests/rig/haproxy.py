@@ -12,6 +12,12 @@ from lbsync.haproxy.binary import find_binary
 from lbsync.haproxy.runtime import RuntimeAPI, RuntimeAPIError
 
 
+def master_argv(config: str | os.PathLike[str], master_socket: str | os.PathLike[str], *,
+                binary: str = "haproxy") -> list[str]:
+    """HAProxy in master-worker mode, in the foreground, with its master CLI socket."""
+    return [find_binary(binary), "-W", "-S", os.fspath(master_socket), "-f", os.fspath(config)]
+
+
 def start_master(
     config: str | os.PathLike[str],
     master_socket: str | os.PathLike[str],
@@ -27,7 +33,7 @@ def start_master(
     Keyword-only after the socket: a binary's path passed as the third positional argument
     used to land in `pidfile`, and HAProxy (-p) overwrote the binary with its pid.
     """
-    args = [find_binary(binary), "-W", "-S", os.fspath(master_socket), "-f", os.fspath(config)]
+    args = master_argv(config, master_socket, binary=binary)
     if pidfile is not None:
         args += ["-p", os.fspath(pidfile)]
     return subprocess.Popen(
